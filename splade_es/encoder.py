@@ -1,0 +1,370 @@
+"""SpladeEncoder: text in, SPLADE sparse vectors out.
+
+>>> encoder = SpladeEncoder.from_pretrained("naver/splade-v3")          # or a local folder
+>>> docs = encoder.encode_documents(["Section 179 depreciation deduction."])
+>>> docs.to_dicts()[0]["depreciation"]                                   # doctest: +SKIP
+2.31...
+
+Texts are tokenized in a background thread, grouped by length inside a bounded window (so
+padding is small and memory does not grow with the input), and pooled by ``SpladeHead``,
+which never materialises the batch x length x vocabulary logits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointLayout, read_layout, resolve_checkpoint
+from .exceptions import EmptyTextError, InputError, ModelLoadError
+from .pooling import SpladeHead
+from .sparse import SparseBatch
+
+log = logging.getLogger(__name__)
+
+EmptyPolicy = Literal["error", "empty_vector"]
+ProgressCallback = Callable[[int], None]
+
+
+class _PassThrough(nn.Module):
+    """Stands in for the vocabulary projection so the model returns transformed hidden states."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+@dataclass(frozen=True)
+class _Tokenized:
+    positions: list[int]  # index of each text within the window
+    ids: list[list[int]]
+    truncated: list[bool]
+
+
+class SpladeEncoder:
+    """Encode documents and queries into SPLADE vectors (see ``from_pretrained``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        head: SpladeHead,
+        *,
+        device: torch.device,
+        max_length: int,
+        name: str = "",
+        max_batch_tokens: int = 16384,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.head = head
+        self.device = device
+        self.max_length = max_length
+        self.name = name
+        self.max_batch_tokens = max_batch_tokens
+        # Models may have more output ids than the tokenizer names (vocab padded to a
+        # multiple of 8, say): those get a placeholder name that no real token can have.
+        names = [f"[id:{i}]" for i in range(head.bias.shape[0])]
+        for token, i in tokenizer.get_vocab().items():
+            if i < len(names):
+                names[i] = token
+        self.vocab: tuple[str, ...] = tuple(names)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_length: int | None = None,
+        vocab_chunk: int = 2048,
+        screen: bool | Literal["auto"] = "auto",
+        compile: bool = False,
+        revision: str | None = None,
+    ) -> SpladeEncoder:
+        """Load a checkpoint by Hub id or local path.
+
+        ``device``: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"...
+        ``dtype``: "auto" (bf16/fp16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16".
+        ``screen``: the exact bf16-screened head (default on for fp32 on CPUs with fast bf16).
+        """
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        layout = read_layout(resolve_checkpoint(name_or_path, revision=revision))
+        torch_device = _pick_device(device)
+        torch_dtype = _pick_dtype(dtype, torch_device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(layout.mlm_dir))
+            model = AutoModelForMaskedLM.from_pretrained(str(layout.mlm_dir), dtype=torch.float32)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{name_or_path}: not a masked-LM checkpoint ({exc})") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelLoadError(f"{name_or_path}: a fast (Rust) tokenizer is required")
+        decoder = _detach_vocab_projection(model, name_or_path)
+        use_screen = (
+            (_cpu_has_fast_bf16() if screen == "auto" else bool(screen))
+            and torch_device.type == "cpu"
+            and torch_dtype == torch.float32
+        )
+        head = SpladeHead(
+            decoder.weight.to(torch_device, torch_dtype),
+            None if decoder.bias is None else decoder.bias.to(torch_device),
+            pooling=layout.pooling,
+            activation=layout.activation,
+            vocab_chunk=vocab_chunk,
+            screen=use_screen,
+        )
+        model = model.to(torch_device, torch_dtype).eval()
+        if compile:
+            model = torch.compile(model, dynamic=True)
+        return cls(
+            model,
+            tokenizer,
+            head,
+            device=torch_device,
+            max_length=_max_length(max_length, layout, tokenizer, model),
+            name=name_or_path,
+            max_batch_tokens=_default_batch_tokens(torch_device),
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def encode_documents(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        top_k: int | None = None,
+        min_weight: float | None = None,
+        empty: EmptyPolicy = "error",
+        progress: ProgressCallback | None = None,
+    ) -> SparseBatch:
+        """Encode a sequence of texts; row ``i`` of the result belongs to ``texts[i]``."""
+        windows = list(
+            self.iter_encode(texts, batch_size=batch_size, empty=empty, progress=progress)
+        )
+        if not windows:
+            return SparseBatch.from_rows([], vocab=self.vocab, truncated=np.zeros(0, bool))
+        return SparseBatch.concat(windows).prune(top_k=top_k, min_weight=min_weight)
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        top_k: int | None = None,
+        min_weight: float | None = None,
+        empty: EmptyPolicy = "error",
+    ) -> SparseBatch:
+        """Encode queries. The models supported so far are symmetric: same network as documents."""
+        return self.encode_documents(
+            texts, batch_size=batch_size, top_k=top_k, min_weight=min_weight, empty=empty
+        )
+
+    def iter_encode(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int = 32,
+        window: int | None = None,
+        empty: EmptyPolicy = "error",
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[SparseBatch]:
+        """Stream: yields one SparseBatch per window of ``window`` texts, in input order.
+
+        Memory is bounded by the window, whatever the length of ``texts``. Tokenization of the
+        next window runs in a background thread while this one is on the model.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        window = window or batch_size * 16
+        source = iter(texts)
+        offset = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="splade-tokenize") as pool:
+            chunk = list(islice(source, window))
+            pending: Future | None = (
+                pool.submit(self._tokenize, chunk, offset, empty) if chunk else None
+            )
+            while pending is not None:
+                tokenized, size = pending.result(), len(chunk)
+                offset += size
+                chunk = list(islice(source, window))
+                pending = pool.submit(self._tokenize, chunk, offset, empty) if chunk else None
+                yield self._encode_window(tokenized, size, batch_size)
+                if progress:
+                    progress(size)
+
+    # ------------------------------------------------------------------ internals
+    def _tokenize(self, texts: list[Any], offset: int, empty: EmptyPolicy) -> _Tokenized:
+        keep: list[int] = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(
+                    f"text at position {offset + i} is {type(text).__name__}, not a string",
+                    position=offset + i,
+                )
+            if text.strip():
+                keep.append(i)
+            elif empty == "error":
+                raise EmptyTextError(
+                    f"text at position {offset + i} is empty (pass empty='empty_vector' to allow)",
+                    position=offset + i,
+                )
+        if not keep:
+            return _Tokenized([], [], [])
+        enc = self.tokenizer(
+            [texts[i] for i in keep],
+            truncation=True,
+            max_length=self.max_length,
+            return_overflowing_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        ids: list[list[int]] = []
+        truncated: list[bool] = []
+        for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
+            if sample == len(ids):  # first piece of a text; later pieces are overflow
+                ids.append(enc["input_ids"][row])
+                truncated.append(False)
+            else:
+                truncated[sample] = True
+        return _Tokenized(keep, ids, truncated)
+
+    def _encode_window(self, tok: _Tokenized, size: int, batch_size: int) -> SparseBatch:
+        rows: list[tuple[np.ndarray, np.ndarray]] = [
+            (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        ] * size
+        truncated = np.zeros(size, dtype=bool)
+        order = sorted(range(len(tok.ids)), key=lambda k: len(tok.ids[k]), reverse=True)
+        for batch in _length_batches(order, tok.ids, batch_size, self.max_batch_tokens):
+            for k, (ids, weights) in zip(
+                batch, self._encode_batch([tok.ids[k] for k in batch]), strict=True
+            ):
+                rows[tok.positions[k]] = (ids, weights)
+                truncated[tok.positions[k]] = tok.truncated[k]
+        return SparseBatch.from_rows(rows, vocab=self.vocab, truncated=truncated)
+
+    @torch.inference_mode()
+    def _encode_batch(self, ids: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        length = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.bool)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        mask = mask.to(self.device, non_blocking=True)
+        out = self.model(input_ids=input_ids, attention_mask=mask.long())
+        hidden = out.logits if hasattr(out, "logits") else out[0]
+        sparse = self.head(hidden, mask)
+        rows = sparse.rows.cpu().numpy()
+        cols = sparse.cols.cpu().numpy()
+        values = sparse.values.cpu().numpy()
+        order = np.lexsort((cols, rows))
+        rows, cols, values = rows[order], cols[order], values[order]
+        bounds = np.searchsorted(rows, np.arange(len(ids) + 1))
+        return [
+            (cols[bounds[i] : bounds[i + 1]], values[bounds[i] : bounds[i + 1]])
+            for i in range(len(ids))
+        ]
+
+
+def _length_batches(
+    order: list[int], ids: list[list[int]], batch_size: int, max_tokens: int
+) -> Iterator[list[int]]:
+    """Cut length-sorted texts into batches of at most ``batch_size`` texts and about
+    ``max_tokens`` padded tokens (a lone over-long text still gets its own batch)."""
+    batch: list[int] = []
+    for k in order:
+        longest = len(ids[batch[0]]) if batch else len(ids[k])
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * longest > max_tokens):
+            yield batch
+            batch = []
+        batch.append(k)
+    if batch:
+        yield batch
+
+
+def _detach_vocab_projection(model: nn.Module, name: str) -> nn.Linear:
+    """Swap the model's vocabulary projection for a pass-through and return the projection."""
+    decoder = model.get_output_embeddings()
+    if not isinstance(decoder, nn.Linear):
+        raise ModelLoadError(f"{name}: the masked-LM head has no linear vocabulary projection")
+    for parent in model.modules():
+        for attr, child in list(parent.named_children()):
+            if child is decoder:
+                setattr(parent, attr, _PassThrough())
+                return decoder
+    raise ModelLoadError(f"{name}: could not locate the vocabulary projection module")
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}") from exc
+
+
+def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def _max_length(
+    requested: int | None, layout: CheckpointLayout, tokenizer: Any, model: nn.Module
+) -> int:
+    limit = getattr(model.config, "max_position_embeddings", 512) or 512
+    if requested is not None:
+        if requested < 2 or requested > limit:
+            raise ValueError(f"max_length must be between 2 and {limit} for this model")
+        return requested
+    candidates = [limit, layout.max_seq_length, getattr(tokenizer, "model_max_length", None)]
+    return min(int(c) for c in candidates if c and c < 10**9)
+
+
+def _default_batch_tokens(device: torch.device) -> int:
+    """Padded tokens per batch: bounds the [B, L, vocab_chunk] logits block in memory."""
+    if device.type != "cuda":
+        return 16384
+    free, _ = torch.cuda.mem_get_info(device)
+    # ~2 bytes x 2048 vocab chunk per token for the logits block, x8 headroom for activations.
+    return int(max(8192, min(1 << 20, free // (2048 * 2 * 8))))
+
+
+def _cpu_has_fast_bf16() -> bool:
+    if os.environ.get("SPLADE_ES_NO_SCREEN"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+__all__ = ["SpladeEncoder"]

@@ -1,0 +1,68 @@
+"""Every error splade-es raises, in one tree.
+
+Client libraries' errors (elasticsearch, opensearch-py, transformers) are caught at the
+boundary where we call them and re-raised as one of these, with the original attached as
+``__cause__``, so applications need to catch only ``SpladeEsError``::
+
+    SpladeEsError
+    ├── ConfigurationError          bad options: conflicting flags, unknown engine, bad URL
+    ├── NotImplementedYetError      a CLI command whose capability has not landed yet
+    ├── ModelLoadError              checkpoint missing, unreadable or without an MLM head
+    ├── InputError                  a bad document or text; names its position and field
+    │   └── EmptyTextError          an empty or whitespace-only text where one is required
+    └── ClusterError                anything that came back from (or failed to reach) a cluster
+        ├── ConnectionFailedError   unreachable, TLS failure, timeout
+        ├── AuthenticationError     401 / 403
+        └── UnsupportedFeatureError the engine or version lacks a field type or query
+"""
+
+from __future__ import annotations
+
+
+class SpladeEsError(Exception):
+    """Base class of every error raised by splade-es."""
+
+
+class ConfigurationError(SpladeEsError):
+    """Options that cannot work together, or a value out of range."""
+
+
+class NotImplementedYetError(SpladeEsError):
+    """A command whose capability has not landed yet."""
+
+
+class ModelLoadError(SpladeEsError):
+    """A checkpoint could not be found or does not look like a SPLADE/MLM model."""
+
+
+class InputError(SpladeEsError, ValueError):
+    """A bad input text or document.
+
+    ``position`` is the index in the input sequence (or line number for files) and
+    ``field`` the field name where one applies, so the message can name both.
+    """
+
+    def __init__(self, message: str, *, position: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.position = position
+        self.field = field
+
+
+class EmptyTextError(InputError):
+    """An empty or whitespace-only text where the policy forbids one."""
+
+
+class ClusterError(SpladeEsError):
+    """An error reported by, or on the way to, an Elasticsearch/OpenSearch cluster."""
+
+
+class ConnectionFailedError(ClusterError):
+    """The cluster could not be reached (refused, DNS, TLS, timeout)."""
+
+
+class AuthenticationError(ClusterError):
+    """The cluster rejected our credentials (HTTP 401) or permissions (HTTP 403)."""
+
+
+class UnsupportedFeatureError(ClusterError):
+    """The engine or its version lacks what was asked for (a field type, a query)."""

@@ -1,0 +1,88 @@
+"""Shared fixtures. Nothing here downloads: models are built from a config with random
+weights, or taken from SPLADE_ES_TEST_MODEL (a local checkpoint folder) when it is set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests must never reach the Hugging Face Hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+WORDS = (
+    "the a an of to in is was for on and or with by as at from that this it be are what code "
+    "section depreciation tax deduction property cost income expense amortization form line "
+    "garlic powder ounce tablespoon search engine sparse vector query document index cluster "
+    "white matter brain imaging diffusion tensor newborn human cerebral development"
+).split()
+PUNCT = list(".,;:!?'\"()[]{}-_/\\*&%$#@+=<>|~`^")
+
+
+def _tiny_vocab() -> list[str]:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789")
+    pieces = ["##" + c for c in letters] + ["##" + p for p in ".,-"]
+    tokens = specials + [f"[unused{i}]" for i in range(3)] + PUNCT + letters + pieces + WORDS
+    return list(dict.fromkeys(tokens))  # unique, order kept
+
+
+def build_tiny_model(directory: Path, family: str, *, seed: int = 0) -> Path:
+    """A random-weight masked-LM checkpoint (BERT or DistilBERT) with a WordPiece tokenizer."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        BertTokenizerFast,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = _tiny_vocab()
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    tokenizer.model_max_length = 64
+    torch.manual_seed(seed)
+    if family == "bert":
+        config = BertConfig(
+            vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=64,
+        )
+        model = BertForMaskedLM(config)
+    elif family == "distilbert":
+        config = DistilBertConfig(
+            vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+            max_position_embeddings=64,
+        )
+        model = DistilBertForMaskedLM(config)
+    else:
+        raise ValueError(family)
+    with torch.no_grad():
+        # Random init gives logits near 0; a positive bias spread makes SPLADE vectors
+        # non-trivial (some entries active, most not), like a trained model's.
+        model.get_output_embeddings().bias.copy_(torch.randn(len(vocab)) * 2 - 1)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session", params=["bert", "distilbert"])
+def tiny_model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The real checkpoint named by SPLADE_ES_TEST_MODEL (CI points it at splade-tiny)."""
+    path = os.environ.get("SPLADE_ES_TEST_MODEL")
+    if not path or not Path(path).is_dir():
+        pytest.skip("SPLADE_ES_TEST_MODEL does not point at a checkpoint folder")
+    return Path(path)

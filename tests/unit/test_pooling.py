@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splade_es.pooling import SpladeHead
+
+
+def brute_force(hidden, mask, weight, bias, pooling, activation):
+    logits = hidden.double() @ weight.double().T + bias.double()  # [B, L, V]
+    weights = torch.log1p(torch.relu(logits))
+    if activation == "log1p_relu":
+        weights = torch.log1p(weights)
+    weights = weights * mask.unsqueeze(-1)
+    return weights.amax(1) if pooling == "max" else weights.sum(1)
+
+
+def to_dense(out, batch, vocab):
+    dense = torch.zeros(batch, vocab, dtype=torch.float64)
+    dense[out.rows, out.cols] = out.values.double()
+    return dense
+
+
+@pytest.mark.parametrize("pooling", ["max", "sum"])
+@pytest.mark.parametrize("activation", ["relu", "log1p_relu"])
+@pytest.mark.parametrize("screen", [False, True])
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_head_equals_brute_force(pooling, activation, screen, chunk):
+    gen = torch.Generator().manual_seed(1)
+    batch, length, hidden_size, vocab = 4, 9, 16, 300
+    hidden = torch.randn(batch, length, hidden_size, generator=gen) * 3
+    weight = torch.randn(vocab, hidden_size, generator=gen)
+    bias = torch.randn(vocab, generator=gen) * 4 - 6  # most entries inactive, like SPLADE
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[1, 5:] = False
+    mask[3, 1:] = False
+    # Padding positions hold garbage that must not leak into the result.
+    hidden[~mask] = 50.0
+    head = SpladeHead(weight, bias, pooling=pooling, activation=activation, vocab_chunk=chunk,
+                      screen=screen)
+    got = to_dense(head(hidden, mask), batch, vocab)
+    expected = brute_force(hidden, mask, weight, bias, pooling, activation)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert ((got > 0) == (expected > 0)).all()
+    assert 0 < int((expected > 0).sum()) < batch * vocab
+
+
+def test_screening_keeps_entries_just_above_zero():
+    # Logits within bf16 rounding of the threshold are where screening could go wrong.
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(2, 5, 32, generator=gen)
+    weight = torch.randn(500, 32, generator=gen)
+    exact = (hidden.double() @ weight.double().T).amax(1)  # [2, 500]
+    bias = (-exact[0] + 1e-4).float()  # doc 0: every entry a hair above zero
+    head = SpladeHead(weight, bias, screen=True, vocab_chunk=128)
+    out = head(hidden, torch.ones(2, 5, dtype=torch.bool))
+    row0 = out.cols[out.rows == 0]
+    active0 = (exact[0] + bias.double() > 0).nonzero().flatten()
+    assert set(row0.tolist()) == set(active0.tolist())
+    assert len(active0) > 400
