@@ -204,18 +204,25 @@ _ES_CLIENT_MAJOR = int(elasticsearch.__versionstr__.split(".")[0])
 _PLAIN_MIMETYPE = re.compile(r"^application/(json|x-ndjson)$")
 
 
+def compat_headers(headers: dict[str, str], server_major: int) -> dict[str, str]:
+    """Rewrite plain JSON/NDJSON Accept and Content-Type headers to REST API compatibility
+    mode for ``server_major``; a header the client already versioned is left alone."""
+    rewritten = dict(headers)
+    for name, value in headers.items():
+        match = _PLAIN_MIMETYPE.match(value)
+        if name.lower() in ("accept", "content-type") and match:
+            rewritten[name] = (
+                f"application/vnd.elasticsearch+{match.group(1)}; compatible-with={server_major}"
+            )
+    return rewritten
+
+
 def _compat_client_class(server_major: int) -> type:
     """An Elasticsearch client class that speaks REST API version ``server_major``."""
 
     class CompatElasticsearch(elasticsearch.Elasticsearch):
         def perform_request(self, method: str, path: str, **kwargs: Any) -> Any:
-            headers = dict(kwargs.pop("headers", None) or {})
-            for name, value in list(headers.items()):
-                if name.lower() in ("accept", "content-type") and _PLAIN_MIMETYPE.match(value):
-                    kind = _PLAIN_MIMETYPE.match(value).group(1)  # type: ignore[union-attr]
-                    headers[name] = (
-                        f"application/vnd.elasticsearch+{kind}; compatible-with={server_major}"
-                    )
+            headers = compat_headers(dict(kwargs.pop("headers", None) or {}), server_major)
             return super().perform_request(method, path, headers=headers, **kwargs)
 
     CompatElasticsearch.__name__ = f"Elasticsearch{server_major}Compat"

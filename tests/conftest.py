@@ -12,12 +12,65 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-WORDS = (
-    "the a an of to in is was for on and or with by as at from that this it be are what code "
-    "section depreciation tax deduction property cost income expense amortization form line "
-    "garlic powder ounce tablespoon search engine sparse vector query document index cluster "
-    "white matter brain imaging diffusion tensor newborn human cerebral development"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "and",
+    "or",
+    "with",
+    "by",
+    "as",
+    "at",
+    "from",
+    "that",
+    "this",
+    "it",
+    "be",
+    "are",
+    "what",
+    "code",
+    "section",
+    "depreciation",
+    "tax",
+    "deduction",
+    "property",
+    "cost",
+    "income",
+    "expense",
+    "amortization",
+    "form",
+    "line",
+    "garlic",
+    "powder",
+    "ounce",
+    "tablespoon",
+    "search",
+    "engine",
+    "sparse",
+    "vector",
+    "query",
+    "document",
+    "index",
+    "cluster",
+    "white",
+    "matter",
+    "brain",
+    "imaging",
+    "diffusion",
+    "tensor",
+    "newborn",
+    "human",
+    "cerebral",
+    "development",
+]
 PUNCT = list(".,;:!?'\"()[]{}-_/\\*&%$#@+=<>|~`^")
 
 
@@ -48,13 +101,21 @@ def build_tiny_model(directory: Path, family: str, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     if family == "bert":
         config = BertConfig(
-            vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=64,
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
         )
         model = BertForMaskedLM(config)
     elif family == "distilbert":
         config = DistilBertConfig(
-            vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+            vocab_size=len(vocab),
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
             max_position_embeddings=64,
         )
         model = DistilBertForMaskedLM(config)
@@ -70,7 +131,9 @@ def build_tiny_model(directory: Path, family: str, *, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session", params=["bert", "distilbert"])
-def tiny_model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
 
 

@@ -61,17 +61,31 @@ def test_sentence_transformers_folder_with_sum_pooling_and_log1p_relu(tiny_bert_
     (folder / "1_SpladePooling" / "config.json").write_text(
         json.dumps({"pooling_strategy": "sum", "activation_function": "log1p_relu"})
     )
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "",
-         "type": "sentence_transformers.sparse_encoder.models.MLMTransformer"},
-        {"idx": 1, "name": "1", "path": "1_SpladePooling",
-         "type": "sentence_transformers.sparse_encoder.models.SpladePooling"},
-    ]))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.sparse_encoder.models.MLMTransformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_SpladePooling",
+                    "type": "sentence_transformers.sparse_encoder.models.SpladePooling",
+                },
+            ]
+        )
+    )
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
     encoder = SpladeEncoder.from_pretrained(str(folder), device="cpu")
     assert encoder.max_length == 16
     assert (encoder.head.pooling, encoder.head.activation) == ("sum", "log1p_relu")
-    ref = reference_vectors(tiny_bert_dir, TEXTS, max_length=16, pooling="sum", activation="log1p_relu")
+    ref = reference_vectors(
+        tiny_bert_dir, TEXTS, max_length=16, pooling="sum", activation="log1p_relu"
+    )
     np.testing.assert_allclose(dense(encoder.encode_documents(TEXTS)), ref, atol=1e-5)
 
 
@@ -115,10 +129,13 @@ def test_empty_text_gives_an_empty_vector_when_asked(tiny_bert_dir):
 
 def test_over_long_texts_are_truncated_and_counted(tiny_bert_dir):
     encoder = SpladeEncoder.from_pretrained(str(tiny_bert_dir), device="cpu", max_length=8)
-    batch = encoder.encode_documents(["tax code", "the code section of the tax form is what line " * 4])
+    batch = encoder.encode_documents(
+        ["tax code", "the code section of the tax form is what line " * 4]
+    )
     assert batch.truncated.tolist() == [False, True]
-    ref = reference_vectors(tiny_bert_dir, ["the code section of the tax form is what line " * 4],
-                            max_length=8)
+    ref = reference_vectors(
+        tiny_bert_dir, ["the code section of the tax form is what line " * 4], max_length=8
+    )
     np.testing.assert_allclose(dense(batch)[1:], ref, atol=1e-5)
 
 

@@ -36,8 +36,9 @@ def test_head_equals_brute_force(pooling, activation, screen, chunk):
     mask[3, 1:] = False
     # Padding positions hold garbage that must not leak into the result.
     hidden[~mask] = 50.0
-    head = SpladeHead(weight, bias, pooling=pooling, activation=activation, vocab_chunk=chunk,
-                      screen=screen)
+    head = SpladeHead(
+        weight, bias, pooling=pooling, activation=activation, vocab_chunk=chunk, screen=screen
+    )
     got = to_dense(head(hidden, mask), batch, vocab)
     expected = brute_force(hidden, mask, weight, bias, pooling, activation)
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from splade_es import SpladeEncoder
+from splade_es.cli import main
+
+COMMANDS = ["encode", "create-index", "ingest", "search", "migrate", "evaluate"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_real_help(runner, command):
+    result = runner.invoke(main, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: main " + command in result.output or f"{command} [OPTIONS]" in result.output
+    if command != "encode":
+        for option in (
+            "--url",
+            "--api-key",
+            "--user",
+            "--password",
+            "--ca-certs",
+            "--no-verify-certs",
+            "--engine",
+        ):
+            assert option in result.output
+
+
+@pytest.mark.parametrize("command", ["create-index", "ingest", "search", "migrate", "evaluate"])
+def test_commands_not_landed_yet_fail_clearly_without_echoing_secrets(runner, command, tmp_path):
+    (tmp_path / "f").write_text("{}")
+    args = {
+        "create-index": ["--index", "i"],
+        "ingest": ["--index", "i", "-m", "m", "--input", str(tmp_path / "f")],
+        "search": ["--index", "i", "-m", "m", "q"],
+        "migrate": ["--source", "a", "--target", "b", "--alias", "c", "-m", "m"],
+        "evaluate": [
+            "--index",
+            "i",
+            "-m",
+            "m",
+            "--queries",
+            str(tmp_path / "f"),
+            "--qrels",
+            str(tmp_path / "f"),
+        ],
+    }[command]
+    result = runner.invoke(
+        main,
+        [command, "--url", "https://u:hunter2@localhost:9200", "--user", "u", *args],
+        env={"SPLADE_ES_PASSWORD": "hunter3"},
+    )
+    assert result.exit_code == 2
+    assert "not implemented yet" in result.output
+    assert "hunter2" not in result.output and "hunter3" not in result.output
+
+
+def test_no_verify_certs_warns(runner):
+    result = runner.invoke(
+        main,
+        [
+            "search",
+            "--url",
+            "https://localhost:9200",
+            "--no-verify-certs",
+            "--index",
+            "i",
+            "-m",
+            "m",
+            "q",
+        ],
+    )
+    assert "verification is disabled" in result.output
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def test_encode_writes_one_vector_per_document_in_input_order(runner, tiny_bert_dir, tmp_path):
+    docs = [
+        {"_id": "d1", "title": "Tax code", "text": "section of the tax code"},
+        {"_id": 2, "title": "", "text": "garlic powder"},
+        {"_id": "d3", "text": "the search engine " * 30},
+    ]
+    write_jsonl(tmp_path / "in.jsonl", docs)
+    result = runner.invoke(
+        main,
+        [
+            "encode",
+            "-m",
+            str(tiny_bert_dir),
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--max-length",
+            "16",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["_id"] for line in lines] == ["d1", "2", "d3"]
+    assert [line.get("truncated", False) for line in lines] == [False, False, True]
+    encoder = SpladeEncoder.from_pretrained(str(tiny_bert_dir), max_length=16)
+    expected = encoder.encode_documents(["Tax code section of the tax code"]).to_dicts()[0]
+    assert lines[0]["splade"] == pytest.approx(expected, abs=1e-5)
+    assert "truncated documents" in result.output and "1 (max 16 tokens)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ("{not json", "line 2: invalid JSON"),
+        (json.dumps({"title": "x", "text": "y"}), "line 2: missing id field '_id'"),
+        (json.dumps({"_id": "b", "title": 5, "text": "y"}), "line 2: field 'title' is int"),
+        (json.dumps({"_id": "b", "title": "", "text": ""}), "line 2: no text in field(s)"),
+        ("[1, 2]", "line 2: expected a JSON object"),
+    ],
+)
+def test_encode_bad_input_names_line_and_field(runner, tiny_bert_dir, tmp_path, bad_line, message):
+    write_jsonl(tmp_path / "in.jsonl", [{"_id": "a", "text": "fine"}, bad_line])
+    result = runner.invoke(
+        main,
+        [
+            "encode",
+            "-m",
+            str(tiny_bert_dir),
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_encode_rejects_non_utf8(runner, tiny_bert_dir, tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(
+        b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "\xff"}\n'
+    )
+    result = runner.invoke(
+        main,
+        [
+            "encode",
+            "-m",
+            str(tiny_bert_dir),
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "line 2: not valid UTF-8" in result.output
