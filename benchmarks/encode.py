@@ -1,0 +1,313 @@
+"""Encoding speed and fidelity: splade-es SpladeEncoder vs sentence-transformers SparseEncoder.
+
+Same model, same texts, same machine, same max_length, one run; each measurement in a fresh
+subprocess so peak memory is its own. Prints docs/s, the ratio, the max absolute difference
+between the two sets of vectors, and peak RSS (and peak GPU memory on CUDA).
+
+    python benchmarks/encode.py --model ../shared/models/splade-tiny --data ../shared/data/scifact
+    python benchmarks/encode.py ... --families mini,small,distilbert   # random-weight models
+    python benchmarks/encode.py ... --stream 20000                     # memory over a long stream
+
+Random-weight models of the larger families get their output bias shifted so that about 200
+vocabulary entries are active per document, as with trained SPLADE models (with zero bias,
+half the vocabulary would be active and the comparison would measure something else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import scipy.sparse
+
+FAMILIES = {  # name: (architecture, layers, hidden, heads, intermediate)
+    "mini": ("bert", 4, 256, 4, 1024),  # SPLADE-BERT-Mini, 11M
+    "small": ("bert", 4, 512, 8, 2048),  # splade-small, 29M
+    "distilbert": ("distilbert", 6, 768, 12, 3072),  # splade-distilbert, 67M
+}
+
+
+def load_texts(data_dir: Path, n: int) -> list[str]:
+    texts = []
+    with open(data_dir / "corpus.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            doc = json.loads(line)
+            texts.append(f"{doc.get('title', '')} {doc.get('text', '')}".strip())
+            if len(texts) >= n:
+                break
+    return texts
+
+
+def peak_memory(device: str) -> dict:
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        import torch
+
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Runs in a subprocess: encode, time, write vectors to args.out (npz)."""
+    import torch
+
+    texts = load_texts(Path(args.data), args.docs)
+    if args.impl == "splade-es":
+        from splade_es import SpladeEncoder
+
+        enc = SpladeEncoder.from_pretrained(
+            args.model, device=args.device, dtype=args.dtype, max_length=args.max_length
+        )
+        enc.encode_documents(texts[:8], batch_size=args.batch_size)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        matrix = enc.encode_documents(texts, batch_size=args.batch_size).to_scipy()
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    else:
+        from sentence_transformers import SparseEncoder
+
+        model = SparseEncoder(args.model, device=args.device)
+        model.max_seq_length = args.max_length
+        if args.dtype in ("bfloat16", "float16"):
+            model = model.to(getattr(torch, args.dtype))
+        model.encode_document(texts[:8], batch_size=args.batch_size)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        emb = model.encode_document(texts, batch_size=args.batch_size, convert_to_tensor=True)
+        emb = emb.coalesce().cpu()
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        idx, val = emb.indices().numpy(), emb.values().float().numpy()
+        matrix = scipy.sparse.csr_matrix((val, (idx[0], idx[1])), shape=tuple(emb.shape))
+    scipy.sparse.save_npz(args.out, matrix.tocsr())
+    print(
+        json.dumps(
+            {
+                "docs_per_s": len(texts) / elapsed,
+                "nnz": matrix.nnz / len(texts),
+                **peak_memory(args.device),
+            }
+        )
+    )
+
+
+def stream_worker(args: argparse.Namespace) -> None:
+    """Encode a long stream through iter_encode, sampling RSS as it goes."""
+    from splade_es import SpladeEncoder
+
+    base = load_texts(Path(args.data), 2000)
+    enc = SpladeEncoder.from_pretrained(args.model, device=args.device, max_length=args.max_length)
+
+    def texts():
+        for i in range(args.stream):
+            yield base[i % len(base)]
+
+    samples, done, start = [], 0, time.perf_counter()
+    for window in enc.iter_encode(texts(), batch_size=args.batch_size):
+        done += len(window)
+        if done % 2000 < len(window):
+            samples.append((done, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    print(json.dumps({"samples": samples, "docs_per_s": done / (time.perf_counter() - start)}))
+
+
+def run_child(extra: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--worker", *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-3000:])
+        raise SystemExit(f"worker failed: {' '.join(cmd)}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def make_random_model(family: str, tokenizer_dir: Path, out_dir: Path, data: Path) -> Path:
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForMaskedLM,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+    )
+
+    arch, layers, hidden, heads, inter = FAMILIES[family]
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    if arch == "bert":
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                intermediate_size=inter,
+            )
+        )
+    else:
+        model = DistilBertForMaskedLM(
+            DistilBertConfig(
+                vocab_size=tokenizer.vocab_size,
+                dim=hidden,
+                n_layers=layers,
+                n_heads=heads,
+                hidden_dim=inter,
+            )
+        )
+    model.eval()
+    sample = tokenizer(
+        load_texts(data, 16), truncation=True, max_length=256, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        logits = model(**sample).logits
+        per_doc_max = logits.masked_fill(~sample["attention_mask"].bool()[..., None], -1e9).amax(1)
+        shift = torch.quantile(per_doc_max.flatten().float(), 1 - 200 / logits.shape[-1])
+        model.get_output_embeddings().bias -= shift
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("SPLADE_ES_TEST_MODEL"),
+        help="splade-tiny folder (also the tokenizer for random models)",
+    )
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("SPLADE_ES_BENCH_DATA"),
+        help="BEIR folder with corpus.jsonl",
+    )
+    parser.add_argument("--docs", type=int, default=400)
+    parser.add_argument("--families", default="", help="comma list of: " + ",".join(FAMILIES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--stream", type=int, default=0, help="also stream N docs, sampling RSS")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stream-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return stream_worker(args) if args.stream_worker else worker(args)
+    if not args.model or not args.data:
+        parser.error(
+            "--model and --data (or SPLADE_ES_TEST_MODEL / SPLADE_ES_BENCH_DATA) are required"
+        )
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"SPLADE document encoding on {args.device} ({args.dtype}), batch {args.batch_size}"
+    )
+    for col in (
+        "model",
+        "docs",
+        "max_len",
+        "impl",
+        "docs/s",
+        "ratio",
+        "max |diff|",
+        "nnz/doc",
+        "peak RSS MB",
+        "peak GPU MB",
+    ):
+        table.add_column(col, justify="right")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = [("splade-tiny", args.model, args.docs, args.max_length)]
+        for fam in filter(None, args.families.split(",")):
+            path = make_random_model(fam, Path(args.model), Path(tmp) / fam, Path(args.data))
+            n = max(24, args.docs // {"mini": 2, "small": 4, "distilbert": 8}[fam])
+            models.append((f"{fam} (random)", str(path), n, min(args.max_length, 256)))
+        for label, path, n, max_len in models:
+            results, matrices = {}, {}
+            for impl in ("sentence-transformers", "splade-es"):
+                out = str(Path(tmp) / f"{impl}.npz")
+                results[impl] = run_child(
+                    [
+                        "--impl",
+                        impl,
+                        "--model",
+                        path,
+                        "--data",
+                        args.data,
+                        "--docs",
+                        str(n),
+                        "--device",
+                        args.device,
+                        "--dtype",
+                        args.dtype,
+                        "--batch-size",
+                        str(args.batch_size),
+                        "--max-length",
+                        str(max_len),
+                        "--out",
+                        out,
+                    ]
+                )
+                matrices[impl] = scipy.sparse.load_npz(out)
+            diff = abs(matrices["splade-es"] - matrices["sentence-transformers"]).max()
+            base = results["sentence-transformers"]["docs_per_s"]
+            for impl, res in results.items():
+                table.add_row(
+                    label,
+                    str(n),
+                    str(max_len),
+                    impl,
+                    f"{res['docs_per_s']:.1f}",
+                    f"{res['docs_per_s'] / base:.2f}x",
+                    f"{diff:.2e}" if impl == "splade-es" else "",
+                    f"{res['nnz']:.0f}",
+                    f"{res['peak_rss_mb']:.0f}",
+                    f"{res.get('peak_gpu_mb', float('nan')):.0f}",
+                )
+    console = Console(width=150)
+    console.print(table)
+    if args.stream:
+        res = run_child(
+            [
+                "--stream-worker",
+                "--model",
+                args.model,
+                "--data",
+                args.data,
+                "--stream",
+                str(args.stream),
+                "--device",
+                args.device,
+                "--batch-size",
+                str(args.batch_size),
+                "--max-length",
+                "128",
+            ]
+        )
+        stream = Table(title=f"peak RSS while streaming {args.stream} docs (max_length 128)")
+        stream.add_column("docs encoded", justify="right")
+        stream.add_column("peak RSS MB", justify="right")
+        for done, rss in res["samples"]:
+            stream.add_row(f"{done:,}", f"{rss:.0f}")
+        console.print(stream)
+        console.print(f"stream throughput: {res['docs_per_s']:.1f} docs/s")
+
+
+if __name__ == "__main__":
+    main()
