@@ -194,3 +194,14 @@ def test_real_checkpoint_reproduces_the_seed_scores(real_model_dir, screen):
     assert docs.nnz_per_row.tolist() == [112, 96, 73]
     ref = reference_vectors(real_model_dir, SEED_PASSAGES, max_length=encoder.max_length)
     assert np.abs(dense(docs) - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_keeps_the_seed_ranking(real_model_dir, dtype):
+    """The GPU default is bf16 (fp16 without bf16 support); the same code path runs on CPU."""
+    exact = SpladeEncoder.from_pretrained(str(real_model_dir), device="cpu", dtype="float32")
+    half = SpladeEncoder.from_pretrained(str(real_model_dir), device="cpu", dtype=dtype)
+    expected = exact.encode_queries([SEED_QUERY]).dot(exact.encode_documents(SEED_PASSAGES))[0]
+    got = half.encode_queries([SEED_QUERY]).dot(half.encode_documents(SEED_PASSAGES))[0]
+    assert np.argsort(-got).tolist() == np.argsort(-expected).tolist()
+    assert np.max(np.abs(got - expected) / expected) < 0.02
