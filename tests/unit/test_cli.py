@@ -81,6 +81,24 @@ def test_no_verify_certs_warns(runner):
     assert "verification is disabled" in result.output
 
 
+def run_encode(runner, model_dir, tmp_path, *extra):
+    """``splade-es encode`` from tmp_path/in.jsonl to tmp_path/out.jsonl."""
+    return runner.invoke(
+        main,
+        [
+            "encode",
+            "-m",
+            str(model_dir),
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "-q",
+            *extra,
+        ],
+    )
+
+
 def write_jsonl(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
 
@@ -92,21 +110,7 @@ def test_encode_writes_one_vector_per_document_in_input_order(runner, tiny_bert_
         {"_id": "d3", "text": "the search engine " * 30},
     ]
     write_jsonl(tmp_path / "in.jsonl", docs)
-    result = runner.invoke(
-        main,
-        [
-            "encode",
-            "-m",
-            str(tiny_bert_dir),
-            "--input",
-            str(tmp_path / "in.jsonl"),
-            "--output",
-            str(tmp_path / "out.jsonl"),
-            "--max-length",
-            "16",
-            "-q",
-        ],
-    )
+    result = run_encode(runner, tiny_bert_dir, tmp_path, "--max-length", "16")
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [line["_id"] for line in lines] == ["d1", "2", "d3"]
@@ -129,19 +133,7 @@ def test_encode_writes_one_vector_per_document_in_input_order(runner, tiny_bert_
 )
 def test_encode_bad_input_names_line_and_field(runner, tiny_bert_dir, tmp_path, bad_line, message):
     write_jsonl(tmp_path / "in.jsonl", [{"_id": "a", "text": "fine"}, bad_line])
-    result = runner.invoke(
-        main,
-        [
-            "encode",
-            "-m",
-            str(tiny_bert_dir),
-            "--input",
-            str(tmp_path / "in.jsonl"),
-            "--output",
-            str(tmp_path / "out.jsonl"),
-            "-q",
-        ],
-    )
+    result = run_encode(runner, tiny_bert_dir, tmp_path)
     assert result.exit_code == 2
     assert message in result.output
 
@@ -150,18 +142,6 @@ def test_encode_rejects_non_utf8(runner, tiny_bert_dir, tmp_path):
     (tmp_path / "in.jsonl").write_bytes(
         b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "\xff"}\n'
     )
-    result = runner.invoke(
-        main,
-        [
-            "encode",
-            "-m",
-            str(tiny_bert_dir),
-            "--input",
-            str(tmp_path / "in.jsonl"),
-            "--output",
-            str(tmp_path / "out.jsonl"),
-            "-q",
-        ],
-    )
+    result = run_encode(runner, tiny_bert_dir, tmp_path)
     assert result.exit_code == 2
     assert "line 2: not valid UTF-8" in result.output
