@@ -45,8 +45,18 @@ def load_texts(data_dir: Path, n: int) -> list[str]:
     return texts
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Unlike getrusage's ru_maxrss, it is not inherited from
+    the parent across fork + exec, so each worker reports only its own memory."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory(device: str) -> dict:
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {"peak_rss_mb": peak_rss_mb()}
     if device.startswith("cuda"):
         import torch
 
@@ -120,7 +130,7 @@ def stream_worker(args: argparse.Namespace) -> None:
     for window in enc.iter_encode(texts(), batch_size=args.batch_size):
         done += len(window)
         if done % 2000 < len(window):
-            samples.append((done, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+            samples.append((done, peak_rss_mb()))
     print(json.dumps({"samples": samples, "docs_per_s": done / (time.perf_counter() - start)}))
 
 
