@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,6 +82,12 @@ def docker_available() -> bool:
         return True
     except Exception:  # any failure means "no usable engine here"
         return False
+
+
+@functools.cache
+def available_specs() -> tuple[ClusterSpec, ...]:
+    """The clusters of this test session, discovered once."""
+    return tuple(discover_specs())
 
 
 def discover_specs() -> list[ClusterSpec]:

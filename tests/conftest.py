@@ -74,6 +74,17 @@ WORDS = [
 PUNCT = list(".,;:!?'\"()[]{}-_/\\*&%$#@+=<>|~`^")
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say up front which clusters the integration tests will use (and flag the emulator)."""
+    from tests.clusters import available_specs
+
+    lines = []
+    for spec in available_specs():
+        note = " -- an in-memory EMULATOR, not a real engine" if spec.is_emulator else ""
+        lines.append(f"splade-es cluster: {spec.name} from {spec.source} {spec.target}{note}")
+    return lines
+
+
 def _tiny_vocab() -> list[str]:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789")

@@ -12,25 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.clusters import ClusterSpec, TestCluster, discover_specs, start_cluster
+from tests.clusters import ClusterSpec, TestCluster, available_specs, start_cluster
 
-_SPECS: list[ClusterSpec] | None = None
 _STARTED: list[str] = []
-
-
-def _specs() -> list[ClusterSpec]:
-    global _SPECS
-    if _SPECS is None:
-        _SPECS = discover_specs()
-    return _SPECS
-
-
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    lines = []
-    for spec in _specs():
-        note = " -- an in-memory EMULATOR, not a real engine" if spec.is_emulator else ""
-        lines.append(f"splade-es cluster: {spec.name} from {spec.source} {spec.target}{note}")
-    return lines
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -39,7 +23,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.section("splade-es clusters that ran")
     for label in _STARTED:
         terminalreporter.write_line(label)
-    if any(spec.is_emulator for spec in _specs()):
+    if any(spec.is_emulator for spec in available_specs()):
         terminalreporter.write_line(
             "NOTE: osmem-server is an emulator. Passing here is not proof for real "
             "Elasticsearch/OpenSearch; run with Docker or SPLADE_ES_TEST_URL for that."
@@ -51,7 +35,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marker = metafunc.definition.get_closest_marker("engines")
     wanted = set(marker.args) if marker else None
-    specs = [s for s in _specs() if wanted is None or s.engine is None or s.engine in wanted]
+    specs = [
+        s for s in available_specs() if wanted is None or s.engine is None or s.engine in wanted
+    ]
     params = [pytest.param(s, id=s.name) for s in specs] or [
         pytest.param(
             None, id="no-cluster", marks=pytest.mark.skip(reason=f"no {wanted} cluster available")
