@@ -2,19 +2,26 @@
 
 The data flow, one module per stage::
 
-    text -> encoder (SpladeEncoder) -> SparseBatch -> engine dialect -> cluster (connect)
+    text -> encoder (SpladeEncoder) -> SparseBatch -> TokenCodec -> engine dialect
+         -> QueryBuilder / search / evaluate -> cluster (connect)
 """
 
 from .connect import Cluster, ConnectionConfig, connect
 from .encoder import SpladeEncoder
+from .engines import Dialect, Hybrid, dialect_for
+from .evaluate import EvaluationReport, evaluate
 from .exceptions import (
     ClusterError,
     ConfigurationError,
     InputError,
     ModelLoadError,
     SpladeEsError,
+    UnsupportedFeatureError,
 )
-from .sparse import SparseBatch
+from .query import PruneReport, QueryBuilder, QueryPruning
+from .search import Explanation, SearchResult, create_hybrid_pipeline, create_index, explain, search
+from .sparse import SparseBatch, Vocabulary, stored_precision
+from .tokens import TokenCodec
 
 __version__ = "0.1.0"
 
@@ -23,11 +30,29 @@ __all__ = [
     "ClusterError",
     "ConfigurationError",
     "ConnectionConfig",
+    "Dialect",
+    "EvaluationReport",
+    "Explanation",
+    "Hybrid",
     "InputError",
     "ModelLoadError",
+    "PruneReport",
+    "QueryBuilder",
+    "QueryPruning",
+    "SearchResult",
     "SparseBatch",
     "SpladeEncoder",
     "SpladeEsError",
+    "TokenCodec",
+    "UnsupportedFeatureError",
+    "Vocabulary",
     "__version__",
     "connect",
+    "create_hybrid_pipeline",
+    "create_index",
+    "dialect_for",
+    "evaluate",
+    "explain",
+    "search",
+    "stored_precision",
 ]

@@ -27,6 +27,7 @@ from .exceptions import (
     ClusterError,
     ConfigurationError,
     ConnectionFailedError,
+    UnsupportedFeatureError,
 )
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Cluster:
     @classmethod
     def from_client(cls, client: Any) -> Cluster:
         """Wrap a client the application already configured; engine and version from info()."""
-        info = _call(client.info, "reading cluster info")
+        info = call(client.info, "reading cluster info")
         engine, version = engine_from_info(info)
         return cls(client=client, engine=engine, version=version)
 
@@ -146,9 +147,7 @@ def connect(config: ConnectionConfig) -> Cluster:
     else:
         probe = _opensearch_client(config)
         try:
-            engine, _ = engine_from_info(
-                _call(probe.info, f"connecting to {config.redacted_hosts}")
-            )
+            engine, _ = engine_from_info(call(probe.info, f"connecting to {config.redacted_hosts}"))
         finally:
             probe.close()
     if engine == "opensearch":
@@ -229,18 +228,34 @@ def _compat_client_class(server_major: int) -> type:
     return CompatElasticsearch
 
 
-def _call(func: Any, doing: str) -> Any:
-    """Call a client method, mapping the clients' errors onto ours."""
+def call(func: Any, doing: str) -> Any:
+    """Call ``func()`` (a client call), mapping the clients' errors onto ours; ``doing``
+    says what for, in the message."""
     try:
         return func()
     except (elasticsearch.AuthenticationException, opensearchpy.AuthenticationException) as exc:
         raise AuthenticationError(f"{doing}: the cluster rejected the credentials (401)") from exc
     except (elasticsearch.AuthorizationException, opensearchpy.AuthorizationException) as exc:
+        if "license" in str(exc).lower():
+            raise UnsupportedFeatureError(
+                f"{doing}: the cluster's license does not cover this feature ({_first_line(exc)})"
+            ) from exc
         raise AuthenticationError(f"{doing}: permission denied (403)") from exc
     except (elasticsearch.ConnectionError, opensearchpy.ConnectionError) as exc:
         raise ConnectionFailedError(f"{doing}: {type(exc).__name__}: {_first_line(exc)}") from exc
     except (elasticsearch.ApiError, opensearchpy.TransportError) as exc:
+        if _UNSUPPORTED.search(str(exc)):
+            raise UnsupportedFeatureError(f"{doing}: {_first_line(exc)}") from exc
         raise ClusterError(f"{doing}: {_first_line(exc)}") from exc
+
+
+# What engines answer for a query type, field type or processor they do not know.
+_UNSUPPORTED = re.compile(
+    r"unknown query|no \[query\] registered|unsupported_operation_exception|"
+    r"no handler found for uri|No mapper found for type|Invalid processor type|"
+    r"unknown retriever|no such processor",
+    re.IGNORECASE,
+)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ from torch import nn
 from .checkpoint import CheckpointLayout, read_layout, resolve_checkpoint
 from .exceptions import EmptyTextError, InputError, ModelLoadError
 from .pooling import SpladeHead
-from .sparse import SparseBatch
+from .sparse import SparseBatch, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class SpladeEncoder:
         for token, i in tokenizer.get_vocab().items():
             if i < len(names):
                 names[i] = token
-        self.vocab: tuple[str, ...] = tuple(names)
+        self.vocab = Vocabulary(names, special_ids=tokenizer.all_special_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # ------------------------------------------------------------------ loading

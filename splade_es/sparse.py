@@ -12,11 +12,72 @@ NumPy only: nothing downstream of the encoder needs torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 import scipy.sparse
+
+
+class Vocabulary(Sequence[str]):
+    """The model's output vocabulary: ``vocab[i]`` names output id ``i``.
+
+    ``special_ids`` are the tokenizer's special tokens ([CLS], [SEP], [PAD], ...): they carry
+    weights in the reference formula, but mean nothing as search terms, so the token codec
+    drops them.
+
+    >>> vocab = Vocabulary(["[PAD]", "tax", "##."], special_ids={0})
+    >>> vocab[1], len(vocab), vocab.is_special(0)
+    ('tax', 3, True)
+    """
+
+    __slots__ = ("_tokens", "special_ids")
+
+    def __init__(self, tokens: Iterable[str], *, special_ids: Iterable[int] = ()) -> None:
+        self._tokens = tuple(tokens)
+        self.special_ids = frozenset(int(i) for i in special_ids)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, i: int | slice) -> str | tuple[str, ...]:
+        return self._tokens[i]
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tokens)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Vocabulary):
+            return self._tokens == other._tokens and self.special_ids == other.special_ids
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self._tokens, self.special_ids))
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({len(self)} tokens, {len(self.special_ids)} special)"
+
+    def is_special(self, i: int) -> bool:
+        return i in self.special_ids
+
+
+def stored_precision(values: np.ndarray | Sequence[float]) -> np.ndarray:
+    """What a ``rank_features`` / ``sparse_vector`` field gives back for ``values``.
+
+    Lucene's FeatureField keeps the top 17 bits of the float32 (exponent and 8 mantissa bits,
+    truncated): relative error < 2^-8. Scoring in-memory with these values reproduces the
+    engine's ``_score`` up to summation order.
+
+    >>> stored_precision([0.7, 1.5]).tolist()
+    [0.69921875, 1.5]
+    """
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32)
+    return (bits & np.uint32(0xFFFF8000)).view(np.float32)
 
 
 @dataclass(frozen=True)
@@ -49,6 +110,16 @@ class SparseBatch:
     def to_scipy(self) -> scipy.sparse.csr_matrix:
         return scipy.sparse.csr_matrix(
             (self.values, self.indices, self.indptr), shape=(len(self), len(self.vocab))
+        )
+
+    def stored(self) -> SparseBatch:
+        """This batch with every weight at the engines' storage precision (``stored_precision``)."""
+        return SparseBatch(
+            indptr=self.indptr,
+            indices=self.indices,
+            values=stored_precision(self.values),
+            vocab=self.vocab,
+            truncated=self.truncated,
         )
 
     def dot(self, other: SparseBatch) -> np.ndarray:

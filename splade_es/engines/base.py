@@ -1,0 +1,299 @@
+"""The Dialect interface: everything that differs between engines and versions lives in a
+dialect, and nowhere else.
+
+A dialect turns engine-neutral inputs (feature dicts made by ``TokenCodec``, user filters, a
+lexical query) into the request bodies one engine version understands, and says what that
+version can do. It never talks to a cluster: bodies are plain dicts any application can send.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, ClassVar, Literal
+
+from ..connect import Engine, Version
+from ..exceptions import ConfigurationError, UnsupportedFeatureError
+from ..tokens import KeyScheme
+
+FieldType = Literal["rank_features", "sparse_vector"]
+QueryStyle = Literal["rank_feature", "sparse_vector", "neural_sparse"]
+HybridMethod = Literal["sum", "rrf", "linear"]
+
+FIELD_TYPES: tuple[FieldType, ...] = ("rank_features", "sparse_vector")
+HYBRID_METHODS: tuple[HybridMethod, ...] = ("sum", "rrf", "linear")
+DEFAULT_CLAUSE_LIMIT = 1024
+CLAUSE_LIMIT_SETTING = "indices.query.bool.max_clause_count"
+
+Query = dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hybrid:
+    """How to mix BM25 into a SPLADE query.
+
+    ``method``:
+      ``"sum"``    ``bm25_weight * BM25 + (1 - bm25_weight) * SPLADE`` in one ``bool`` query;
+                   raw scores, every engine and version.
+      ``"linear"`` min-max normalised scores, then the same weighted sum: Elasticsearch
+                   ``linear`` retriever (8.18+), OpenSearch ``hybrid`` query with a
+                   ``normalization-processor`` search pipeline (2.10+).
+      ``"rrf"``    reciprocal rank fusion: Elasticsearch ``rrf`` retriever (8.14+),
+                   OpenSearch ``score-ranker-processor`` pipeline (2.19+). Weights unused.
+    Elasticsearch's retrievers need an Enterprise or trial license.
+    """
+
+    bm25_weight: float = 0.5
+    method: HybridMethod = "sum"
+    text_fields: tuple[str, ...] = ("title", "text")
+    rank_window_size: int = 100
+    rank_constant: int = 60
+    pipeline: str | None = None  # OpenSearch search pipeline name (linear/rrf)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.bm25_weight <= 1.0:
+            raise ConfigurationError(f"bm25_weight must be in [0, 1], got {self.bm25_weight}")
+        if self.method not in HYBRID_METHODS:
+            raise ConfigurationError(
+                f"unknown hybrid method {self.method!r}: expected one of {HYBRID_METHODS}"
+            )
+        if not self.text_fields:
+            raise ConfigurationError("a hybrid query needs at least one text field")
+
+    @property
+    def pipeline_name(self) -> str:
+        """The search pipeline this hybrid uses on OpenSearch (named after its parameters)."""
+        if self.pipeline:
+            return self.pipeline
+        if self.method == "rrf":
+            return f"splade-es-hybrid-rrf-{self.rank_constant}"
+        return f"splade-es-hybrid-linear-{round(self.bm25_weight * 1000):04d}"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A search body plus URL parameters (``search_pipeline`` on OpenSearch)."""
+
+    body: Query
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+class Dialect(ABC):
+    """One engine at one version. Subclasses fill in the engine-specific parts."""
+
+    engine: ClassVar[Engine]
+
+    def __init__(self, version: Version) -> None:
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({'.'.join(map(str, self.version))})"
+
+    # ------------------------------------------------------------------ capabilities
+    @abstractmethod
+    def field_types(self) -> tuple[FieldType, ...]:
+        """Sparse field types this version can store."""
+
+    @abstractmethod
+    def query_styles(self, field_type: FieldType) -> tuple[QueryStyle, ...]:
+        """Query styles that score ``field_type`` with the exact dot product; first = default."""
+
+    @abstractmethod
+    def hybrid_methods(self) -> tuple[HybridMethod, ...]:
+        """Hybrid methods this version supports."""
+
+    def key_scheme(self, field_type: FieldType) -> KeyScheme:
+        """The TokenCodec scheme for feature keys of ``field_type``."""
+        return "token"
+
+    def check_field_type(self, field_type: FieldType) -> None:
+        if field_type not in FIELD_TYPES:
+            raise ConfigurationError(
+                f"unknown field type {field_type!r}: expected one of {FIELD_TYPES}"
+            )
+        if field_type not in self.field_types():
+            raise UnsupportedFeatureError(
+                f"{self.engine} {self.version_text} has no {field_type!r} field "
+                f"({self._field_type_requirement(field_type)}); use rank_features"
+            )
+
+    def style_for(self, field_type: FieldType, style: QueryStyle | None) -> QueryStyle:
+        """The query style to use: ``style`` if this version supports it, else the default."""
+        styles = self.query_styles(field_type)
+        if not styles:
+            raise UnsupportedFeatureError(
+                f"{self.engine} {self.version_text} cannot query a {field_type!r} field "
+                "by vector; use rank_features"
+            )
+        if style is None:
+            return styles[0]
+        if style not in styles:
+            raise UnsupportedFeatureError(
+                f"{self.engine} {self.version_text} cannot use a {style!r} query on a "
+                f"{field_type!r} field; available: {', '.join(styles)}"
+            )
+        return style
+
+    def check_hybrid(self, hybrid: Hybrid) -> None:
+        if hybrid.method not in self.hybrid_methods():
+            raise UnsupportedFeatureError(
+                f"{self.engine} {self.version_text} does not support hybrid method "
+                f"{hybrid.method!r}; available: {', '.join(self.hybrid_methods())}"
+            )
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    def since(self, *version: int) -> bool:
+        return self.version >= tuple(version)
+
+    # ------------------------------------------------------------------ index bodies
+    def index_body(
+        self,
+        field_type: FieldType = "rank_features",
+        *,
+        sparse_field: str = "splade",
+        shards: int = 1,
+        replicas: int = 1,
+    ) -> dict[str, Any]:
+        """The ``PUT /<index>`` body from ``mappings/<engine>.<field_type>.json``, adjusted
+        to this version, with the sparse field renamed to ``sparse_field``."""
+        self.check_field_type(field_type)
+        if not sparse_field or "." in sparse_field:
+            raise ConfigurationError(f"invalid sparse field name {sparse_field!r}")
+        body = copy.deepcopy(load_template(self.engine, field_type))
+        body["settings"]["number_of_shards"] = shards
+        body["settings"]["number_of_replicas"] = replicas
+        properties = body["mappings"]["properties"]
+        properties[sparse_field] = properties.pop("splade")
+        self._adjust_index_body(body, field_type, sparse_field)
+        return body
+
+    def _adjust_index_body(self, body: dict[str, Any], field_type: FieldType, field: str) -> None:
+        """Version-specific edits of a template (nothing by default)."""
+        return
+
+    def _field_type_requirement(self, field_type: FieldType) -> str:
+        return "not supported"
+
+    # ------------------------------------------------------------------ queries
+    def sparse_query(
+        self,
+        features: Mapping[str, float],
+        *,
+        field: str,
+        field_type: FieldType = "rank_features",
+        style: QueryStyle | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Query:
+        """A query whose score is ``sum(features[key] * stored[key])`` over the doc's keys.
+
+        ``options`` go into the engine's own query object (``pruning_config`` for an
+        Elasticsearch ``sparse_vector`` query, ``method_parameters`` for OpenSearch
+        ``neural_sparse`` on ``sparse_vector``).
+        """
+        style = self.style_for(field_type, style)
+        if style == "rank_feature":
+            if options:
+                raise ConfigurationError("a rank_feature query takes no engine options")
+            return rank_feature_query(features, field)
+        return self._native_sparse_query(features, field, style, dict(options or {}))
+
+    @abstractmethod
+    def _native_sparse_query(
+        self, features: Mapping[str, float], field: str, style: QueryStyle, options: dict
+    ) -> Query: ...
+
+    def search_request(
+        self,
+        sparse: Query,
+        *,
+        k: int,
+        filters: Sequence[Query] = (),
+        lexical: Query | None = None,
+        hybrid: Hybrid | None = None,
+        source: Any = True,
+    ) -> SearchRequest:
+        """A full search request for ``sparse`` (a ``sparse_query``), filtered, optionally
+        mixed with the ``lexical`` (BM25) query."""
+        if hybrid is None:
+            return SearchRequest(
+                {"query": with_filters(sparse, filters), "size": k, "_source": source}
+            )
+        if lexical is None:
+            raise ConfigurationError("a hybrid search needs the query text")
+        self.check_hybrid(hybrid)
+        if hybrid.method == "sum":
+            query = {
+                "bool": {
+                    "should": [
+                        {"bool": {"must": [sparse], "boost": 1.0 - hybrid.bm25_weight}},
+                        {"bool": {"must": [lexical], "boost": hybrid.bm25_weight}},
+                    ],
+                    "minimum_should_match": 1,
+                }
+            }
+            return SearchRequest(
+                {"query": with_filters(query, filters), "size": k, "_source": source}
+            )
+        return self._fused_request(sparse, lexical, hybrid, k=k, filters=filters, source=source)
+
+    @abstractmethod
+    def _fused_request(
+        self,
+        sparse: Query,
+        lexical: Query,
+        hybrid: Hybrid,
+        *,
+        k: int,
+        filters: Sequence[Query],
+        source: Any,
+    ) -> SearchRequest: ...
+
+    def lexical_query(self, text: str, fields: Sequence[str]) -> Query:
+        """The BM25 side of a hybrid (and of ``--mode bm25``)."""
+        return {"multi_match": {"query": text, "fields": list(fields)}}
+
+    def source_with_vectors(self, fields: Sequence[str]) -> Any:
+        """A ``_source`` spec that returns ``fields``, sparse vectors included."""
+        return list(fields)
+
+    # ------------------------------------------------------------------ cluster settings
+    def clause_limit(self, settings: Mapping[str, Any]) -> int:
+        """The bool clause limit, from ``GET _cluster/settings?include_defaults&flat_settings``."""
+        for section in ("transient", "persistent", "defaults"):
+            value = settings.get(section, {}).get(CLAUSE_LIMIT_SETTING)
+            if value is not None:
+                return int(value)
+        return DEFAULT_CLAUSE_LIMIT
+
+
+def rank_feature_query(features: Mapping[str, float], field: str) -> Query:
+    """``bool.should`` of linear ``rank_feature`` clauses, boost = query weight: the score is
+    the dot product (never the default ``saturation`` function)."""
+    return {
+        "bool": {
+            "should": [
+                {"rank_feature": {"field": f"{field}.{key}", "linear": {}, "boost": weight}}
+                for key, weight in features.items()
+            ]
+        }
+    }
+
+
+def with_filters(query: Query, filters: Sequence[Query]) -> Query:
+    """``query`` restricted to documents matching every filter; filters do not score."""
+    if not filters:
+        return query
+    return {"bool": {"must": [query], "filter": list(filters)}}
+
+
+def load_template(engine: Engine, field_type: FieldType) -> dict[str, Any]:
+    """The JSON body shipped in ``splade_es/mappings`` (``mappings/`` at the repository root)."""
+    text = resources.files("splade_es.mappings").joinpath(f"{engine}.{field_type}.json")
+    return json.loads(text.read_text(encoding="utf-8"))

@@ -1,0 +1,141 @@
+"""Elasticsearch 8.x / 9.x.
+
+Version facts this dialect relies on (from the Elasticsearch reference and changelogs):
+
+* ``rank_features`` + ``rank_feature`` query with the ``linear`` function: every 8.x / 9.x.
+* ``sparse_vector`` field: 8.11+. ``sparse_vector`` query with ``query_vector``: 8.15+.
+* From 8.19 / 9.1 a new ``sparse_vector`` field prunes query tokens by default
+  (``index_options.prune``); we turn that off in the mapping and in every query, because a
+  pruned query does not score the exact dot product. ``index_options`` is refused before that.
+* 9.2+ leaves vectors out of ``_source`` unless ``index.mapping.exclude_source_vectors`` is
+  false (set at index creation) or the request asks ``"_source": {"exclude_vectors": false}``.
+* Retrievers: ``rrf`` 8.14+, ``linear`` 8.18+ (both Enterprise/trial license).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..exceptions import ConfigurationError
+from .base import (
+    Dialect,
+    FieldType,
+    Hybrid,
+    HybridMethod,
+    Query,
+    QueryStyle,
+    SearchRequest,
+)
+
+
+class ElasticsearchDialect(Dialect):
+    engine = "elasticsearch"
+
+    def field_types(self) -> tuple[FieldType, ...]:
+        return ("rank_features", "sparse_vector") if self.since(8, 11) else ("rank_features",)
+
+    def _field_type_requirement(self, field_type: FieldType) -> str:
+        return "needs Elasticsearch 8.11+"
+
+    def query_styles(self, field_type: FieldType) -> tuple[QueryStyle, ...]:
+        if field_type == "rank_features":
+            return ("rank_feature",)
+        return ("sparse_vector",) if self.since(8, 15) else ()
+
+    def hybrid_methods(self) -> tuple[HybridMethod, ...]:
+        methods: list[HybridMethod] = ["sum"]
+        if self.since(8, 14):
+            methods.append("rrf")
+        if self.since(8, 18):
+            methods.append("linear")
+        return tuple(methods)
+
+    @property
+    def _has_sparse_index_options(self) -> bool:
+        return (8, 19) <= self.version[:2] < (9, 0) or self.since(9, 1)
+
+    @property
+    def _excludes_source_vectors(self) -> bool:
+        return self.since(9, 2)
+
+    def _adjust_index_body(self, body: dict[str, Any], field_type: FieldType, field: str) -> None:
+        if field_type != "sparse_vector":
+            return
+        if not self._has_sparse_index_options:
+            body["mappings"]["properties"][field].pop("index_options", None)
+        if self._excludes_source_vectors:
+            body["settings"]["index.mapping.exclude_source_vectors"] = False
+
+    def _native_sparse_query(
+        self, features: Mapping[str, float], field: str, style: QueryStyle, options: dict
+    ) -> Query:
+        unknown = set(options) - {"prune", "pruning_config"}
+        if unknown:
+            raise ConfigurationError(f"unknown sparse_vector query options: {sorted(unknown)}")
+        query: dict[str, Any] = {"field": field, "query_vector": dict(features)}
+        # Explicit, because the field's index_options may turn pruning on by default.
+        query["prune"] = bool(options.get("prune", "pruning_config" in options))
+        if "pruning_config" in options:
+            query["pruning_config"] = dict(options["pruning_config"])
+        return {"sparse_vector": query}
+
+    def _fused_request(
+        self,
+        sparse: Query,
+        lexical: Query,
+        hybrid: Hybrid,
+        *,
+        k: int,
+        filters: Sequence[Query],
+        source: Any,
+    ) -> SearchRequest:
+        window = max(hybrid.rank_window_size, k)
+
+        def standard(query: Query) -> Query:
+            retriever: dict[str, Any] = {"query": query}
+            if filters:
+                retriever["filter"] = list(filters)
+            return {"standard": retriever}
+
+        if hybrid.method == "rrf":
+            retriever = {
+                "rrf": {
+                    "retrievers": [standard(lexical), standard(sparse)],
+                    "rank_window_size": window,
+                    "rank_constant": hybrid.rank_constant,
+                }
+            }
+        else:
+            retriever = {
+                "linear": {
+                    "retrievers": [
+                        {
+                            "retriever": standard(lexical),
+                            "weight": hybrid.bm25_weight,
+                            "normalizer": "minmax",
+                        },
+                        {
+                            "retriever": standard(sparse),
+                            "weight": 1.0 - hybrid.bm25_weight,
+                            "normalizer": "minmax",
+                        },
+                    ],
+                    "rank_window_size": window,
+                }
+            }
+        return SearchRequest({"retriever": retriever, "size": k, "_source": source})
+
+    def source_with_vectors(self, fields: Sequence[str]) -> Any:
+        if self._excludes_source_vectors:
+            return {"includes": list(fields), "exclude_vectors": False}
+        return list(fields)
+
+    def clause_limit(self, settings: Mapping[str, Any]) -> int:
+        # Since 8.0 the limit is derived from heap and thread pool sizes; the old setting is
+        # still reported (deprecated, ignored). Only an explicit value means anything.
+        for section in ("transient", "persistent"):
+            value = settings.get(section, {}).get("indices.query.bool.max_clause_count")
+            if value is not None:
+                return int(value)
+        return 1024

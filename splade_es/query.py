@@ -1,0 +1,303 @@
+"""QueryBuilder: a SPLADE query vector -> a plain-dict request for one engine dialect.
+
+No cluster needed, so any application can build bodies and send them with its own client::
+
+    from splade_es import QueryBuilder, SpladeEncoder
+
+    encoder = SpladeEncoder.from_pretrained("naver/splade-v3")
+    builder = QueryBuilder.for_engine("elasticsearch", version="8.15", field="splade")
+    query = builder.sparse_query(encoder.encode_queries(["tax depreciation"]))
+    es.search(index="docs", query=query)          # _score == SPLADE dot product
+
+``QueryBuilder.for_index(client, index)`` reads engine, version, field type and the clause
+limit from the cluster instead.
+
+Pruning (``QueryPruning``) keeps the heaviest tokens: top-k, a minimum weight, a kept fraction
+of the total weight, and never more tokens than the cluster's bool clause limit. What was cut
+is reported (``PruneReport``), never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .connect import Cluster, Version, call
+from .engines import Dialect, FieldType, Hybrid, QueryStyle, SearchRequest, dialect_for
+from .engines.base import with_filters
+from .exceptions import ClusterError, ConfigurationError
+from .sparse import SparseBatch
+from .tokens import TokenCodec, escape_token, is_storable
+
+log = logging.getLogger(__name__)
+
+QueryVector = SparseBatch | Mapping[str, float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueryPruning:
+    """Which query tokens to keep, heaviest first. ``None`` = no limit of that kind.
+
+    ``mass``: keep the fewest heaviest tokens whose weights sum to at least this fraction of
+    the total (0.9 keeps 90% of the query's weight).
+    """
+
+    top_k: int | None = None
+    min_weight: float | None = None
+    mass: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigurationError("top_k must be >= 1")
+        if self.min_weight is not None and self.min_weight < 0:
+            raise ConfigurationError("min_weight must be >= 0")
+        if self.mass is not None and not 0.0 < self.mass <= 1.0:
+            raise ConfigurationError("mass must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What pruning did to one query."""
+
+    kept: int
+    dropped: int
+    kept_weight: float  # fraction of the query's total weight that was kept
+    clause_limited: bool  # True when the clause limit (not the user's pruning) cut tokens
+
+    @property
+    def pruned(self) -> bool:
+        return self.dropped > 0
+
+
+def prune_features(
+    features: Mapping[str, float], pruning: QueryPruning, *, max_clauses: int | None = None
+) -> tuple[dict[str, float], PruneReport]:
+    """The kept ``{key: weight}`` (heaviest first) and what was cut. Pure function.
+
+    >>> prune_features({"a": 1.0, "b": 3.0, "c": 0.5}, QueryPruning(top_k=2))[0]
+    {'b': 3.0, 'a': 1.0}
+    >>> prune_features({"a": 1.0, "b": 3.0}, QueryPruning(), max_clauses=1)[1].clause_limited
+    True
+    """
+    ranked = sorted(features.items(), key=lambda kv: (-kv[1], kv[0]))
+    total = math.fsum(w for _, w in ranked)
+    kept = ranked
+    if pruning.min_weight is not None:
+        kept = [(k, w) for k, w in kept if w >= pruning.min_weight]
+    if pruning.top_k is not None:
+        kept = kept[: pruning.top_k]
+    if pruning.mass is not None and total > 0:
+        running, cut = 0.0, len(kept)
+        for i, (_, w) in enumerate(kept):
+            running += w
+            if running >= pruning.mass * total * (1 - 1e-12):
+                cut = i + 1
+                break
+        kept = kept[:cut]
+    clause_limited = max_clauses is not None and len(kept) > max_clauses
+    if clause_limited:
+        kept = kept[:max_clauses]
+    kept_weight = math.fsum(w for _, w in kept) / total if total > 0 else 1.0
+    report = PruneReport(
+        kept=len(kept),
+        dropped=len(ranked) - len(kept),
+        kept_weight=kept_weight,
+        clause_limited=clause_limited,
+    )
+    return dict(kept), report
+
+
+@dataclass(frozen=True)
+class PreparedSearch:
+    """A search request ready to send, the query features it holds, and their pruning."""
+
+    request: SearchRequest
+    features: Mapping[str, float]
+    prune: PruneReport
+
+
+class QueryBuilder:
+    """Builds exact-dot-product SPLADE queries for one dialect, field and field type."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        *,
+        field: str = "splade",
+        field_type: FieldType = "rank_features",
+        style: QueryStyle | None = None,
+        pruning: QueryPruning | None = None,
+        max_clauses: int | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        dialect.check_field_type(field_type)
+        self.dialect = dialect
+        self.field = field
+        self.field_type = field_type
+        self.style = dialect.style_for(field_type, style)
+        self.pruning = pruning or QueryPruning()
+        self.max_clauses = max_clauses
+        self.options = dict(options or {})
+        self.scheme = dialect.key_scheme(field_type)
+        self._codecs: dict[int, TokenCodec] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"QueryBuilder({self.dialect!r}, field={self.field!r}, "
+            f"field_type={self.field_type!r}, style={self.style!r})"
+        )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def for_engine(
+        cls, engine: str, *, version: str | Version = "8.15.0", **options: Any
+    ) -> QueryBuilder:
+        """A builder for an engine name and version, no cluster involved."""
+        return cls(dialect_for(engine, version), **options)
+
+    @classmethod
+    def for_index(
+        cls, client: Any, index: str, *, field: str = "splade", **options: Any
+    ) -> QueryBuilder:
+        """A builder for an existing index: engine and version from ``info()``, the field
+        type from the index mapping, the clause limit from the cluster settings."""
+        cluster = Cluster.from_client(client)
+        dialect = dialect_for(cluster.engine, cluster.version)
+        options.setdefault("field_type", field_type_of(client, index, field))
+        options.setdefault("max_clauses", clause_limit_of(client, dialect))
+        return cls(dialect, field=field, **options)
+
+    def with_options(self, **changes: Any) -> QueryBuilder:
+        """A copy with some constructor arguments changed."""
+        current = dict(
+            field=self.field,
+            field_type=self.field_type,
+            style=self.style,
+            pruning=self.pruning,
+            max_clauses=self.max_clauses,
+            options=self.options,
+        )
+        current.update(changes)
+        return QueryBuilder(self.dialect, **current)
+
+    # ------------------------------------------------------------------ vectors -> features
+    def codec(self, vocab: Sequence[str]) -> TokenCodec:
+        """The codec of ``vocab`` under this field type's key scheme (cached)."""
+        codec = self._codecs.get(id(vocab))
+        if codec is None:
+            codec = self._codecs[id(vocab)] = TokenCodec(vocab, scheme=self.scheme)
+        return codec
+
+    def features(self, vector: QueryVector) -> dict[str, float]:
+        """Feature keys and weights of a query: a one-row ``SparseBatch`` (special tokens
+        dropped) or a ``{token: weight}`` dict."""
+        if isinstance(vector, SparseBatch):
+            if len(vector) != 1:
+                raise ConfigurationError(f"expected a one-row query batch, got {len(vector)} rows")
+            return self.codec(vector.vocab).encode(vector, 0)
+        if self.scheme == "id":
+            raise ConfigurationError(
+                "this field stores token ids: pass the SparseBatch from encode_queries "
+                "(its vocabulary maps tokens to ids), not a {token: weight} dict"
+            )
+        return {
+            escape_token(token): float(w) for token, w in vector.items() if is_storable(float(w))
+        }
+
+    def prune(
+        self, vector: QueryVector, *, reserve: int = 0
+    ) -> tuple[dict[str, float], PruneReport]:
+        """Pruned features of ``vector``; ``reserve`` clauses are left for other query parts."""
+        limit = None if self.max_clauses is None else max(1, self.max_clauses - reserve)
+        kept, report = prune_features(self.features(vector), self.pruning, max_clauses=limit)
+        if report.clause_limited:
+            log.warning(
+                "query pruned to %d tokens (cluster clause limit %s); kept %.1f%% of its weight",
+                report.kept,
+                self.max_clauses,
+                100 * report.kept_weight,
+            )
+        return kept, report
+
+    # ------------------------------------------------------------------ queries
+    def sparse_query(self, vector: QueryVector, *, filters: Sequence[dict] = ()) -> dict:
+        """The query clause: its score is the dot product of ``vector`` with each document."""
+        kept, _ = self.prune(vector)
+        query = self.dialect.sparse_query(
+            kept,
+            field=self.field,
+            field_type=self.field_type,
+            style=self.style,
+            options=self.options,
+        )
+        return with_filters(query, filters)
+
+    def search_request(
+        self,
+        vector: QueryVector,
+        *,
+        k: int = 10,
+        text: str | None = None,
+        filters: Sequence[dict] = (),
+        hybrid: Hybrid | None = None,
+        source: Any = True,
+    ) -> PreparedSearch:
+        """A whole search request (body + URL params), with the features and pruning report.
+
+        With ``hybrid``, ``text`` is also matched with BM25 on ``hybrid.text_fields``.
+        """
+        lexical = None
+        reserve = 0
+        if hybrid is not None:
+            if not text:
+                raise ConfigurationError("a hybrid search needs the query text")
+            lexical = self.dialect.lexical_query(text, hybrid.text_fields)
+            # multi_match expands to about one clause per term and field.
+            reserve = len(text.split()) * len(hybrid.text_fields) + 1
+        kept, report = self.prune(vector, reserve=reserve)
+        sparse = self.dialect.sparse_query(
+            kept,
+            field=self.field,
+            field_type=self.field_type,
+            style=self.style,
+            options=self.options,
+        )
+        request = self.dialect.search_request(
+            sparse, k=k, filters=filters, lexical=lexical, hybrid=hybrid, source=source
+        )
+        return PreparedSearch(request=request, features=kept, prune=report)
+
+    def with_pruning(self, **changes: Any) -> QueryBuilder:
+        return self.with_options(pruning=replace(self.pruning, **changes))
+
+
+# ---------------------------------------------------------------------- cluster reads
+def field_type_of(client: Any, index: str, field: str) -> FieldType:
+    """The sparse field's type in ``index``'s mapping (the first index, for an alias)."""
+    mappings = call(lambda: client.indices.get_mapping(index=index), f"reading {index} mapping")
+    for body in dict(mappings).values():
+        props = body.get("mappings", {}).get("properties", {})
+        kind = props.get(field, {}).get("type")
+        if kind in ("rank_features", "sparse_vector"):
+            return kind
+        raise ConfigurationError(
+            f"index {index!r} has no rank_features or sparse_vector field {field!r}"
+            + (f" (it is {kind!r})" if kind else "")
+        )
+    raise ConfigurationError(f"index {index!r} not found")
+
+
+def clause_limit_of(client: Any, dialect: Dialect) -> int:
+    """The cluster's bool clause limit (1024 when it cannot be read)."""
+    try:
+        settings = call(
+            lambda: client.cluster.get_settings(include_defaults=True, flat_settings=True),
+            "reading cluster settings",
+        )
+    except ClusterError:  # permission to read settings is not required to search
+        log.info("could not read cluster settings; assuming a clause limit of 1024")
+        return 1024
+    return dialect.clause_limit(dict(settings))

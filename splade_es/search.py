@@ -1,0 +1,261 @@
+"""Search and explain on top of a dialect, with any Elasticsearch or OpenSearch client.
+
+>>> from splade_es import SpladeEncoder, search                          # doctest: +SKIP
+>>> encoder = SpladeEncoder.from_pretrained("naver/splade-v3")          # doctest: +SKIP
+>>> result = search(client, "docs", "tax depreciation", encoder=encoder) # doctest: +SKIP
+>>> result.hits[0].id, result.hits[0].score                              # doctest: +SKIP
+('d1', 21.73...)
+
+``explain`` breaks one document's score into per-token contributions
+(query weight x stored document weight) that add up to the engine's ``_score``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .connect import Cluster, call
+from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_for
+from .engines.opensearch import OpenSearchDialect
+from .exceptions import ConfigurationError, InputError
+from .query import PruneReport, QueryBuilder, QueryVector
+from .sparse import SparseBatch, stored_precision
+from .tokens import unescape_key
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    source: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Hits, plus what the query became and where the time went."""
+
+    hits: tuple[Hit, ...]
+    features: Mapping[str, float]  # the query's feature keys and weights, after pruning
+    prune: PruneReport
+    encode_ms: float
+    search_ms: float  # client round trip
+    took_ms: int | None  # as reported by the engine
+    request: SearchRequest
+
+
+@dataclass(frozen=True)
+class TokenContribution:
+    token: str
+    key: str
+    query_weight: float
+    doc_weight: float  # as the engine stores it (9 significant bits)
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a document scored what it did: its matched tokens, heaviest contribution first."""
+
+    doc_id: str
+    contributions: tuple[TokenContribution, ...]
+
+    @property
+    def score(self) -> float:
+        return math.fsum(c.contribution for c in self.contributions)
+
+
+# ---------------------------------------------------------------------- index admin
+def create_index(
+    client: Any,
+    index: str,
+    *,
+    field_type: FieldType = "rank_features",
+    sparse_field: str = "splade",
+    shards: int = 1,
+    replicas: int = 1,
+    dialect: Dialect | None = None,
+) -> dict[str, Any]:
+    """Create ``index`` from the ``mappings/`` template for this engine and version.
+
+    Returns the body that was sent. Refuses an existing index (nothing is overwritten).
+    """
+    dialect = dialect or _dialect_of(client)
+    body = dialect.index_body(
+        field_type, sparse_field=sparse_field, shards=shards, replicas=replicas
+    )
+    if call(lambda: client.indices.exists(index=index), f"checking index {index}"):
+        raise ConfigurationError(f"index {index!r} already exists; nothing was changed")
+    call(lambda: client.indices.create(index=index, body=body), f"creating index {index}")
+    return body
+
+
+def create_hybrid_pipeline(client: Any, hybrid: Hybrid, *, dialect: Dialect | None = None) -> str:
+    """Create (or update) the OpenSearch search pipeline a ``linear``/``rrf`` hybrid needs;
+    returns its name. Elasticsearch needs none (its retrievers fuse the scores)."""
+    dialect = dialect or _dialect_of(client)
+    if not isinstance(dialect, OpenSearchDialect):
+        raise ConfigurationError("search pipelines are an OpenSearch feature")
+    body = dialect.hybrid_pipeline_body(hybrid)
+    name = hybrid.pipeline_name
+    call(
+        lambda: client.search_pipeline.put(id=name, body=body),
+        f"creating search pipeline {name}",
+    )
+    return name
+
+
+# ---------------------------------------------------------------------- search
+def search(
+    client: Any,
+    index: str,
+    text: str,
+    *,
+    encoder: Any,
+    k: int = 10,
+    filters: Sequence[dict] = (),
+    hybrid: Hybrid | None = None,
+    builder: QueryBuilder | None = None,
+    field: str = "splade",
+    source: Any = True,
+) -> SearchResult:
+    """Encode ``text`` and search ``index``: the score is the exact SPLADE dot product
+    (plus BM25 with ``hybrid``). Pass a ``builder`` when searching repeatedly; otherwise one
+    is made from the index (three small requests)."""
+    builder = builder or QueryBuilder.for_index(client, index, field=field)
+    started = time.perf_counter()
+    vector = encoder.encode_queries([text])
+    encode_ms = (time.perf_counter() - started) * 1000
+    return search_vector(
+        client,
+        index,
+        vector,
+        builder=builder,
+        text=text,
+        k=k,
+        filters=filters,
+        hybrid=hybrid,
+        source=source,
+        encode_ms=encode_ms,
+    )
+
+
+def search_vector(
+    client: Any,
+    index: str,
+    vector: QueryVector,
+    *,
+    builder: QueryBuilder,
+    text: str | None = None,
+    k: int = 10,
+    filters: Sequence[dict] = (),
+    hybrid: Hybrid | None = None,
+    source: Any = True,
+    encode_ms: float = 0.0,
+) -> SearchResult:
+    """``search`` for a vector that is already encoded."""
+    prepared = builder.search_request(
+        vector, k=k, text=text, filters=filters, hybrid=hybrid, source=source
+    )
+    response, search_ms = send(client, index, prepared.request)
+    return SearchResult(
+        hits=hits_of(response),
+        features=prepared.features,
+        prune=prepared.prune,
+        encode_ms=encode_ms,
+        search_ms=search_ms,
+        took_ms=response.get("took"),
+        request=prepared.request,
+    )
+
+
+def send(client: Any, index: str, request: SearchRequest) -> tuple[dict, float]:
+    """Send a ``SearchRequest``; returns the response body and the round-trip time in ms."""
+    started = time.perf_counter()
+    response = call(
+        lambda: client.search(index=index, body=request.body, **dict(request.params)),
+        f"searching {index}",
+    )
+    return dict(response), (time.perf_counter() - started) * 1000
+
+
+def hits_of(response: Mapping[str, Any]) -> tuple[Hit, ...]:
+    return tuple(
+        Hit(id=str(h["_id"]), score=float(h["_score"] or 0.0), source=h.get("_source") or {})
+        for h in response.get("hits", {}).get("hits", [])
+    )
+
+
+# ---------------------------------------------------------------------- explain
+def contributions(
+    query: Mapping[str, float],
+    document: Mapping[str, float],
+    *,
+    token_of: Any = unescape_key,
+) -> tuple[TokenContribution, ...]:
+    """Per-key ``query weight x stored document weight`` for the keys both have. Pure.
+
+    ``document`` holds the weights as indexed; they are rounded to the engine's storage
+    precision here, so the contributions add up to the engine's score.
+    """
+    common = [key for key in query if key in document]
+    stored = stored_precision([float(document[key]) for key in common])
+    out = [
+        TokenContribution(
+            token=token_of(key),
+            key=key,
+            query_weight=float(query[key]),
+            doc_weight=float(s),
+            contribution=float(query[key]) * float(s),
+        )
+        for key, s in zip(common, stored, strict=True)
+    ]
+    return tuple(sorted(out, key=lambda c: -c.contribution))
+
+
+def explain(
+    client: Any,
+    index: str,
+    doc_id: str,
+    vector: QueryVector,
+    *,
+    builder: QueryBuilder,
+) -> Explanation:
+    """The matched tokens of document ``doc_id`` for a query vector, with query weight,
+    stored document weight and contribution; they sum to the document's ``_score`` for the
+    (non-hybrid) query ``builder`` makes of ``vector``."""
+    body = {
+        "query": {"ids": {"values": [doc_id]}},
+        "_source": builder.dialect.source_with_vectors([builder.field]),
+        "size": 1,
+    }
+    response = call(lambda: client.search(index=index, body=body), f"reading {doc_id}")
+    hits = hits_of(response)
+    if not hits:
+        raise InputError(f"document {doc_id!r} not found in {index!r}")
+    document = hits[0].source.get(builder.field)
+    if not isinstance(document, Mapping):
+        raise InputError(
+            f"document {doc_id!r} has no {builder.field!r} vector in _source", field=builder.field
+        )
+    return Explanation(
+        doc_id=doc_id,
+        contributions=contributions(
+            builder.prune(vector)[0], document, token_of=token_namer(builder, vector)
+        ),
+    )
+
+
+def token_namer(builder: QueryBuilder, vector: QueryVector) -> Callable[[str], str]:
+    """Feature key -> readable token, for ``contributions``."""
+    if builder.scheme == "id" and isinstance(vector, SparseBatch):
+        return builder.codec(vector.vocab).token
+    return unescape_key
+
+
+def _dialect_of(client: Any) -> Dialect:
+    cluster = Cluster.from_client(client)
+    return dialect_for(cluster.engine, cluster.version)
