@@ -53,4 +53,4 @@ def test_beir_readers_and_their_errors():
     assert qrels == {"q1": {"d1": 1, "d2": 2}}
     assert read_qrels(io.StringIO("q1 0 d1 1\n")) == {"q1": {"d1": 1}}
     with pytest.raises(InputError, match="not an integer"):
-        read_qrels(io.StringIO("q\td\tx\n"))
+        read_qrels(io.StringIO("query-id\tcorpus-id\tscore\nq\td\tx\n"))
