@@ -145,6 +145,8 @@ def _container(spec: ClusterSpec) -> Iterator[str]:
         container = ElasticSearchContainer(spec.target, mem_limit="2g")
         container.with_env("ES_JAVA_OPTS", "-Xms1g -Xmx1g")
         container.with_env("discovery.type", "single-node")
+        # The rrf / linear retrievers of hybrid search need an Enterprise or trial license.
+        container.with_env("xpack.license.self_generated.type", "trial")
         with container:
             yield container.get_url()
     else:

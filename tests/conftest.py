@@ -3,6 +3,7 @@ weights, or taken from SPLADE_ES_TEST_MODEL (a local checkpoint folder) when it 
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -93,8 +94,14 @@ def _tiny_vocab() -> list[str]:
     return list(dict.fromkeys(tokens))  # unique, order kept
 
 
-def build_tiny_model(directory: Path, family: str, *, seed: int = 0) -> Path:
-    """A random-weight masked-LM checkpoint (BERT or DistilBERT) with a WordPiece tokenizer."""
+def build_tiny_model(
+    directory: Path, family: str, *, seed: int = 0, distinct: bool = False
+) -> Path:
+    """A random-weight masked-LM checkpoint (BERT or DistilBERT) with a WordPiece tokenizer.
+
+    ``distinct``: large token embeddings and a negative bias, so that a text's vector is
+    driven by its own tokens (documents rank differently), as search tests need.
+    """
     import torch
     from transformers import (
         BertConfig,
@@ -107,7 +114,13 @@ def build_tiny_model(directory: Path, family: str, *, seed: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     vocab = _tiny_vocab()
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:
+        # transformers 5 ignores vocab_file: the vocabulary is passed as a dict.
+        ids = {token: i for i, token in enumerate(vocab)}
+        tokenizer = BertTokenizerFast(vocab=ids, do_lower_case=True)
+    else:
+        tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    assert len(tokenizer) == len(vocab), "the test tokenizer lost its vocabulary"
     tokenizer.model_max_length = 64
     torch.manual_seed(seed)
     if family == "bert":
@@ -136,6 +149,10 @@ def build_tiny_model(directory: Path, family: str, *, seed: int = 0) -> Path:
         # Random init gives logits near 0; a positive bias spread makes SPLADE vectors
         # non-trivial (some entries active, most not), like a trained model's.
         model.get_output_embeddings().bias.copy_(torch.randn(len(vocab)) * 2 - 1)
+        if distinct:
+            embeddings = model.get_input_embeddings().weight  # tied to the output projection
+            embeddings.normal_(0.0, 0.6)
+            model.get_output_embeddings().bias.fill_(-7.0)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -151,6 +168,12 @@ def tiny_model_dir(
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def search_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random BERT whose vectors tell documents apart (see ``build_tiny_model``)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-search"), "bert", distinct=True)
 
 
 @pytest.fixture(scope="session")
