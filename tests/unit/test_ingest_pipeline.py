@@ -1,0 +1,122 @@
+"""The pipeline against a scripted in-process client: backpressure, accounting, fatal errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from splade_es import SpladeEncoder
+from splade_es.exceptions import AuthenticationError, ConfigurationError
+from splade_es.ingest import IngestConfig, ingest, read_source
+
+
+class SlowClient:
+    """Just enough of a client for ``ingest``: an OpenSearch 2.19 with a rank_features index
+    whose bulk endpoint takes ``delay`` seconds per request."""
+
+    def __init__(self, delay: float = 0.0, fail_with: Exception | None = None) -> None:
+        self.delay = delay
+        self.fail_with = fail_with
+        self.stored: dict[str, dict] = {}
+        self.indices = self
+        self._lock = threading.Lock()
+
+    def info(self):
+        return {"version": {"distribution": "opensearch", "number": "2.19.0"}}
+
+    def exists(self, index):
+        return True
+
+    def get_mapping(self, index):
+        return {index: {"mappings": {"properties": {"splade": {"type": "rank_features"}}}}}
+
+    def bulk(self, body):
+        if self.fail_with:
+            raise self.fail_with
+        time.sleep(self.delay)
+        with self._lock:
+            for action, source in zip(body[::2], body[1::2], strict=True):
+                self.stored[action["index"]["_id"]] = source
+        return {"items": [{"index": {"status": 201}} for _ in body[::2]]}
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bert_dir):
+    return SpladeEncoder.from_pretrained(str(tiny_bert_dir))
+
+
+def documents(n):
+    return [{"_id": f"d{i}", "text": f"tax code section {i}"} for i in range(n)]
+
+
+def test_a_slow_cluster_holds_the_reader_back(encoder):
+    client = SlowClient(delay=0.05)
+    in_flight_max = 0
+    counts = {"read": 0, "indexed": 0}
+    lock = threading.Lock()
+
+    def progress(stage, n):
+        nonlocal in_flight_max
+        with lock:
+            if stage in counts:
+                counts[stage] += n
+            in_flight_max = max(in_flight_max, counts["read"] - counts["indexed"])
+
+    config = IngestConfig(index="ix", batch_size=4, bulk_docs=10, workers=2)
+    report = ingest(client, documents(600), encoder=encoder, config=config, progress=progress)
+    assert report.indexed == 600 and len(client.stored) == 600
+    # Bounded: two encoder windows (64 texts each) + queued and in-flight chunks (4 + 2) of 10
+    # + one partial chunk; far below the 600 documents a free-running reader would reach.
+    assert in_flight_max <= 2 * 64 + 7 * 10
+
+
+def test_every_record_is_accounted_for(encoder, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b'{"_id": "a", "text": "x"}\n{bad\n{"_id": "b", "text": ""}\n{"_id": "c", "text": "y"}\n'
+    )
+    client = SlowClient()
+    report = ingest(
+        client,
+        read_source(path),
+        encoder=encoder,
+        config=IngestConfig(index="ix", dead_letter=str(tmp_path / "dead.jsonl")),
+    )
+    assert (report.read, report.indexed, report.dead_lettered) == (4, 2, 2)
+    assert sorted(client.stored) == ["a", "c"]
+    assert len((tmp_path / "dead.jsonl").read_text().splitlines()) == 2
+    assert client.stored["a"]["splade"] and client.stored["a"]["id"] == "a"
+
+
+def test_a_fatal_cluster_error_stops_the_job_with_our_error(encoder):
+    import opensearchpy
+
+    client = SlowClient(fail_with=opensearchpy.AuthenticationException(401, "unauthorized", {}))
+    with pytest.raises(AuthenticationError):
+        ingest(client, documents(50), encoder=encoder, config=IngestConfig(index="ix"))
+
+
+def test_a_missing_index_is_refused_unless_asked_to_create_it(encoder):
+    client = SlowClient()
+    client.exists = lambda index: False
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        ingest(client, documents(1), encoder=encoder, config=IngestConfig(index="ix"))
+
+
+def test_parquet_input(encoder, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"_id": ["p1", "p2"], "text": ["garlic", "tax"]}), tmp_path / "in.parquet"
+    )
+    client = SlowClient()
+    report = ingest(
+        client,
+        read_source(tmp_path / "in.parquet"),
+        encoder=encoder,
+        config=IngestConfig(index="ix"),
+    )
+    assert report.indexed == 2 and sorted(client.stored) == ["p1", "p2"]
