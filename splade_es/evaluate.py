@@ -83,11 +83,28 @@ def score_run(
     return {name: float(aggregate[measure]) for name, measure in MEASURES.items()}
 
 
-def evaluate(
+@dataclass(frozen=True)
+class QueryRun:
+    """Results and timings of a set of queries run through the cluster."""
+
+    run: Mapping[str, Mapping[str, float]]  # query id -> {doc id: score}, best first
+    encode_ms: Sequence[float]
+    search_ms: Sequence[float]
+    pruned_queries: int
+
+    def latency(self) -> dict[str, Latency]:
+        total = [e + s for e, s in zip(self.encode_ms, self.search_ms, strict=True)]
+        return {
+            "encode": Latency.of(self.encode_ms),
+            "search": Latency.of(self.search_ms),
+            "total": Latency.of(total),
+        }
+
+
+def run_queries(
     client: Any,
     index: str,
     queries: Mapping[str, str],
-    qrels: Mapping[str, Mapping[str, int]],
     *,
     encoder: Any = None,
     mode: Mode = "splade",
@@ -97,13 +114,12 @@ def evaluate(
     field: str = "splade",
     text_fields: Sequence[str] = ("title", "text"),
     progress: Callable[[int], None] | None = None,
-) -> EvaluationReport:
-    """Run every judged query (those in ``qrels``) through ``index`` and score the run."""
+) -> QueryRun:
+    """Run every query (``{id: text}``) through ``index`` in ``mode``; no judgments needed."""
     if mode not in ("splade", "bm25", "hybrid"):
         raise ValueError(f"unknown mode {mode!r}")
     if mode != "bm25" and encoder is None:
         raise ValueError(f"mode {mode!r} needs an encoder")
-    judged = [qid for qid in qrels if qid in queries]
     if mode != "bm25":
         builder = builder or QueryBuilder.for_index(client, index, field=field)
     if mode == "hybrid":
@@ -112,11 +128,9 @@ def evaluate(
     encode_ms: list[float] = []
     search_ms: list[float] = []
     pruned = 0
-    for n, qid in enumerate(judged, 1):
-        text = queries[qid]
+    for n, (qid, text) in enumerate(queries.items(), 1):
         if mode == "bm25":
-            request = _bm25_request(text, text_fields, k)
-            response, elapsed = send(client, index, request)
+            response, elapsed = send(client, index, _bm25_request(text, text_fields, k))
             hits = hits_of(response)
             encode_ms.append(0.0)
         else:
@@ -139,18 +153,60 @@ def evaluate(
         run[qid] = {hit.id: hit.score for hit in hits}
         if progress:
             progress(n)
-    total = [e + s for e, s in zip(encode_ms, search_ms, strict=True)]
-    return EvaluationReport(
-        metrics=score_run(run, {qid: qrels[qid] for qid in judged}),
-        queries=len(judged),
-        latency_ms={
-            "encode": Latency.of(encode_ms),
-            "search": Latency.of(search_ms),
-            "total": Latency.of(total),
-        },
-        pruned_queries=pruned,
-        run=run,
+    return QueryRun(run=run, encode_ms=encode_ms, search_ms=search_ms, pruned_queries=pruned)
+
+
+def evaluate(
+    client: Any,
+    index: str,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    encoder: Any = None,
+    mode: Mode = "splade",
+    k: int = 100,
+    hybrid: Hybrid | None = None,
+    builder: QueryBuilder | None = None,
+    field: str = "splade",
+    text_fields: Sequence[str] = ("title", "text"),
+    progress: Callable[[int], None] | None = None,
+) -> EvaluationReport:
+    """Run every judged query (those in ``qrels``) through ``index`` and score the run."""
+    judged = {qid: queries[qid] for qid in qrels if qid in queries}
+    result = run_queries(
+        client,
+        index,
+        judged,
+        encoder=encoder,
+        mode=mode,
+        k=k,
+        hybrid=hybrid,
+        builder=builder,
+        field=field,
+        text_fields=text_fields,
+        progress=progress,
     )
+    return EvaluationReport(
+        metrics=score_run(result.run, {qid: qrels[qid] for qid in judged}),
+        queries=len(judged),
+        latency_ms=result.latency(),
+        pruned_queries=result.pruned_queries,
+        run=result.run,
+    )
+
+
+def overlap_at(
+    a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]], k: int = 10
+) -> float:
+    """Mean share of the top-``k`` documents two runs have in common, over ``a``'s queries."""
+    if not a:
+        return 0.0
+    shares = []
+    for qid, docs in a.items():
+        top_a = list(docs)[:k]
+        top_b = set(list(b.get(qid, {}))[:k])
+        shares.append(len(set(top_a) & top_b) / k)
+    return float(np.mean(shares))
 
 
 def _bm25_request(text: str, fields: Sequence[str], k: int) -> SearchRequest:

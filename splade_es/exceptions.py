@@ -6,7 +6,6 @@ boundary where we call them and re-raised as one of these, with the original att
 
     SpladeEsError
     ├── ConfigurationError          bad options: conflicting flags, unknown engine, bad URL
-    ├── NotImplementedYetError      a CLI command whose capability has not landed yet
     ├── ModelLoadError              checkpoint missing, unreadable or without an MLM head
     ├── InputError                  a bad document or text; names its position and field
     │   └── EmptyTextError          an empty or whitespace-only text where one is required
@@ -25,10 +24,6 @@ class SpladeEsError(Exception):
 
 class ConfigurationError(SpladeEsError):
     """Options that cannot work together, or a value out of range."""
-
-
-class NotImplementedYetError(SpladeEsError):
-    """A command whose capability has not landed yet."""
 
 
 class ModelLoadError(SpladeEsError):

@@ -3,7 +3,8 @@ dialect, and nowhere else.
 
 A dialect turns engine-neutral inputs (feature dicts made by ``TokenCodec``, user filters, a
 lexical query) into the request bodies one engine version understands, and says what that
-version can do. It never talks to a cluster: bodies are plain dicts any application can send.
+version can do. Bodies are plain dicts any application can send; the few calls whose client
+method differs per engine (point-in-time readers) are made here too, and nothing else.
 """
 
 from __future__ import annotations
@@ -262,6 +263,19 @@ class Dialect(ABC):
     def source_with_vectors(self, fields: Sequence[str]) -> Any:
         """A ``_source`` spec that returns ``fields``, sparse vectors included."""
         return list(fields)
+
+    # ------------------------------------------------------------------ reading an index
+    def pit_sort(self) -> list[Any] | None:
+        """Sort for paging a point-in-time reader with ``search_after``; ``None`` when this
+        version has no unique tiebreaker (read with a scroll instead)."""
+        return ["_shard_doc"]
+
+    @abstractmethod
+    def open_pit(self, client: Any, index: str, keep_alive: str) -> str:
+        """Open a point-in-time reader on ``index``; returns its id."""
+
+    @abstractmethod
+    def close_pit(self, client: Any, pit_id: str) -> None: ...
 
     # ------------------------------------------------------------------ cluster settings
     def clause_limit(self, settings: Mapping[str, Any]) -> int:

@@ -10,6 +10,7 @@ Version facts this dialect relies on (from the Elasticsearch reference and chang
 * 9.2+ leaves vectors out of ``_source`` unless ``index.mapping.exclude_source_vectors`` is
   false (set at index creation) or the request asks ``"_source": {"exclude_vectors": false}``.
 * Retrievers: ``rrf`` 8.14+, ``linear`` 8.18+ (both Enterprise/trial license).
+* Point in time + ``search_after`` with the ``_shard_doc`` tiebreaker: every 8.x / 9.x.
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ class ElasticsearchDialect(Dialect):
                 }
             }
         return SearchRequest({"retriever": retriever, "size": k, "_source": source})
+
+    def open_pit(self, client: Any, index: str, keep_alive: str) -> str:
+        return client.open_point_in_time(index=index, keep_alive=keep_alive)["id"]
+
+    def close_pit(self, client: Any, pit_id: str) -> None:
+        client.close_point_in_time(id=pit_id)
 
     def source_with_vectors(self, fields: Sequence[str]) -> Any:
         if self._excludes_source_vectors:

@@ -9,6 +9,8 @@ Version facts this dialect relies on (from the OpenSearch documentation):
   heap_factor). Approximate in segments above ``approximate_threshold`` documents.
 * ``hybrid`` query + ``normalization-processor`` search pipeline: 2.10+;
   ``score-ranker-processor`` (RRF): 2.19+.
+* Point in time (``create_pit``): 2.4+; the ``_shard_doc`` tiebreaker that makes
+  ``search_after`` paging exact across shards: 3.3+. Older versions are read with a scroll.
 """
 
 from __future__ import annotations
@@ -84,6 +86,15 @@ class OpenSearchDialect(Dialect):
             "_source": source,
         }
         return SearchRequest(body, {"search_pipeline": hybrid.pipeline_name})
+
+    def pit_sort(self) -> list[Any] | None:
+        return ["_shard_doc"] if self.since(3, 3) else None
+
+    def open_pit(self, client: Any, index: str, keep_alive: str) -> str:
+        return client.create_pit(index=index, keep_alive=keep_alive)["pit_id"]
+
+    def close_pit(self, client: Any, pit_id: str) -> None:
+        client.delete_pit(body={"pit_id": [pit_id]})
 
     def hybrid_pipeline_body(self, hybrid: Hybrid) -> dict[str, Any]:
         """The search pipeline a ``linear`` / ``rrf`` hybrid runs through (queries in the

@@ -63,6 +63,7 @@ class IngestConfig:
     create: bool = False
     field_type: FieldType = "rank_features"  # used with create=True
     input_name: str = "<iterable>"  # identifies the input in the checkpoint
+    add_id_field: bool = True  # store the id in an ``id`` field when the document has none
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.batch_size < 1 or self.bulk_docs < 1 or self.bulk_bytes < 1:
@@ -239,6 +240,7 @@ def ingest(
                     text_fields=config.text_fields,
                     keep_fields=config.keep_fields,
                     sparse_field=config.sparse_field,
+                    add_id_field=config.add_id_field,
                 )
             except InputError as exc:
                 dead_letters.write(

@@ -133,6 +133,7 @@ def prepare(
     text_fields: Sequence[str],
     keep_fields: Sequence[str] | None = None,
     sparse_field: str = "splade",
+    add_id_field: bool = True,
 ) -> Prepared:
     """Id, text and stored fields of a readable record; ``InputError`` naming the field.
 
@@ -154,7 +155,8 @@ def prepare(
     fields = doc if keep_fields is None else {k: doc[k] for k in keep_fields if k in doc}
     # Metadata fields (_id, _index, ...) cannot live inside a document body.
     source = {k: v for k, v in fields.items() if not k.startswith("_")}
-    source.setdefault("id", doc_id)
+    if add_id_field:  # the templates' keyword ``id`` field; off to copy documents as they are
+        source.setdefault("id", doc_id)
     return Prepared(record.position, doc_id, text, source)
 
 

@@ -1,0 +1,164 @@
+"""An existing index as an ingestion source: every document, read consistently.
+
+A point-in-time reader paged with ``search_after`` (sorted by the ``_shard_doc`` tiebreaker)
+where the engine has one, a scroll otherwise; ``slices`` readers run in parallel threads.
+Each hit becomes a ``Record`` whose document is the ``_source`` plus its ``_id``.
+
+``skip_existing`` drops the records whose ``_id`` is already in a target index: a resumed
+migration re-reads the source but encodes and writes only what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+from ..connect import call
+from ..engines import Dialect
+from .sources import Record
+
+ReadMethod = Literal["auto", "pit", "scroll"]
+_DONE = object()
+
+
+def read_index(
+    client: Any,
+    index: str,
+    *,
+    dialect: Dialect,
+    slices: int = 1,
+    page_size: int = 500,
+    keep_alive: str = "5m",
+    method: ReadMethod = "auto",
+) -> Iterator[Record]:
+    """Records of every document in ``index`` (positions 1, 2, ... in arrival order)."""
+    sort = dialect.pit_sort()
+    use_pit = method == "pit" or (method == "auto" and sort is not None)
+    pages: queue.Queue[Any] = queue.Queue(maxsize=max(2, slices * 2))
+    pit_id = (
+        call(lambda: dialect.open_pit(client, index, keep_alive), f"opening {index}")
+        if use_pit
+        else None
+    )
+
+    def reader(slice_id: int) -> None:
+        try:
+            if pit_id is not None:
+                _read_pit(
+                    client,
+                    pit_id,
+                    sort or ["_shard_doc"],
+                    slice_id,
+                    slices,
+                    page_size,
+                    keep_alive,
+                    pages,
+                )
+            else:
+                _read_scroll(client, index, slice_id, slices, page_size, keep_alive, pages)
+            pages.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            pages.put(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(slices)]
+    for thread in threads:
+        thread.start()
+    position, finished = 0, 0
+    try:
+        while finished < slices:
+            item = pages.get()
+            if item is _DONE:
+                finished += 1
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            for hit in item:
+                position += 1
+                yield Record(position, {**(hit.get("_source") or {}), "_id": hit["_id"]})
+    finally:
+        if pit_id is not None:
+            with contextlib.suppress(Exception):  # an expired reader needs no closing
+                dialect.close_pit(client, pit_id)
+
+
+def _read_pit(client, pit_id, sort, slice_id, slices, page_size, keep_alive, out) -> None:  # noqa: ANN001
+    search_after = None
+    while True:
+        body: dict[str, Any] = {
+            "pit": {"id": pit_id, "keep_alive": keep_alive},
+            "sort": sort,
+            "size": page_size,
+            "track_total_hits": False,
+        }
+        if slices > 1:
+            body["slice"] = {"id": slice_id, "max": slices}
+        if search_after is not None:
+            body["search_after"] = search_after
+        response = call(lambda body=body: client.search(body=body), "reading the source index")
+        hits = response["hits"]["hits"]
+        if not hits:
+            return
+        out.put(hits)
+        pit_id = response.get("pit_id", pit_id)
+        search_after = hits[-1]["sort"]
+
+
+def _read_scroll(client, index, slice_id, slices, page_size, keep_alive, out) -> None:  # noqa: ANN001
+    body: dict[str, Any] = {"size": page_size, "sort": ["_doc"]}
+    if slices > 1:
+        body["slice"] = {"id": slice_id, "max": slices}
+    response = call(
+        lambda: client.search(index=index, scroll=keep_alive, body=body), "reading the source index"
+    )
+    scroll_id = response.get("_scroll_id")
+    try:
+        while response["hits"]["hits"]:
+            out.put(response["hits"]["hits"])
+            response = call(
+                lambda sid=scroll_id: client.scroll(scroll_id=sid, scroll=keep_alive),
+                "reading the source index",
+            )
+            scroll_id = response.get("_scroll_id", scroll_id)
+    finally:
+        if scroll_id:
+            with contextlib.suppress(Exception):  # expired already
+                client.clear_scroll(scroll_id=scroll_id)
+
+
+def skip_existing(
+    client: Any,
+    index: str,
+    records: Iterable[Record],
+    *,
+    batch: int = 500,
+    skipped: list[int] | None = None,
+) -> Iterator[Record]:
+    """``records`` minus those whose ``_id`` is already in ``index`` (one mget per batch).
+    The count of skipped records is appended to ``skipped`` when given."""
+    pending: list[Record] = []
+
+    def flush() -> Iterator[Record]:
+        ids = [str(r.doc["_id"]) for r in pending if r.doc and "_id" in r.doc]
+        found: set[str] = set()
+        if ids:
+            response = call(
+                lambda: client.mget(index=index, body={"ids": ids}, _source=False),
+                f"checking {index}",
+            )
+            found = {d["_id"] for d in response["docs"] if d.get("found")}
+        for record in pending:
+            if record.doc and str(record.doc.get("_id")) in found:
+                if skipped is not None:
+                    skipped.append(record.position)
+                continue
+            yield record
+        pending.clear()
+
+    for record in records:
+        pending.append(record)
+        if len(pending) >= batch:
+            yield from flush()
+    yield from flush()

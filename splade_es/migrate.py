@@ -1,0 +1,476 @@
+"""BM25 -> SPLADE migration behind an alias, without downtime, gated on relevance.
+
+::
+
+    plan ──► create target ──► copy (index source -> ingestion pipeline) ──► verify ──► gate
+    (source settings        (PIT + search_after, sliced;       (counts, sampled   (old BM25 vs new
+     + mapping + sparse      resumable: what the target         documents field    SPLADE / hybrid:
+     field)                  already holds is skipped)          by field)          quality, latency,
+                                                                                   size)
+                                                      ──► switch: one atomic _aliases call
+                                                          (only if verified and the gate passed)
+
+The alias keeps pointing at the source until the switch, so searches never see a half-built
+index; ``rollback`` points it back in one call.
+
+>>> config = MigrationConfig(                                          # doctest: +SKIP
+...     source="docs-bm25", target="docs-splade", alias="docs", switch=True,
+...     gate=Gate(queries=queries, qrels=qrels, min_ndcg_gain=0.0))
+>>> report = migrate(client, config, encoder=encoder)                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from .connect import Cluster, call
+from .engines import Dialect, FieldType, Hybrid, dialect_for
+from .evaluate import Latency, overlap_at, run_queries, score_run
+from .exceptions import ConfigurationError
+from .ingest import IngestConfig, IngestReport, ingest
+from .ingest.index_source import read_index, skip_existing
+from .query import QueryBuilder
+
+log = logging.getLogger(__name__)
+
+# Index settings the cluster generates; copying them would be refused or wrong.
+_GENERATED_SETTINGS = {
+    "uuid",
+    "creation_date",
+    "creation_date_string",
+    "version",
+    "provided_name",
+    "routing",
+    "resize",
+    "verified_before_close",
+    "history",
+    "blocks",
+    "replication",
+    "lifecycle",
+    "frozen",
+    "hidden",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gate:
+    """The relevance gate: judged queries (``qrels``) and a minimum nDCG@10 gain over BM25,
+    or unjudged queries and a minimum overlap@10 with the BM25 results."""
+
+    queries: Mapping[str, str]
+    qrels: Mapping[str, Mapping[str, int]] | None = None
+    min_ndcg_gain: float | None = None
+    min_overlap: float | None = None
+    hybrid_weight: float = 0.5
+    k: int = 100
+
+    def __post_init__(self) -> None:
+        if (self.min_ndcg_gain is None) == (self.min_overlap is None):
+            raise ConfigurationError("the gate needs exactly one of min_ndcg_gain, min_overlap")
+        if self.min_ndcg_gain is not None and not self.qrels:
+            raise ConfigurationError("min_ndcg_gain needs qrels (judged queries)")
+        if not self.queries:
+            raise ConfigurationError("the gate has no queries")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MigrationConfig:
+    source: str
+    target: str
+    alias: str
+    text_fields: tuple[str, ...] = ("title", "text")
+    sparse_field: str = "splade"
+    field_type: FieldType = "rank_features"
+    slices: int = 1
+    batch_size: int = 32
+    workers: int = 2
+    checkpoint: str | None = None
+    dead_letter: str | None = None
+    gate: Gate | None = None
+    switch: bool = False  # False: dry run, everything but the alias switch
+    verify_sample: int = 20
+
+    def __post_init__(self) -> None:
+        if len({self.source, self.target, self.alias}) != 3:
+            raise ConfigurationError("source, target and alias must be three different names")
+        if self.switch and self.gate is None:
+            raise ConfigurationError(
+                "switching the alias needs a relevance gate (gate queries and a threshold)"
+            )
+
+
+@dataclass(frozen=True)
+class Verification:
+    source_count: int
+    target_count: int
+    missing: tuple[str, ...]  # ids in the source but not the target (first few)
+    extra: tuple[str, ...]  # ids in the target but not the source (first few)
+    sampled: int
+    mismatches: tuple[tuple[str, str], ...]  # (id, field) that differ
+
+    @property
+    def ok(self) -> bool:
+        return self.source_count == self.target_count and not self.mismatches
+
+
+@dataclass(frozen=True)
+class GateRow:
+    label: str
+    index: str
+    metrics: Mapping[str, float]
+    latency_ms: Mapping[str, Latency]
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class GateResult:
+    rows: tuple[GateRow, ...]
+    passed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    source: str
+    target: str
+    alias: str
+    copy: IngestReport | None  # None when an earlier run had finished copying
+    skipped_existing: int
+    verification: Verification
+    gate: GateResult | None
+    switched: bool
+    alias_before: tuple[str, ...]
+    alias_after: tuple[str, ...]
+    engine: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+
+# ---------------------------------------------------------------------- steps
+def target_body(
+    source_info: Mapping[str, Any],
+    *,
+    dialect: Dialect,
+    sparse_field: str,
+    field_type: FieldType,
+) -> dict[str, Any]:
+    """The target's ``PUT`` body: the source's settings (minus generated ones) and mapping,
+    plus the sparse field as the ``mappings/`` template defines it for this version. Pure."""
+    settings = copy.deepcopy(dict(source_info.get("settings", {}).get("index", {})))
+    for key in _GENERATED_SETTINGS:
+        settings.pop(key, None)
+    mappings = copy.deepcopy(dict(source_info.get("mappings", {})))
+    properties = mappings.setdefault("properties", {})
+    if sparse_field in properties:
+        raise ConfigurationError(f"the source already has a field {sparse_field!r}")
+    template = dialect.index_body(field_type, sparse_field=sparse_field)
+    properties[sparse_field] = template["mappings"]["properties"][sparse_field]
+    for key, value in template["settings"].items():
+        if key.startswith("index."):  # what the field type needs (index.sparse, ...)
+            settings[key.removeprefix("index.")] = value
+    return {"settings": {"index": settings}, "mappings": mappings}
+
+
+def alias_indices(client: Any, alias: str) -> tuple[str, ...]:
+    """The indices ``alias`` points at (empty if it does not exist)."""
+    if not call(lambda: client.indices.exists_alias(name=alias), f"checking alias {alias}"):
+        if call(lambda: client.indices.exists(index=alias), f"checking {alias}"):
+            raise ConfigurationError(f"{alias!r} is an index, not an alias")
+        return ()
+    found = call(lambda: client.indices.get_alias(name=alias), f"reading alias {alias}")
+    return tuple(sorted(found))
+
+
+def switch_alias(client: Any, alias: str, to_index: str) -> tuple[str, ...]:
+    """Point ``alias`` at ``to_index`` only, in one atomic ``_aliases`` call."""
+    current = alias_indices(client, alias)
+    actions: list[dict[str, Any]] = [
+        {"remove": {"index": index, "alias": alias}} for index in current if index != to_index
+    ]
+    actions.append({"add": {"index": to_index, "alias": alias}})
+    call(
+        lambda: client.indices.update_aliases(body={"actions": actions}),
+        f"switching alias {alias}",
+    )
+    return alias_indices(client, alias)
+
+
+def rollback(client: Any, alias: str, source: str) -> tuple[str, ...]:
+    """Point ``alias`` back at ``source`` (one atomic call)."""
+    if not call(lambda: client.indices.exists(index=source), f"checking {source}"):
+        raise ConfigurationError(f"cannot roll back: index {source!r} does not exist")
+    return switch_alias(client, alias, source)
+
+
+def verify(
+    client: Any, source: str, target: str, *, dialect: Dialect, sparse_field: str, sample: int = 20
+) -> Verification:
+    """Counts, missing/extra ids when they differ, and ``sample`` documents compared field
+    by field (the target's minus the sparse field must equal the source's)."""
+    for index in (source, target):
+        call(lambda index=index: client.indices.refresh(index=index), f"refreshing {index}")
+    source_count = _count(client, source)
+    target_count = _count(client, target)
+    missing: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    if source_count != target_count:
+        source_ids = {str(r.doc["_id"]) for r in read_index(client, source, dialect=dialect)}
+        target_ids = {str(r.doc["_id"]) for r in read_index(client, target, dialect=dialect)}
+        missing = tuple(sorted(source_ids - target_ids)[:20])
+        extra = tuple(sorted(target_ids - source_ids)[:20])
+    records = list(
+        islice(read_index(client, source, dialect=dialect, page_size=max(sample, 1)), sample)
+    )
+    mismatches: list[tuple[str, str]] = []
+    if records:
+        ids = [str(r.doc["_id"]) for r in records]
+        response = call(lambda: client.mget(index=target, body={"ids": ids}), f"reading {target}")
+        copies = {d["_id"]: d.get("_source") for d in response["docs"] if d.get("found")}
+        for record in records:
+            doc_id = str(record.doc["_id"])
+            original = {k: v for k, v in record.doc.items() if k != "_id"}
+            copied = copies.get(doc_id)
+            if copied is None:
+                continue  # counted as missing above
+            copied = {k: v for k, v in copied.items() if k != sparse_field}
+            for name in sorted(set(original) | set(copied)):
+                if original.get(name) != copied.get(name):
+                    mismatches.append((doc_id, name))
+            if sparse_field not in copies[doc_id]:
+                mismatches.append((doc_id, sparse_field))
+    return Verification(source_count, target_count, missing, extra, len(records), tuple(mismatches))
+
+
+def run_gate(
+    client: Any,
+    source: str,
+    target: str,
+    gate: Gate,
+    *,
+    encoder: Any,
+    text_fields: tuple[str, ...],
+    sparse_field: str,
+    progress: Callable[[str], None] | None = None,
+) -> GateResult:
+    """Old BM25 vs new SPLADE and hybrid on the gate queries: quality, latency, size."""
+    builder = QueryBuilder.for_index(client, target, field=sparse_field)
+    queries = (
+        {q: gate.queries[q] for q in gate.qrels if q in gate.queries}
+        if gate.qrels
+        else dict(gate.queries)
+    )
+    hybrid = Hybrid(bm25_weight=gate.hybrid_weight, text_fields=text_fields)
+    plans = [
+        ("BM25 (old)", source, "bm25"),
+        ("SPLADE (new)", target, "splade"),
+        (f"hybrid {gate.hybrid_weight:g} BM25 (new)", target, "hybrid"),
+    ]
+    runs = {}
+    rows = []
+    for label, index, mode in plans:
+        if progress:
+            progress(label)
+        result = run_queries(
+            client,
+            index,
+            queries,
+            encoder=encoder,
+            mode=mode,  # type: ignore[arg-type]
+            k=gate.k,
+            hybrid=hybrid,
+            builder=builder,
+            field=sparse_field,
+            text_fields=text_fields,
+        )
+        runs[label] = result.run
+        metrics: dict[str, float] = {}
+        if gate.qrels:
+            metrics.update(score_run(result.run, {q: gate.qrels[q] for q in queries}))
+        metrics["overlap@10"] = overlap_at(result.run, runs[plans[0][0]], 10)
+        rows.append(GateRow(label, index, metrics, result.latency(), _size(client, index)))
+    old, new = (
+        rows[0],
+        max(rows[1:], key=lambda r: r.metrics.get("ndcg@10", r.metrics["overlap@10"])),
+    )
+    if gate.min_ndcg_gain is not None:
+        gain = new.metrics["ndcg@10"] - old.metrics["ndcg@10"]
+        passed = gain >= gate.min_ndcg_gain
+        reason = (
+            f"nDCG@10 {new.label} {new.metrics['ndcg@10']:.4f} vs {old.label} "
+            f"{old.metrics['ndcg@10']:.4f}: gain {gain:+.4f} "
+            f"{'>=' if passed else '<'} {gate.min_ndcg_gain}"
+        )
+    else:
+        splade = rows[1]
+        overlap = splade.metrics["overlap@10"]
+        passed = overlap >= gate.min_overlap  # type: ignore[operator]
+        reason = (
+            f"overlap@10 of SPLADE with BM25 {overlap:.3f} "
+            f"{'>=' if passed else '<'} {gate.min_overlap}"
+        )
+    return GateResult(tuple(rows), passed, reason)
+
+
+# ---------------------------------------------------------------------- the whole job
+def migrate(
+    client: Any,
+    config: MigrationConfig,
+    *,
+    encoder: Any,
+    progress: Callable[[str, int], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> MigrationReport:
+    """Plan, copy (resumable), verify, gate and (with ``config.switch``) switch the alias."""
+    cluster = Cluster.from_client(client)
+    dialect = dialect_for(cluster.engine, cluster.version)
+    step = on_step or (lambda message: log.info(message))
+    if not call(lambda: client.indices.exists(index=config.source), "checking the source"):
+        raise ConfigurationError(f"source index {config.source!r} does not exist")
+    alias_before = alias_indices(client, config.alias)
+    notes: list[str] = []
+    if alias_before and config.source not in alias_before and config.target not in alias_before:
+        notes.append(f"alias {config.alias} pointed at {', '.join(alias_before)}")
+
+    state = _load_state(config)
+    resuming = call(lambda: client.indices.exists(index=config.target), "checking the target")
+    if not resuming:
+        step(f"creating {config.target} from {config.source}'s settings and mapping")
+        info = call(lambda: client.indices.get(index=config.source), "reading the source")
+        body = target_body(
+            info[next(iter(info))],
+            dialect=dialect,
+            sparse_field=config.sparse_field,
+            field_type=config.field_type,
+        )
+        call(lambda: client.indices.create(index=config.target, body=body), "creating the target")
+        state = {"phase": "copying"}
+        _save_state(config, state)
+
+    copy_report: IngestReport | None = None
+    skipped: list[int] = []
+    if state.get("phase") != "copied":
+        if resuming:
+            step(f"resuming the copy into {config.target}: documents already there are skipped")
+            if config.dead_letter and os.path.exists(config.dead_letter):
+                os.remove(config.dead_letter)  # every unindexed record is attempted again
+        else:
+            step(f"copying {config.source} -> {config.target}")
+        records = read_index(client, config.source, dialect=dialect, slices=config.slices)
+        if resuming:
+            records = skip_existing(client, config.target, records, skipped=skipped)
+        copy_report = ingest(
+            client,
+            records,
+            encoder=encoder,
+            config=IngestConfig(
+                index=config.target,
+                id_field="_id",
+                text_fields=config.text_fields,
+                sparse_field=config.sparse_field,
+                batch_size=config.batch_size,
+                workers=config.workers,
+                dead_letter=config.dead_letter,
+                add_id_field=False,
+                input_name=f"index:{config.source}",
+            ),
+            progress=progress,
+        )
+        state = {
+            "phase": "copied",
+            "indexed": copy_report.indexed,
+            "dead_lettered": copy_report.dead_lettered,
+            "skipped_existing": len(skipped),
+        }
+        _save_state(config, state)
+
+    step("verifying counts and sampled documents")
+    verification = verify(
+        client,
+        config.source,
+        config.target,
+        dialect=dialect,
+        sparse_field=config.sparse_field,
+        sample=config.verify_sample,
+    )
+    gate = None
+    if config.gate is not None:
+        step("running the relevance gate")
+        gate = run_gate(
+            client,
+            config.source,
+            config.target,
+            config.gate,
+            encoder=encoder,
+            text_fields=config.text_fields,
+            sparse_field=config.sparse_field,
+            progress=lambda label: step(f"gate: {label}"),
+        )
+    switched = False
+    alias_after = alias_before
+    if config.switch:
+        if not verification.ok:
+            notes.append("alias not switched: verification failed")
+        elif gate is None or not gate.passed:
+            notes.append("alias not switched: the relevance gate did not pass")
+        else:
+            step(f"switching alias {config.alias} -> {config.target}")
+            alias_after = switch_alias(client, config.alias, config.target)
+            switched = True
+    else:
+        notes.append("dry run: alias left as it was (use --switch)")
+    return MigrationReport(
+        source=config.source,
+        target=config.target,
+        alias=config.alias,
+        copy=copy_report,
+        skipped_existing=len(skipped),
+        verification=verification,
+        gate=gate,
+        switched=switched,
+        alias_before=alias_before,
+        alias_after=alias_after,
+        engine=cluster.description,
+        notes=tuple(notes),
+    )
+
+
+def report_json(report: MigrationReport) -> dict[str, Any]:
+    """A JSON-ready dict of the report."""
+    return json.loads(json.dumps(asdict(report), default=str))
+
+
+# ---------------------------------------------------------------------- helpers
+def _count(client: Any, index: str) -> int:
+    return int(call(lambda: client.count(index=index), f"counting {index}")["count"])
+
+
+def _size(client: Any, index: str) -> int:
+    stats = call(lambda: client.indices.stats(index=index, metric="store"), f"sizing {index}")
+    return int(stats["indices"][index]["primaries"]["store"]["size_in_bytes"])
+
+
+def _load_state(config: MigrationConfig) -> dict[str, Any]:
+    if not config.checkpoint or not Path(config.checkpoint).exists():
+        return {}
+    state = json.loads(Path(config.checkpoint).read_text(encoding="utf-8"))
+    if (state.get("source"), state.get("target")) != (config.source, config.target):
+        raise ConfigurationError(f"{config.checkpoint} belongs to another migration")
+    return state
+
+
+def _save_state(config: MigrationConfig, state: dict[str, Any]) -> None:
+    if not config.checkpoint:
+        return
+    path = Path(config.checkpoint)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(
+        json.dumps({"source": config.source, "target": config.target, **state}), encoding="utf-8"
+    )
+    os.replace(tmp, path)
