@@ -37,26 +37,27 @@ def encoder(search_model_dir):
     return SpladeEncoder.from_pretrained(str(search_model_dir))
 
 
-@pytest.fixture
-def bm25_index(cluster, index_name):
-    """A BM25 index behind an alias; the target index and alias names derive from it."""
-    client = cluster.client
-    docs = make_documents(120, seed=21)
-    client.indices.create(index=index_name, body=SOURCE_BODY)
+def create_bm25_index(client, index, docs) -> tuple[str, str]:
+    """A plain BM25 index holding ``docs`` behind an alias; returns (alias, target name)."""
+    client.indices.create(index=index, body=SOURCE_BODY)
     if type(client).__module__.startswith("opensearchpy"):
         from opensearchpy import helpers
     else:
         from elasticsearch import helpers
-    helpers.bulk(
-        client,
-        ({"_index": index_name, "_id": d["id"], "_source": d} for d in docs),
-        refresh=True,
-    )
-    alias = f"{index_name}-alias"
-    client.indices.put_alias(index=index_name, name=alias)
-    target = f"{index_name}-splade"
+    actions = ({"_index": index, "_id": d["id"], "_source": d} for d in docs)
+    helpers.bulk(client, actions, refresh=True)
+    alias = f"{index}-alias"
+    client.indices.put_alias(index=index, name=alias)
+    return alias, f"{index}-splade"
+
+
+@pytest.fixture
+def bm25_index(cluster, index_name):
+    """A BM25 index behind an alias; the target index and alias names derive from it."""
+    docs = make_documents(120, seed=21)
+    alias, target = create_bm25_index(cluster.client, index_name, docs)
     yield index_name, target, alias, docs
-    client.indices.delete(index=target, ignore_unavailable=True)
+    cluster.client.indices.delete(index=target, ignore_unavailable=True)
 
 
 def gate_data(docs, n=12):
@@ -149,16 +150,7 @@ def test_killed_migration_resumes_and_the_alias_never_sees_a_half_built_index(
 ):
     client = cluster.client
     docs = make_documents(1500, seed=23)
-    client.indices.create(index=index_name, body=SOURCE_BODY)
-    if type(client).__module__.startswith("opensearchpy"):
-        from opensearchpy import helpers
-    else:
-        from elasticsearch import helpers
-    helpers.bulk(
-        client, ({"_index": index_name, "_id": d["id"], "_source": d} for d in docs), refresh=True
-    )
-    alias, target = f"{index_name}-alias", f"{index_name}-splade"
-    client.indices.put_alias(index=index_name, name=alias)
+    alias, target = create_bm25_index(client, index_name, docs)
     queries, qrels = gate_data(docs)
     (tmp_path / "q.jsonl").write_text(
         "\n".join(json.dumps({"_id": k, "text": v}) for k, v in queries.items())

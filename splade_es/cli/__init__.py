@@ -1,0 +1,16 @@
+"""The ``splade-es`` command: a thin shell over the library API.
+
+Each command parses options, calls one library function and prints the result. Errors from
+the library (``SpladeEsError``) become a one-line message and exit status 2.
+
+    app.py        the command group, connection options, error handling, progress display
+    encode.py     encode
+    indexing.py   create-index, ingest
+    searching.py  search, evaluate
+    migration.py  migrate
+"""
+
+from . import encode, indexing, migration, searching  # noqa: F401  (registers the commands)
+from .app import main
+
+__all__ = ["main"]

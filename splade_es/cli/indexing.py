@@ -1,0 +1,209 @@
+"""``splade-es create-index`` and ``splade-es ingest``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ..connect import connect
+from ..documents import parse_fields
+from .app import (
+    connection_config,
+    connection_options,
+    err_console,
+    fail_cleanly,
+    main,
+    progress_display,
+)
+
+
+@main.command("create-index")
+@connection_options
+@click.option("--index", required=True)
+@click.option(
+    "--field-type",
+    type=click.Choice(["rank_features", "sparse_vector"]),
+    default="rank_features",
+    show_default=True,
+)
+@click.option("--sparse-field", default="splade", show_default=True)
+@click.option("--shards", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--replicas", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--print-body", is_flag=True, help="Print the index body that was sent.")
+@fail_cleanly
+def create_index(**opts: Any) -> None:
+    """Create an index for SPLADE vectors from the templates in mappings/."""
+    from ..engines import dialect_for
+    from ..search import create_index as create
+
+    cluster = connect(connection_config(opts))
+    dialect = dialect_for(cluster.engine, cluster.version)
+    body = create(
+        cluster.client,
+        opts["index"],
+        field_type=opts["field_type"],
+        sparse_field=opts["sparse_field"],
+        shards=opts["shards"],
+        replicas=opts["replicas"],
+        dialect=dialect,
+    )
+    err_console.print(
+        f"created [bold]{opts['index']}[/] on {cluster.description}: "
+        f"{opts['field_type']} field {opts['sparse_field']!r} "
+        f"(feature keys: {dialect.key_scheme(opts['field_type'])} scheme)",
+        highlight=False,
+    )
+    if opts["print_body"]:
+        click.echo(json.dumps(body, indent=2))
+
+
+@main.command()
+@connection_options
+@click.option("--index", required=True)
+@click.option(
+    "--model",
+    "-m",
+    required=True,
+    envvar="SPLADE_ES_MODEL",
+    help="Hugging Face id or local folder of a SPLADE checkpoint. [env: SPLADE_ES_MODEL]",
+)
+@click.option(
+    "--input", "input_path", required=True, type=click.Path(exists=True), help="File or folder."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "parquet", "beir"]),
+    help="Input format (default: from the file name; a folder is BEIR).",
+)
+@click.option(
+    "--id-field",
+    default="_id",
+    show_default=True,
+    help="Field holding the document id; '' for a content hash of the document.",
+)
+@click.option("--text-fields", default="title,text", show_default=True)
+@click.option("--keep-fields", help="Fields stored next to the vector (default: all).")
+@click.option("--sparse-field", default="splade", show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--bulk-docs", default=500, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--bulk-bytes", default=8.0, show_default=True, type=click.FloatRange(0.01), help="MB"
+)
+@click.option(
+    "--workers", default=2, show_default=True, type=click.IntRange(1), help="Bulk senders."
+)
+@click.option("--max-retries", default=8, show_default=True, type=click.IntRange(0))
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Resume file.")
+@click.option("--dead-letter", type=click.Path(dir_okay=False), help="JSONL of refused records.")
+@click.option("--shard", default="0/1", show_default=True, help="i/N: this worker's share.")
+@click.option("--create", is_flag=True, help="Create the index from mappings/ if absent.")
+@click.option(
+    "--field-type",
+    type=click.Choice(["rank_features", "sparse_vector"]),
+    default="rank_features",
+    show_default=True,
+    help="With --create.",
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--dtype",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@fail_cleanly
+def ingest(**opts: Any) -> None:
+    """Read, encode and bulk-index documents (resumable, lossless).
+
+    Exit status: 0 when every record was indexed, 1 when some went to the dead-letter file,
+    2 on errors that stopped the job.
+    """
+    from ..encoder import SpladeEncoder
+    from ..ingest import IngestConfig, RetryPolicy, ingest_file, parse_shard
+
+    config = IngestConfig(
+        index=opts["index"],
+        id_field=opts["id_field"] or None,
+        text_fields=parse_fields(opts["text_fields"]),
+        keep_fields=parse_fields(opts["keep_fields"]) if opts["keep_fields"] else None,
+        sparse_field=opts["sparse_field"],
+        batch_size=opts["batch_size"],
+        bulk_docs=opts["bulk_docs"],
+        bulk_bytes=int(opts["bulk_bytes"] * 1024 * 1024),
+        workers=opts["workers"],
+        checkpoint=opts["checkpoint"],
+        dead_letter=opts["dead_letter"],
+        shard=parse_shard(opts["shard"]),
+        retry=RetryPolicy(max_retries=opts["max_retries"]),
+        create=opts["create"],
+        field_type=opts["field_type"],
+    )
+    cluster = connect(connection_config(opts))
+    encoder = SpladeEncoder.from_pretrained(
+        opts["model"], device=opts["device"], dtype=opts["dtype"]
+    )
+    total = _count_records(opts["input_path"], opts["fmt"])
+    with progress_display(opts["quiet"] or opts["as_json"]) as progress:
+        tasks = {
+            stage: progress.add_task(stage, total=total)
+            for stage in ("read", "encoded", "indexed", "failed")
+        }
+        report = ingest_file(
+            cluster.client,
+            opts["input_path"],
+            fmt=opts["fmt"],
+            encoder=encoder,
+            config=config,
+            progress=lambda stage, n: progress.advance(tasks[stage], n),
+        )
+    if opts["as_json"]:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        table = Table(
+            title=f"ingested into {report.index} on {cluster.description}", show_header=False
+        )
+        table.add_row("read", f"{report.read:,}")
+        table.add_row("indexed", f"{report.indexed:,}")
+        table.add_row("dead-lettered", f"{report.dead_lettered:,}")
+        table.add_row("items retried", f"{report.retried_items:,}")
+        if report.resumed_from:
+            table.add_row(
+                "resumed after input position",
+                f"{report.resumed_from:,} ({report.skipped_done:,} records done before)",
+            )
+            table.add_row("indexed over all runs", f"{report.total_indexed:,}")
+        if report.other_shards:
+            table.add_row("records of other shards", f"{report.other_shards:,}")
+        table.add_row("throughput", f"{report.docs_per_second:,.1f} docs/s on {encoder.device}")
+        err_console.print(table)
+    if report.dead_lettered:
+        where = opts["dead_letter"] or "nowhere (no --dead-letter file given)"
+        err_console.print(
+            f"[yellow]{report.dead_lettered:,} record(s) were not indexed; see {where}[/]",
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+def _count_records(path: str, fmt: str | None) -> int | None:
+    """Records in a JSONL/CSV input, for the progress bars (None: unknown)."""
+    from pathlib import Path
+
+    from ..ingest.sources import guess_format
+
+    source = Path(path)
+    kind = fmt or guess_format(source)
+    if kind == "beir":
+        source = source / "corpus.jsonl" if source.is_dir() else source
+    if kind not in ("jsonl", "beir", "csv"):
+        return None
+    with open(source, "rb") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    return lines - 1 if kind == "csv" else lines

@@ -1,0 +1,136 @@
+"""``splade-es migrate``: BM25 index -> SPLADE index behind an alias, gated."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..connect import connect
+from ..documents import parse_fields
+from .app import (
+    connection_config,
+    connection_options,
+    err_console,
+    fail_cleanly,
+    main,
+    progress_display,
+)
+
+
+@main.command()
+@connection_options
+@click.option("--source", required=True, help="The BM25 index to migrate.")
+@click.option("--target", required=True, help="The index to build (created if absent).")
+@click.option("--alias", required=True, help="The alias applications search through.")
+@click.option("--model", "-m", envvar="SPLADE_ES_MODEL", help="[env: SPLADE_ES_MODEL]")
+@click.option("--text-fields", default="title,text", show_default=True)
+@click.option("--sparse-field", default="splade", show_default=True)
+@click.option(
+    "--field-type",
+    type=click.Choice(["rank_features", "sparse_vector"]),
+    default="rank_features",
+    show_default=True,
+)
+@click.option("--slices", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Migration state file.")
+@click.option("--dead-letter", type=click.Path(dir_okay=False))
+@click.option("--gate-queries", type=click.Path(exists=True, dir_okay=False))
+@click.option("--gate-qrels", type=click.Path(exists=True, dir_okay=False))
+@click.option("--min-ndcg-gain", type=float, help="Gate: nDCG@10 gain over BM25 (needs qrels).")
+@click.option("--min-overlap", type=click.FloatRange(0, 1), help="Gate: overlap@10 with BM25.")
+@click.option("--hybrid-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--switch", "mode", flag_value="switch", help="Switch the alias if the gate passes.")
+@click.option(
+    "--dry-run", "mode", flag_value="dry-run", default=True, help="Do not switch (default)."
+)
+@click.option("--rollback", "mode", flag_value="rollback", help="Point the alias back at --source.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="Markdown report; a PNG chart is written next to it.",
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@fail_cleanly
+def migrate(**opts: Any) -> None:
+    """Move a BM25 index to SPLADE behind an alias, with a relevance gate before the switch.
+
+    Exit status: 0 when done (switched, or a dry run whose checks passed), 1 when the gate or
+    the verification failed, 2 on errors.
+    """
+    from ..migrate import Gate, MigrationConfig, report_json, rollback
+    from ..migrate import migrate as run_migration
+    from ..report import gate_table, summary_lines, write_chart, write_markdown
+
+    cluster = connect(connection_config(opts))
+    if opts["mode"] == "rollback":
+        now = rollback(cluster.client, opts["alias"], opts["source"])
+        err_console.print(f"alias {opts['alias']} -> {', '.join(now)}", highlight=False)
+        return
+    if not opts["model"]:
+        raise click.UsageError("--model is required (or SPLADE_ES_MODEL)")
+    gate = None
+    if opts["gate_queries"]:
+        from ..beir import read_qrels, read_queries
+
+        gate = Gate(
+            queries=read_queries(opts["gate_queries"]),
+            qrels=read_qrels(opts["gate_qrels"]) if opts["gate_qrels"] else None,
+            min_ndcg_gain=opts["min_ndcg_gain"],
+            min_overlap=opts["min_overlap"],
+            hybrid_weight=opts["hybrid_weight"],
+        )
+    config = MigrationConfig(
+        source=opts["source"],
+        target=opts["target"],
+        alias=opts["alias"],
+        text_fields=parse_fields(opts["text_fields"]),
+        sparse_field=opts["sparse_field"],
+        field_type=opts["field_type"],
+        slices=opts["slices"],
+        batch_size=opts["batch_size"],
+        workers=opts["workers"],
+        checkpoint=opts["checkpoint"],
+        dead_letter=opts["dead_letter"],
+        gate=gate,
+        switch=opts["mode"] == "switch",
+    )
+    from ..encoder import SpladeEncoder
+
+    encoder = SpladeEncoder.from_pretrained(opts["model"], device=opts["device"])
+    quiet = opts["quiet"] or opts["as_json"]
+    total = int(cluster.client.count(index=opts["source"])["count"])
+    with progress_display(quiet) as progress:
+        tasks = {
+            stage: progress.add_task(f"copy: {stage}", total=total)
+            for stage in ("read", "encoded", "indexed", "failed")
+        }
+        report = run_migration(
+            cluster.client,
+            config,
+            encoder=encoder,
+            progress=lambda stage, n: progress.advance(tasks[stage], n),
+            on_step=None if quiet else lambda m: progress.console.print(f"[dim]{m}[/]"),
+        )
+    if opts["report_path"]:
+        chart = write_chart(report, Path(opts["report_path"]).with_suffix(".png"))
+        write_markdown(report, opts["report_path"], chart=chart.name if chart else None)
+    if opts["as_json"]:
+        click.echo(json.dumps(report_json(report)))
+    else:
+        if report.gate:
+            Console().print(gate_table(report))
+        for line in summary_lines(report):
+            err_console.print(line, highlight=False)
+    failed = not report.verification.ok or (report.gate is not None and not report.gate.passed)
+    if failed:
+        sys.exit(1)
