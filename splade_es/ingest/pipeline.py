@@ -20,6 +20,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..connect import Cluster, call
-from ..engines import FieldType, dialect_for
+from ..engines import Dialect, FieldType, dialect_for
 from ..exceptions import ConfigurationError, InputError
 from ..query import field_type_of
 from ..search import create_index
@@ -317,8 +318,8 @@ def ingest(
     )
 
 
-def _prepare_index(client: Any, encoder: Any, config: IngestConfig) -> TokenCodec:
-    """Create the index if asked; check its sparse field; the codec for its key scheme."""
+def ensure_index(client: Any, config: IngestConfig) -> tuple[Dialect, FieldType]:
+    """Create ``config.index`` if asked and absent; the dialect and the sparse field's type."""
     cluster = Cluster.from_client(client)
     dialect = dialect_for(cluster.engine, cluster.version)
     exists = call(lambda: client.indices.exists(index=config.index), "checking the index")
@@ -328,14 +329,21 @@ def _prepare_index(client: Any, encoder: Any, config: IngestConfig) -> TokenCode
                 f"index {config.index!r} does not exist: create it (splade-es create-index, "
                 "or --create)"
             )
-        create_index(
-            client,
-            config.index,
-            field_type=config.field_type,
-            sparse_field=config.sparse_field,
-            dialect=dialect,
-        )
-    field_type = field_type_of(client, config.index, config.sparse_field)
+        # "already exists" means another worker created it meanwhile: fine.
+        with contextlib.suppress(ConfigurationError):
+            create_index(
+                client,
+                config.index,
+                field_type=config.field_type,
+                sparse_field=config.sparse_field,
+                dialect=dialect,
+            )
+    return dialect, field_type_of(client, config.index, config.sparse_field)
+
+
+def _prepare_index(client: Any, encoder: Any, config: IngestConfig) -> TokenCodec:
+    """Create the index if asked; check its sparse field; the codec for its key scheme."""
+    dialect, field_type = ensure_index(client, config)
     return TokenCodec(encoder.vocab, scheme=dialect.key_scheme(field_type))
 
 
