@@ -173,6 +173,7 @@ def ingest(
     create: bool = False,
     field_type: FieldType = "rank_features",
     workers: int = 2,
+    cpus_per_worker: float = 1.0,
     gpus_per_worker: float | None = None,
     batch_size: int = 32,
     rows_per_task: int = 500,
@@ -183,6 +184,7 @@ def ingest(
     """Encode and index a Ray dataset of dicts with ``workers`` actors.
 
     ``gpus_per_worker``: None = 1 when the Ray cluster has GPUs, else 0 (CPU encoding).
+    ``cpus_per_worker``: Ray also caps each actor's torch threads at this many.
     ``dead_letter``: a JSONL file the driver writes the refused records to.
     """
     import ray
@@ -209,6 +211,7 @@ def ingest(
         batch_size=rows_per_task,
         batch_format="pandas",
         concurrency=workers,
+        num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker,
         fn_constructor_kwargs={
             "model": model,
