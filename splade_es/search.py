@@ -20,7 +20,6 @@ from typing import Any
 
 from .connect import Cluster, call
 from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_for
-from .engines.opensearch import OpenSearchDialect
 from .exceptions import ConfigurationError, InputError
 from .query import PruneReport, QueryBuilder, QueryVector
 from .sparse import SparseBatch, stored_precision
@@ -93,13 +92,16 @@ def create_index(
     return body
 
 
-def create_hybrid_pipeline(client: Any, hybrid: Hybrid, *, dialect: Dialect | None = None) -> str:
-    """Create (or update) the OpenSearch search pipeline a ``linear``/``rrf`` hybrid needs;
-    returns its name. Elasticsearch needs none (its retrievers fuse the scores)."""
+def create_hybrid_pipeline(
+    client: Any, hybrid: Hybrid, *, dialect: Dialect | None = None
+) -> str | None:
+    """Create (or update) the search pipeline ``hybrid`` needs on this engine (OpenSearch
+    ``linear``/``rrf``) and return its name; None when it needs none (Elasticsearch
+    retrievers, ``sum`` hybrids)."""
     dialect = dialect or _dialect_of(client)
-    if not isinstance(dialect, OpenSearchDialect):
-        raise ConfigurationError("search pipelines are an OpenSearch feature")
     body = dialect.hybrid_pipeline_body(hybrid)
+    if body is None:
+        return None
     name = hybrid.pipeline_name
     call(
         lambda: client.search_pipeline.put(id=name, body=body),

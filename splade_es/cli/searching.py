@@ -91,7 +91,7 @@ def _query_setup(opts: dict[str, Any], bm25_weight: float | None) -> tuple[Any, 
             text_fields=parse_fields(opts["text_fields"]),
         )
         builder.dialect.check_hybrid(hybrid)
-        if hybrid.method != "sum" and cluster.engine == "opensearch" and opts["create_pipeline"]:
+        if opts["create_pipeline"]:
             create_hybrid_pipeline(cluster.client, hybrid, dialect=builder.dialect)
     encoder = SpladeEncoder.from_pretrained(opts["model"], device=opts["device"])
     return cluster, encoder, builder, hybrid

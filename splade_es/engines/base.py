@@ -256,6 +256,10 @@ class Dialect(ABC):
         source: Any,
     ) -> SearchRequest: ...
 
+    def hybrid_pipeline_body(self, hybrid: Hybrid) -> dict[str, Any] | None:
+        """The search pipeline ``hybrid`` needs on this engine, or None (no pipeline)."""
+        return None
+
     def lexical_query(self, text: str, fields: Sequence[str]) -> Query:
         """The BM25 side of a hybrid (and of ``--mode bm25``)."""
         return {"multi_match": {"query": text, "fields": list(fields)}}

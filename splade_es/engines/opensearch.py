@@ -96,17 +96,19 @@ class OpenSearchDialect(Dialect):
     def close_pit(self, client: Any, pit_id: str) -> None:
         client.delete_pit(body={"pit_id": [pit_id]})
 
-    def hybrid_pipeline_body(self, hybrid: Hybrid) -> dict[str, Any]:
+    def hybrid_pipeline_body(self, hybrid: Hybrid) -> dict[str, Any] | None:
         """The search pipeline a ``linear`` / ``rrf`` hybrid runs through (queries in the
-        order lexical, sparse)."""
+        order lexical, sparse); None for ``sum``, which is a plain ``bool`` query."""
         self.check_hybrid(hybrid)
+        if hybrid.method == "sum":
+            return None
         if hybrid.method == "rrf":
             processor = {
                 "score-ranker-processor": {
                     "combination": {"technique": "rrf", "rank_constant": hybrid.rank_constant}
                 }
             }
-        elif hybrid.method == "linear":
+        else:
             processor = {
                 "normalization-processor": {
                     "normalization": {"technique": "min_max"},
@@ -116,8 +118,6 @@ class OpenSearchDialect(Dialect):
                     },
                 }
             }
-        else:
-            raise ConfigurationError("the 'sum' hybrid needs no search pipeline")
         return {
             "description": f"splade-es hybrid ({hybrid.method}): BM25 + SPLADE",
             "phase_results_processors": [processor],

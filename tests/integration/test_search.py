@@ -173,8 +173,8 @@ def test_fused_hybrid_methods_return_documents_of_both_sides(
     hybrid = Hybrid(bm25_weight=0.4, method=method)
     if method not in builder.dialect.hybrid_methods():
         pytest.skip(f"{cluster.engine} {cluster.version} has no {method} hybrid")
-    if cluster.engine == "opensearch":
-        create_hybrid_pipeline(cluster.client, hybrid)
+    pipeline = create_hybrid_pipeline(cluster.client, hybrid)
+    assert (pipeline is not None) == (cluster.engine == "opensearch")
     text = QUERIES[0]
     result = search_vector(
         cluster.client,

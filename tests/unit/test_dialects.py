@@ -196,6 +196,9 @@ def test_opensearch_hybrid_query_runs_through_a_named_pipeline():
         "rank_constant": 60,
     }
     assert dialect_for("opensearch", "2.18.0").hybrid_methods() == ("sum", "linear")
+    assert dialect.hybrid_pipeline_body(Hybrid(method="sum")) is None
+    # Elasticsearch fuses in its retrievers: no pipeline, whatever the method.
+    assert dialect_for("elasticsearch", "9.1.0").hybrid_pipeline_body(Hybrid(method="rrf")) is None
 
 
 def test_clause_limit_is_read_from_settings_with_a_safe_default():
