@@ -196,17 +196,19 @@ def evaluate(
 
 
 def overlap_at(
-    a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]], k: int = 10
+    run: Mapping[str, Mapping[str, float]],
+    reference: Mapping[str, Mapping[str, float]],
+    k: int = 10,
 ) -> float:
-    """Mean share of the top-``k`` documents two runs have in common, over ``a``'s queries."""
-    if not a:
-        return 0.0
+    """Mean share of ``reference``'s top-``k`` documents that ``run`` also has in its top
+    ``k``, over the queries where ``reference`` returned anything (1.0: same top ``k``)."""
     shares = []
-    for qid, docs in a.items():
-        top_a = list(docs)[:k]
-        top_b = set(list(b.get(qid, {}))[:k])
-        shares.append(len(set(top_a) & top_b) / k)
-    return float(np.mean(shares))
+    for qid, docs in reference.items():
+        top_ref = list(docs)[:k]
+        if top_ref:
+            top_run = set(list(run.get(qid, {}))[:k])
+            shares.append(len(set(top_ref) & top_run) / len(top_ref))
+    return float(np.mean(shares)) if shares else 0.0
 
 
 def _bm25_request(text: str, fields: Sequence[str], k: int) -> SearchRequest:

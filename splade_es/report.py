@@ -108,9 +108,9 @@ def write_chart(report: MigrationReport, path: str | Path) -> Path | None:
     left.set_xticks(
         [x + width * (len(measures) - 1) / 2 for x in range(len(rows))], labels, fontsize=8
     )
-    left.set_ylim(0, 1)
+    left.set_ylim(0, 1.25)
     left.set_title("quality")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, ncol=2, loc="upper center")
     for i, (name, key) in enumerate((("p50", "p50"), ("p95", "p95"))):
         right.bar(
             [x + i * 0.4 for x in range(len(rows))],

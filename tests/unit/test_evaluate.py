@@ -8,7 +8,7 @@ import math
 import pytest
 
 from splade_es.beir import read_qrels, read_queries
-from splade_es.evaluate import Latency, in_memory_run, score_run
+from splade_es.evaluate import Latency, in_memory_run, overlap_at, score_run
 from splade_es.exceptions import InputError
 from splade_es.sparse import SparseBatch, Vocabulary
 
@@ -54,3 +54,10 @@ def test_beir_readers_and_their_errors():
     assert read_qrels(io.StringIO("q1 0 d1 1\n")) == {"q1": {"d1": 1}}
     with pytest.raises(InputError, match="not an integer"):
         read_qrels(io.StringIO("query-id\tcorpus-id\tscore\nq\td\tx\n"))
+
+
+def test_overlap_counts_shared_top_documents_of_the_reference():
+    reference = {"q1": {"a": 3.0, "b": 2.0}, "q2": {"c": 1.0}, "q3": {}}
+    assert overlap_at(reference, reference) == 1.0  # short result lists are not penalised
+    run = {"q1": {"b": 5.0, "z": 1.0}, "q2": {"y": 1.0}}
+    assert overlap_at(run, reference, k=10) == pytest.approx((1 / 2 + 0) / 2)
