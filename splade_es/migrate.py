@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .connect import Cluster, call
-from .engines import Dialect, FieldType, Hybrid, dialect_for
+from .engines import Dialect, FieldType, Hybrid, dialect_of
 from .evaluate import Latency, overlap_at, run_queries, score_run
 from .exceptions import ConfigurationError
 from .ingest import IngestConfig, IngestReport, ingest
@@ -329,7 +329,7 @@ def migrate(
 ) -> MigrationReport:
     """Plan, copy (resumable), verify, gate and (with ``config.switch``) switch the alias."""
     cluster = Cluster.from_client(client)
-    dialect = dialect_for(cluster.engine, cluster.version)
+    dialect = dialect_of(cluster)
     step = on_step or (lambda message: log.info(message))
     if not call(lambda: client.indices.exists(index=config.source), "checking the source"):
         raise ConfigurationError(f"source index {config.source!r} does not exist")

@@ -22,11 +22,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from .connect import Cluster, Version, call
-from .engines import Dialect, FieldType, Hybrid, QueryStyle, SearchRequest, dialect_for
+from .connect import Version, call
+from .engines import Dialect, FieldType, Hybrid, QueryStyle, SearchRequest, dialect_for, dialect_of
 from .engines.base import with_filters
 from .exceptions import ClusterError, ConfigurationError
 from .sparse import SparseBatch
@@ -164,24 +164,10 @@ class QueryBuilder:
     ) -> QueryBuilder:
         """A builder for an existing index: engine and version from ``info()``, the field
         type from the index mapping, the clause limit from the cluster settings."""
-        cluster = Cluster.from_client(client)
-        dialect = dialect_for(cluster.engine, cluster.version)
+        dialect = dialect_of(client)
         options.setdefault("field_type", field_type_of(client, index, field))
         options.setdefault("max_clauses", clause_limit_of(client, dialect))
         return cls(dialect, field=field, **options)
-
-    def with_options(self, **changes: Any) -> QueryBuilder:
-        """A copy with some constructor arguments changed."""
-        current = dict(
-            field=self.field,
-            field_type=self.field_type,
-            style=self.style,
-            pruning=self.pruning,
-            max_clauses=self.max_clauses,
-            options=self.options,
-        )
-        current.update(changes)
-        return QueryBuilder(self.dialect, **current)
 
     # ------------------------------------------------------------------ vectors -> features
     def codec(self, vocab: Sequence[str]) -> TokenCodec:
@@ -269,9 +255,6 @@ class QueryBuilder:
             sparse, k=k, filters=filters, lexical=lexical, hybrid=hybrid, source=source
         )
         return PreparedSearch(request=request, features=kept, prune=report)
-
-    def with_pruning(self, **changes: Any) -> QueryBuilder:
-        return self.with_options(pruning=replace(self.pruning, **changes))
 
 
 # ---------------------------------------------------------------------- cluster reads

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .connect import Cluster, call
-from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_for
+from .connect import call
+from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_of
 from .exceptions import ConfigurationError, InputError
 from .query import PruneReport, QueryBuilder, QueryVector
 from .sparse import SparseBatch, stored_precision
@@ -82,7 +82,7 @@ def create_index(
 
     Returns the body that was sent. Refuses an existing index (nothing is overwritten).
     """
-    dialect = dialect or _dialect_of(client)
+    dialect = dialect or dialect_of(client)
     body = dialect.index_body(
         field_type, sparse_field=sparse_field, shards=shards, replicas=replicas
     )
@@ -98,7 +98,7 @@ def create_hybrid_pipeline(
     """Create (or update) the search pipeline ``hybrid`` needs on this engine (OpenSearch
     ``linear``/``rrf``) and return its name; None when it needs none (Elasticsearch
     retrievers, ``sum`` hybrids)."""
-    dialect = dialect or _dialect_of(client)
+    dialect = dialect or dialect_of(client)
     body = dialect.hybrid_pipeline_body(hybrid)
     if body is None:
         return None
@@ -256,8 +256,3 @@ def token_namer(builder: QueryBuilder, vector: QueryVector) -> Callable[[str], s
     if builder.scheme == "id" and isinstance(vector, SparseBatch):
         return builder.codec(vector.vocab).token
     return unescape_key
-
-
-def _dialect_of(client: Any) -> Dialect:
-    cluster = Cluster.from_client(client)
-    return dialect_for(cluster.engine, cluster.version)

@@ -37,11 +37,11 @@ from .app import (
 @fail_cleanly
 def create_index(**opts: Any) -> None:
     """Create an index for SPLADE vectors from the templates in mappings/."""
-    from ..engines import dialect_for
+    from ..engines import dialect_of
     from ..search import create_index as create
 
     cluster = connect(connection_config(opts))
-    dialect = dialect_for(cluster.engine, cluster.version)
+    dialect = dialect_of(cluster)
     body = create(
         cluster.client,
         opts["index"],

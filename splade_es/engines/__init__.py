@@ -8,7 +8,9 @@ ElasticsearchDialect(8.15.1)
 
 from __future__ import annotations
 
-from ..connect import ENGINES, Engine, Version, parse_version
+from typing import Any
+
+from ..connect import ENGINES, Cluster, Engine, Version, parse_version
 from ..exceptions import ConfigurationError
 from .base import (
     FIELD_TYPES,
@@ -38,6 +40,13 @@ def dialect_for(engine: str, version: str | Version) -> Dialect:
     return _DIALECTS[engine](parsed)  # type: ignore[arg-type]
 
 
+def dialect_of(target: Any) -> Dialect:
+    """The dialect of a connected ``Cluster``, or of a client (engine and version from
+    ``info()``)."""
+    cluster = target if isinstance(target, Cluster) else Cluster.from_client(target)
+    return dialect_for(cluster.engine, cluster.version)
+
+
 __all__ = [
     "FIELD_TYPES",
     "HYBRID_METHODS",
@@ -50,5 +59,6 @@ __all__ = [
     "QueryStyle",
     "SearchRequest",
     "dialect_for",
+    "dialect_of",
     "load_template",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,7 +207,7 @@ def send_bulk(
         ),
         retry=retry_if_exception_type(_TRANSIENT_ERRORS) | retry_if_result(bool),
         retry_error_callback=give_up,
-        sleep=sleep or _default_sleep,
+        sleep=sleep or time.sleep,
         reraise=False,
     )
     first = True
@@ -225,12 +226,6 @@ def send_bulk(
             Failure(action, status, f"gave up after {policy.max_retries} retries: {reason}")
         )
     return outcome
-
-
-def _default_sleep(seconds: float) -> None:
-    import time
-
-    time.sleep(seconds)
 
 
 def _status_of(exc: Exception) -> int | None:

@@ -26,12 +26,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..connect import Cluster, call
-from ..engines import Dialect, FieldType, dialect_for
+from ..connect import call
+from ..engines import Dialect, FieldType, dialect_of
 from ..exceptions import ConfigurationError, InputError
 from ..query import field_type_of
 from ..search import create_index
@@ -123,11 +123,8 @@ def ingest_file(
     progress: ProgressCallback | None = None,
 ) -> IngestReport:
     """``ingest`` over a JSONL / CSV / Parquet file or a BEIR folder."""
-    resolved = str(Path(path).resolve())
     if config.input_name == "<iterable>":
-        from dataclasses import replace
-
-        config = replace(config, input_name=resolved)
+        config = replace(config, input_name=str(Path(path).resolve()))
     return ingest(client, read_source(path, fmt), encoder=encoder, config=config, progress=progress)
 
 
@@ -320,8 +317,7 @@ def ingest(
 
 def ensure_index(client: Any, config: IngestConfig) -> tuple[Dialect, FieldType]:
     """Create ``config.index`` if asked and absent; the dialect and the sparse field's type."""
-    cluster = Cluster.from_client(client)
-    dialect = dialect_for(cluster.engine, cluster.version)
+    dialect = dialect_of(client)
     exists = call(lambda: client.indices.exists(index=config.index), "checking the index")
     if not exists:
         if not config.create:
