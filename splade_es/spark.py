@@ -31,9 +31,14 @@ from typing import Any
 
 from .connect import ConnectionConfig
 from .engines import FieldType
-from .ingest import IngestConfig, RetryPolicy
-from .ingest.pipeline import ensure_index
-from .ray import ScaleOutSummary, WorkerCounts, crash_marker, crash_once_if_asked
+from .ingest import RetryPolicy
+from .scaleout import (
+    ScaleOutSummary,
+    WorkerCounts,
+    crash_marker,
+    crash_once_if_asked,
+    prepare_job,
+)
 from .tokens import KeyScheme, TokenCodec
 
 _ENCODERS: dict[tuple[str, str], Any] = {}  # per Python worker: (model, device) -> encoder
@@ -124,21 +129,18 @@ def write(
     dead_letter_dir: str | None = None,
 ) -> ScaleOutSummary:
     """Encode and index every row of ``df`` (``foreachPartition``); returns the accounting."""
-    from .connect import connect
-
-    config = IngestConfig(
+    config = prepare_job(
+        client_config,
         index=index,
         id_field=id_field,
         text_fields=text_fields,
         sparse_field=sparse_field,
         batch_size=batch_size,
         bulk_docs=bulk_docs,
-        workers=1,
         retry=retry or RetryPolicy(),
         create=create,
         field_type=field_type,
     )
-    ensure_index(connect(client_config).client, config)
     spark_context = df.sparkSession.sparkContext
     read, indexed, dead = (spark_context.accumulator(0) for _ in range(3))
     marker = crash_marker()

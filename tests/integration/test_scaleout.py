@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from splade_es import ConnectionConfig, SpladeEncoder
-from splade_es.ray import CRASH_ONCE_ENV
+from splade_es.scaleout import CRASH_ONCE_ENV
 from splade_es.tokens import TokenCodec
 from tests.integration.corpus import document_text, make_documents
 
