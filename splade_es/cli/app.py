@@ -144,12 +144,16 @@ def progress_display(quiet: bool) -> Progress:
     )
 
 
-def model_option(*, required: bool = True) -> Callable[..., Any]:
-    """``--model`` / ``-m`` (env ``SPLADE_ES_MODEL``)."""
+def model_option(
+    *,
+    required: bool = True,
+    describe: str = "Hugging Face id or local folder of a SPLADE checkpoint.",
+) -> Callable[..., Any]:
+    """``--model`` / ``-m`` (env ``SPLADE_ES_MODEL``), shared by every command that encodes."""
     return click.option(
         "--model",
         "-m",
         required=required,
         envvar="SPLADE_ES_MODEL",
-        help="Hugging Face id or local folder of a SPLADE checkpoint. [env: SPLADE_ES_MODEL]",
+        help=f"{describe} [env: SPLADE_ES_MODEL]",
     )

@@ -12,17 +12,11 @@ import click
 from rich.table import Table
 
 from ..documents import document_id, document_text, parse_fields, read_jsonl
-from .app import err_console, fail_cleanly, main, progress_display
+from .app import err_console, fail_cleanly, main, model_option, progress_display
 
 
 @main.command()
-@click.option(
-    "--model",
-    "-m",
-    required=True,
-    envvar="SPLADE_ES_MODEL",
-    help="Hugging Face id or local folder of a SPLADE checkpoint. [env: SPLADE_ES_MODEL]",
-)
+@model_option()
 @click.option(
     "--input",
     "input_path",

@@ -17,6 +17,7 @@ from .app import (
     err_console,
     fail_cleanly,
     main,
+    model_option,
     progress_display,
 )
 
@@ -64,13 +65,7 @@ def create_index(**opts: Any) -> None:
 @main.command()
 @connection_options
 @click.option("--index", required=True)
-@click.option(
-    "--model",
-    "-m",
-    required=True,
-    envvar="SPLADE_ES_MODEL",
-    help="Hugging Face id or local folder of a SPLADE checkpoint. [env: SPLADE_ES_MODEL]",
-)
+@model_option()
 @click.option(
     "--input", "input_path", required=True, type=click.Path(exists=True), help="File or folder."
 )

@@ -18,6 +18,7 @@ from .app import (
     err_console,
     fail_cleanly,
     main,
+    model_option,
     progress_display,
 )
 
@@ -27,7 +28,7 @@ from .app import (
 @click.option("--source", required=True, help="The BM25 index to migrate.")
 @click.option("--target", required=True, help="The index to build (created if absent).")
 @click.option("--alias", required=True, help="The alias applications search through.")
-@click.option("--model", "-m", envvar="SPLADE_ES_MODEL", help="[env: SPLADE_ES_MODEL]")
+@model_option(required=False)
 @click.option("--text-fields", default="title,text", show_default=True)
 @click.option("--sparse-field", default="splade", show_default=True)
 @click.option(

@@ -19,6 +19,7 @@ from .app import (
     err_console,
     fail_cleanly,
     main,
+    model_option,
     progress_display,
 )
 
@@ -27,13 +28,7 @@ def query_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by search and evaluate: model, field, pruning and hybrid."""
     options = [
         click.option("--index", required=True),
-        click.option(
-            "--model",
-            "-m",
-            required=True,
-            envvar="SPLADE_ES_MODEL",
-            help="The checkpoint the index was built with. [env: SPLADE_ES_MODEL]",
-        ),
+        model_option(describe="The checkpoint the index was built with."),
         click.option("--sparse-field", default="splade", show_default=True),
         click.option(
             "--text-fields",
