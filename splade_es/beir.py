@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .documents import read_jsonl
 from .exceptions import InputError
 
 Qrels = dict[str, dict[str, int]]
@@ -69,16 +70,10 @@ def read_qrels(source: str | Path | IO[str]) -> Qrels:
 
 
 def read_corpus(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Documents of ``corpus.jsonl`` (``{"_id", "title", "text", ...}``), in file order."""
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(
-                        f"{path} line {line_no}: invalid JSON ({exc.msg})", position=line_no
-                    ) from None
+    """Documents of ``corpus.jsonl`` (``{"_id", "title", "text", ...}``), in file order; a bad
+    line raises ``InputError`` naming it (``documents.read_jsonl``)."""
+    for _, doc in read_jsonl(path):
+        yield doc
 
 
 def beir_paths(folder: str | Path, split: str = "test") -> tuple[Path, Path, Path]:
