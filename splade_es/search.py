@@ -246,13 +246,18 @@ def explain(
     return Explanation(
         doc_id=doc_id,
         contributions=contributions(
-            builder.prune(vector)[0], document, token_of=token_namer(builder, vector)
+            builder.prune(vector)[0],
+            document,
+            token_of=token_namer(
+                builder, vector.vocab if isinstance(vector, SparseBatch) else None
+            ),
         ),
     )
 
 
-def token_namer(builder: QueryBuilder, vector: QueryVector) -> Callable[[str], str]:
-    """Feature key -> readable token, for ``contributions``."""
-    if builder.scheme == "id" and isinstance(vector, SparseBatch):
-        return builder.codec(vector.vocab).token
+def token_namer(builder: QueryBuilder, vocab: Sequence[str] | None) -> Callable[[str], str]:
+    """Feature key -> readable token, for ``contributions`` (integer-id keys need the
+    model's vocabulary; without it they stay ids)."""
+    if builder.scheme == "id" and vocab is not None:
+        return builder.codec(vocab).token
     return unescape_key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,25 +106,21 @@ def _query_setup(opts: dict[str, Any], bm25_weight: float | None) -> tuple[Any, 
 @fail_cleanly
 def search(**opts: Any) -> None:
     """Search an index with a SPLADE query (exact dot-product scoring)."""
-    from ..search import contributions, search_vector, token_namer
+    from ..search import contributions, search, token_namer
 
     filters = [_parse_filter(f) for f in opts["filters"]]
     cluster, encoder, builder, hybrid = _query_setup(opts, opts["bm25_weight"])
-    started = time.perf_counter()
-    vector = encoder.encode_queries([opts["text"]])
-    encode_ms = (time.perf_counter() - started) * 1000
-    result = search_vector(
+    result = search(
         cluster.client,
         opts["index"],
-        vector,
+        opts["text"],
+        encoder=encoder,
         builder=builder,
-        text=opts["text"],
         k=opts["k"],
         filters=filters,
         hybrid=hybrid,
-        encode_ms=encode_ms,
     )
-    token_of = token_namer(builder, vector)
+    token_of = token_namer(builder, encoder.vocab)
     rows = []
     for hit in result.hits:
         doc_vector = hit.source.get(opts["sparse_field"])
