@@ -212,14 +212,18 @@ class QueryBuilder:
     def sparse_query(self, vector: QueryVector, *, filters: Sequence[dict] = ()) -> dict:
         """The query clause: its score is the dot product of ``vector`` with each document."""
         kept, _ = self.prune(vector)
-        query = self.dialect.sparse_query(
-            kept,
+        query = self._clause(kept)
+        return with_filters(query, filters)
+
+    def _clause(self, features: Mapping[str, float]) -> dict:
+        """The dialect's query for already-pruned features, on this builder's field."""
+        return self.dialect.sparse_query(
+            features,
             field=self.field,
             field_type=self.field_type,
             style=self.style,
             options=self.options,
         )
-        return with_filters(query, filters)
 
     def search_request(
         self,
@@ -244,13 +248,7 @@ class QueryBuilder:
             # multi_match expands to about one clause per term and field.
             reserve = len(text.split()) * len(hybrid.text_fields) + 1
         kept, report = self.prune(vector, reserve=reserve)
-        sparse = self.dialect.sparse_query(
-            kept,
-            field=self.field,
-            field_type=self.field_type,
-            style=self.style,
-            options=self.options,
-        )
+        sparse = self._clause(kept)
         request = self.dialect.search_request(
             sparse, k=k, filters=filters, lexical=lexical, hybrid=hybrid, source=source
         )
