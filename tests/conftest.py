@@ -77,12 +77,17 @@ PUNCT = list(".,;:!?'\"()[]{}-_/\\*&%$#@+=<>|~`^")
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Say up front which clusters the integration tests will use (and flag the emulator)."""
-    from tests.clusters import available_specs
+    from tests.clusters import NODE_FALLBACK_REASON, available_specs
 
     lines = []
     for spec in available_specs():
         note = " -- an in-memory EMULATOR, not a real engine" if spec.is_emulator else ""
+        if spec.source == "node":
+            note = f" -- a REAL OpenSearch {spec.target} engine, in-process JVM"
+        if spec.unavailable:
+            note = f" -- UNAVAILABLE, its tests skip: {spec.unavailable}"
         lines.append(f"splade-es cluster: {spec.name} from {spec.source} {spec.target}{note}")
+    lines += [f"splade-es: real OpenSearch node not used: {r}" for r in NODE_FALLBACK_REASON]
     return lines
 
 
