@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 
 from ..documents import document_id, document_text, parse_fields, read_jsonl
-from .app import err_console, fail_cleanly, main, model_option, progress_display
+from .app import err_console, fail_cleanly, main, model_option, print_table, progress_display
 
 
 @main.command()
@@ -98,4 +98,4 @@ def encode(**opts: Any) -> None:
     mean_active = stats["active"] / stats["documents"] if stats["documents"] else 0.0
     table.add_row("mean active dims", f"{mean_active:.1f}")
     table.add_row("throughput", f"{stats['documents'] / elapsed:.1f} docs/s on {encoder.device}")
-    err_console.print(table)
+    print_table(table, err_console)

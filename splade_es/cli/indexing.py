@@ -18,7 +18,9 @@ from .app import (
     fail_cleanly,
     main,
     model_option,
+    print_table,
     progress_display,
+    warn,
 )
 
 
@@ -53,10 +55,9 @@ def create_index(**opts: Any) -> None:
         dialect=dialect,
     )
     err_console.print(
-        f"created [bold]{opts['index']}[/] on {cluster.description}: "
+        f"created {opts['index']} on {cluster.description}: "
         f"{opts['field_type']} field {opts['sparse_field']!r} "
-        f"(feature keys: {dialect.key_scheme(opts['field_type'])} scheme)",
-        highlight=False,
+        f"(feature keys: {dialect.key_scheme(opts['field_type'])} scheme)"
     )
     if opts["print_body"]:
         click.echo(json.dumps(body, indent=2))
@@ -177,13 +178,10 @@ def ingest(**opts: Any) -> None:
         if report.other_shards:
             table.add_row("records of other shards", f"{report.other_shards:,}")
         table.add_row("throughput", f"{report.docs_per_second:,.1f} docs/s on {encoder.device}")
-        err_console.print(table)
+        print_table(table, err_console)
     if report.dead_lettered:
         where = opts["dead_letter"] or "nowhere (no --dead-letter file given)"
-        err_console.print(
-            f"[yellow]{report.dead_lettered:,} record(s) were not indexed; see {where}[/]",
-            highlight=False,
-        )
+        warn(f"{report.dead_lettered:,} record(s) were not indexed; see {where}")
         sys.exit(1)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.text import Text
 
 from ..connect import connect
 from ..documents import parse_fields
@@ -19,6 +19,7 @@ from .app import (
     fail_cleanly,
     main,
     model_option,
+    print_table,
     progress_display,
 )
 
@@ -75,7 +76,7 @@ def migrate(**opts: Any) -> None:
     cluster = connect(connection_config(opts))
     if opts["mode"] == "rollback":
         now = rollback(cluster.client, opts["alias"], opts["source"])
-        err_console.print(f"alias {opts['alias']} -> {', '.join(now)}", highlight=False)
+        err_console.print(f"alias {opts['alias']} -> {', '.join(now)}")
         return
     if not opts["model"]:
         raise click.UsageError("--model is required (or SPLADE_ES_MODEL)")
@@ -120,7 +121,7 @@ def migrate(**opts: Any) -> None:
             config,
             encoder=encoder,
             progress=lambda stage, n: progress.advance(tasks[stage], n),
-            on_step=None if quiet else lambda m: progress.console.print(f"[dim]{m}[/]"),
+            on_step=None if quiet else lambda m: progress.console.print(Text(m, style="dim")),
         )
     if opts["report_path"]:
         chart = write_chart(report, Path(opts["report_path"]).with_suffix(".png"))
@@ -129,9 +130,9 @@ def migrate(**opts: Any) -> None:
         click.echo(json.dumps(report_json(report)))
     else:
         if report.gate:
-            Console().print(gate_table(report))
+            print_table(gate_table(report))
         for line in summary_lines(report):
-            err_console.print(line, highlight=False)
+            err_console.print(line)
     failed = not report.verification.ok or (report.gate is not None and not report.gate.passed)
     if failed:
         sys.exit(1)

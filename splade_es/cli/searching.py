@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from ..connect import connect
@@ -19,6 +18,7 @@ from .app import (
     fail_cleanly,
     main,
     model_option,
+    print_table,
     progress_display,
 )
 
@@ -161,16 +161,13 @@ def search(**opts: Any) -> None:
         snippet = str(hit.source.get("title") or hit.source.get("text") or "")[:60]
         tokens = ", ".join(f"{c.token} {c.contribution:.2f}" for c in matched[:4])
         table.add_row(str(rank), hit.id, f"{hit.score:.4f}", snippet, tokens)
-    Console().print(table)
+    print_table(table)
     note = f"{result.prune.kept} query tokens"
     if result.prune.pruned:
         note += (
             f" ({result.prune.dropped} pruned, {100 * result.prune.kept_weight:.1f}% weight kept)"
         )
-    err_console.print(
-        f"{note}; encode {result.encode_ms:.1f} ms, search {result.search_ms:.1f} ms",
-        highlight=False,
-    )
+    err_console.print(f"{note}; encode {result.encode_ms:.1f} ms, search {result.search_ms:.1f} ms")
 
 
 def _parse_filter(text: str) -> dict:
@@ -235,4 +232,4 @@ def evaluate(**opts: Any) -> None:
         table.add_row(f"{stage} latency p50 / p95", f"{latency.p50:.1f} / {latency.p95:.1f} ms")
     if report.pruned_queries:
         table.add_row("queries pruned", str(report.pruned_queries))
-    Console().print(table)
+    print_table(table)

@@ -148,3 +148,46 @@ def test_encode_rejects_non_utf8(runner, tiny_bert_dir, tmp_path):
     result = run_encode(runner, tiny_bert_dir, tmp_path)
     assert result.exit_code == 2
     assert "line 2: not valid UTF-8" in result.output
+
+
+# ---------------------------------------------------------------------- rich output is literal
+ENGINE_ERROR = (
+    "creating search pipeline x: no handler found for uri [/_search/pipeline/x] and method "
+    "[PUT]; index [name] [bold]not[/bold] found"
+)
+
+
+def test_errors_are_printed_as_is_not_as_rich_markup(runner, monkeypatch):
+    from splade_es.cli import indexing
+    from splade_es.exceptions import ClusterError
+
+    def refuse(config):
+        raise ClusterError(ENGINE_ERROR)
+
+    monkeypatch.setattr(indexing, "connect", refuse)
+    result = runner.invoke(main, ["create-index", "--url", "http://localhost:9200", "--index", "i"])
+    assert result.exit_code == 2, result.output
+    assert "MarkupError" not in result.output
+    # Brackets survive (markup would drop "[name]" and crash on "[/_search/...]").
+    assert "error: " + ENGINE_ERROR in " ".join(result.output.split())
+
+
+def test_progress_descriptions_and_tables_are_literal():
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from splade_es.cli.app import print_table, progress_display
+
+    progress = progress_display(quiet=True)
+    task_id = progress.add_task("copy [name] [/x]", total=3)
+    task = progress.tasks[task_id]
+    assert progress.columns[0].render(task).plain == "copy [name] [/x]"
+
+    out = Console(file=io.StringIO(), width=80, markup=False)
+    table = Table(title="[bold]idx[/]")
+    table.add_column("token")
+    table.add_row("[unused0]")
+    print_table(table, out)
+    assert "[bold]idx[/]" in out.file.getvalue() and "[unused0]" in out.file.getvalue()
