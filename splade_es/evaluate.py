@@ -19,6 +19,7 @@ from typing import Any, Literal
 import ir_measures
 import numpy as np
 
+from .connect import client_of
 from .engines import Hybrid, SearchRequest
 from .query import QueryBuilder
 from .search import hits_of, search_vector, send
@@ -116,6 +117,7 @@ def run_queries(
     progress: Callable[[int], None] | None = None,
 ) -> QueryRun:
     """Run every query (``{id: text}``) through ``index`` in ``mode``; no judgments needed."""
+    client = client_of(client)
     if mode not in ("splade", "bm25", "hybrid"):
         raise ValueError(f"unknown mode {mode!r}")
     if mode != "bm25" and encoder is None:
@@ -171,7 +173,8 @@ def evaluate(
     text_fields: Sequence[str] = ("title", "text"),
     progress: Callable[[int], None] | None = None,
 ) -> EvaluationReport:
-    """Run every judged query (those in ``qrels``) through ``index`` and score the run."""
+    """Run every judged query (those in ``qrels``) through ``index`` and score the run.
+    ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``."""
     judged = {qid: queries[qid] for qid in qrels if qid in queries}
     result = run_queries(
         client,

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .connect import Version, call
+from .connect import Version, call, client_of
 from .engines import Dialect, FieldType, Hybrid, QueryStyle, SearchRequest, dialect_for, dialect_of
 from .engines.base import with_filters
 from .exceptions import ClusterError, ConfigurationError
@@ -163,8 +163,10 @@ class QueryBuilder:
         cls, client: Any, index: str, *, field: str = "splade", **options: Any
     ) -> QueryBuilder:
         """A builder for an existing index: engine and version from ``info()``, the field
-        type from the index mapping, the clause limit from the cluster settings."""
+        type from the index mapping, the clause limit from the cluster settings.
+        ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``."""
         dialect = dialect_of(client)
+        client = client_of(client)
         options.setdefault("field_type", field_type_of(client, index, field))
         options.setdefault("max_clauses", clause_limit_of(client, dialect))
         return cls(dialect, field=field, **options)
@@ -258,6 +260,7 @@ class QueryBuilder:
 # ---------------------------------------------------------------------- cluster reads
 def field_type_of(client: Any, index: str, field: str) -> FieldType:
     """The sparse field's type in ``index``'s mapping (the first index, for an alias)."""
+    client = client_of(client)
     mappings = call(lambda: client.indices.get_mapping(index=index), f"reading {index} mapping")
     for body in dict(mappings).values():
         props = body.get("mappings", {}).get("properties", {})
@@ -273,6 +276,7 @@ def field_type_of(client: Any, index: str, field: str) -> FieldType:
 
 def clause_limit_of(client: Any, dialect: Dialect) -> int:
     """The cluster's bool clause limit (1024 when it cannot be read)."""
+    client = client_of(client)
     try:
         settings = call(
             lambda: client.cluster.get_settings(include_defaults=True, flat_settings=True),

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .connect import call
+from .connect import call, client_of
 from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_of
 from .exceptions import ConfigurationError, InputError
 from .query import PruneReport, QueryBuilder, QueryVector
@@ -81,8 +81,10 @@ def create_index(
     """Create ``index`` from the ``mappings/`` template for this engine and version.
 
     Returns the body that was sent. Refuses an existing index (nothing is overwritten).
+    ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``.
     """
     dialect = dialect or dialect_of(client)
+    client = client_of(client)
     body = dialect.index_body(
         field_type, sparse_field=sparse_field, shards=shards, replicas=replicas
     )
@@ -99,6 +101,7 @@ def create_hybrid_pipeline(
     ``linear``/``rrf``) and return its name; None when it needs none (Elasticsearch
     retrievers, ``sum`` hybrids)."""
     dialect = dialect or dialect_of(client)
+    client = client_of(client)
     body = dialect.hybrid_pipeline_body(hybrid)
     if body is None:
         return None
@@ -126,8 +129,10 @@ def search(
 ) -> SearchResult:
     """Encode ``text`` and search ``index``: the score is the exact SPLADE dot product
     (plus BM25 with ``hybrid``). Pass a ``builder`` when searching repeatedly; otherwise one
-    is made from the index (three small requests)."""
+    is made from the index (three small requests). ``client``: an Elasticsearch or
+    OpenSearch client, or a ``Cluster`` from ``connect``."""
     builder = builder or QueryBuilder.for_index(client, index, field=field)
+    client = client_of(client)
     started = time.perf_counter()
     vector = encoder.encode_queries([text])
     encode_ms = (time.perf_counter() - started) * 1000
@@ -159,6 +164,7 @@ def search_vector(
     encode_ms: float = 0.0,
 ) -> SearchResult:
     """``search`` for a vector that is already encoded."""
+    client = client_of(client)
     prepared = builder.search_request(
         vector, k=k, text=text, filters=filters, hybrid=hybrid, source=source
     )
@@ -229,6 +235,7 @@ def explain(
     """The matched tokens of document ``doc_id`` for a query vector, with query weight,
     stored document weight and contribution; they sum to the document's ``_score`` for the
     (non-hybrid) query ``builder`` makes of ``vector``."""
+    client = client_of(client)
     body = {
         "query": {"ids": {"values": [doc_id]}},
         "_source": builder.dialect.source_with_vectors([builder.field]),

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..connect import call
+from ..connect import call, client_of
 from ..engines import Dialect, FieldType, dialect_of
 from ..exceptions import ConfigurationError, InputError
 from ..query import field_type_of
@@ -141,8 +141,10 @@ def ingest(
     Retries what the cluster pushes back on, dead-letters what it refuses and every bad
     input record, and (with ``config.checkpoint``) resumes after a crash without gaps or
     duplicates. Raises only for problems that stop the whole job (unreachable cluster,
-    bad credentials, missing index).
+    bad credentials, missing index). ``client``: an Elasticsearch or OpenSearch client, or a
+    ``Cluster`` from ``connect``.
     """
+    client = client_of(client)
     started = time.perf_counter()
     codec = _prepare_index(client, encoder, config)
     shard = f"{config.shard[0]}/{config.shard[1]}"
