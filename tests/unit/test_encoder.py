@@ -235,3 +235,13 @@ def test_half_precision_keeps_the_seed_ranking(real_model_dir, dtype):
     got = half.encode_queries([SEED_QUERY]).dot(half.encode_documents(SEED_PASSAGES))[0]
     assert np.argsort(-got).tolist() == np.argsort(-expected).tolist()
     assert np.max(np.abs(got - expected) / expected) < 0.02
+
+
+def test_loading_prints_no_progress_bar_and_keeps_the_setting(tiny_bert_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    SpladeEncoder.from_pretrained(str(tiny_bert_dir))
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert hf_logging.is_progress_bar_enabled()  # the application's setting is restored
