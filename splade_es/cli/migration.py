@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.text import Text
 
-from ..connect import connect
+from ..connect import call, connect
 from ..documents import parse_fields
 from .app import (
     connection_config,
@@ -110,10 +110,19 @@ def migrate(**opts: Any) -> None:
 
     encoder = SpladeEncoder.from_pretrained(opts["model"], device=opts["device"])
     quiet = opts["quiet"] or opts["as_json"]
-    total = int(cluster.client.count(index=opts["source"])["count"])
+    total, already = _copy_counts(cluster.client, opts["source"], opts["target"])
+    if already and not quiet:
+        err_console.print(f"{already:,} of {total:,} documents already copied to {opts['target']}")
     with progress_display(quiet) as progress:
+        # A resumed copy skips what the target holds: the bars start there, and their
+        # rates count only this run's documents.
         tasks = {
-            stage: progress.add_task(f"copy: {stage}", total=total)
+            stage: progress.add_task(
+                f"copy: {stage}" + (f" ({already:,} already copied)" if stage == "read" else ""),
+                total=total,
+                completed=0 if stage == "failed" else already,
+                already=0 if stage == "failed" else already,
+            )
             for stage in ("read", "encoded", "indexed", "failed")
         }
         report = run_migration(
@@ -136,3 +145,13 @@ def migrate(**opts: Any) -> None:
     failed = not report.verification.ok or (report.gate is not None and not report.gate.passed)
     if failed:
         sys.exit(1)
+
+
+def _copy_counts(client: Any, source: str, target: str) -> tuple[int, int]:
+    """Documents in the source, and those already in the target (a resumed migration)."""
+    total = int(call(lambda: client.count(index=source), f"counting {source}")["count"])
+    if not call(lambda: client.indices.exists(index=target), f"checking {target}"):
+        return total, 0
+    call(lambda: client.indices.refresh(index=target), f"refreshing {target}")
+    already = int(call(lambda: client.count(index=target), f"counting {target}")["count"])
+    return total, min(already, total)

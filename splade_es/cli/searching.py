@@ -207,7 +207,7 @@ def evaluate(**opts: Any) -> None:
         cluster, encoder, builder, hybrid = _query_setup(opts, weight)
     judged = sum(1 for qid in qrels if qid in queries)
     with progress_display(opts["as_json"]) as progress:
-        task = progress.add_task(f"{mode} queries", total=judged)
+        task = progress.add_task(f"{mode} queries", total=judged, unit="queries")
         report = run_evaluation(
             cluster.client,
             opts["index"],

@@ -191,3 +191,26 @@ def test_progress_descriptions_and_tables_are_literal():
     table.add_row("[unused0]")
     print_table(table, out)
     assert "[bold]idx[/]" in out.file.getvalue() and "[unused0]" in out.file.getvalue()
+
+
+def test_progress_rate_is_the_run_average_in_the_task_unit():
+    from rich.progress import Progress
+
+    from splade_es.cli.app import RateColumn
+
+    now = [0.0]
+    column = RateColumn()
+    progress = Progress(column, get_time=lambda: now[0], disable=True)
+    task_id = progress.add_task("evaluate", total=100, unit="queries")
+    now[0] = 1.0
+    progress.advance(task_id, 10)
+    now[0] = 10.0
+    progress.advance(task_id, 40)  # a burst, as bulk responses come
+    # 50 queries in 10 s: what a summary (count / elapsed) says; rich's moving-window speed
+    # would say 40 / 9 = 4.4 here.
+    assert column.render(progress.tasks[task_id]).plain == "5.0 queries/s"
+
+    resumed = progress.add_task("copy", total=100, completed=80, already=80)
+    now[0] = 14.0
+    progress.advance(resumed, 8)
+    assert column.render(progress.tasks[resumed]).plain == "2.0 docs/s"  # 8 new in 4 s
