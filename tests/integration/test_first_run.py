@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from splade_es import (
@@ -83,3 +85,118 @@ def test_a_resumed_migration_shows_what_was_already_copied(cluster, index_name, 
     assert "12 of 12 documents already copied" in again.output
     read_bar = next(line for line in again.output.splitlines() if line.startswith("copy: read"))
     assert "(12 already copied)" in read_bar and "12/12" in read_bar
+
+
+def small_index(cluster, index_name, encoder, n=20):
+    docs = make_documents(n, seed=6)
+    create_index(cluster.client, index_name, replicas=0)
+    ingest(
+        cluster.client, docs, encoder=encoder, config=IngestConfig(index=index_name, id_field="id")
+    )
+    cluster.client.indices.refresh(index=index_name)
+    return docs
+
+
+def cli(*args, env=None):
+    from click.testing import CliRunner
+
+    from splade_es.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def test_a_query_pruned_to_nothing_matches_nothing(
+    cluster, index_name, encoder, search_model_dir, tmp_path
+):
+    docs = small_index(cluster, index_name, encoder)
+    common = ["--url", cluster.url, "--index", index_name, "-m", search_model_dir]
+    found = cli("search", *common, "--query-min-weight", "100", docs[0]["title"])
+    assert found.exit_code == 2, found.output
+    assert "pruning (minimum weight 100) removed all" in found.output
+    assert "relax --query-min-weight" in found.output
+    assert "score" not in found.output and "empty=" not in found.output
+
+    (tmp_path / "q.jsonl").write_text(
+        '{"_id": "q1", "text": "tax code"}\n{"_id": "q2", "text": " "}\n'
+    )
+    (tmp_path / "qrels.tsv").write_text(
+        f"query-id\tcorpus-id\tscore\nq1\t{docs[0]['id']}\t1\nq2\t{docs[1]['id']}\t1\n"
+    )
+    scored = cli(
+        "evaluate",
+        *common,
+        "--query-min-weight",
+        "100",
+        "--queries",
+        tmp_path / "q.jsonl",
+        "--qrels",
+        tmp_path / "qrels.tsv",
+        "--json",
+    )
+    assert scored.exit_code == 0, scored.output
+    report = json.loads(scored.stdout)
+    assert report["empty_queries"] == 2 and report["ndcg@10"] == 0.0  # misses, not match-alls
+
+
+def test_cli_explain_contributions_sum_to_the_score(cluster, index_name, encoder, search_model_dir):
+    docs = small_index(cluster, index_name, encoder)
+    common = ["--url", cluster.url, "--index", index_name, "-m", search_model_dir]
+    text = docs[3]["title"]
+    found = json.loads(cli("search", *common, "--json", "--k", "3", text).stdout)
+    best = found["hits"][0]
+    explained = cli("explain", *common, "--id", best["id"], "--json", text)
+    assert explained.exit_code == 0, explained.output
+    why = json.loads(explained.stdout)
+    assert why["engine_score"] == pytest.approx(best["score"], rel=1e-6)
+    assert sum(c["contribution"] for c in why["contributions"]) == pytest.approx(
+        best["score"], rel=1e-5
+    )
+    for c in why["contributions"]:
+        assert c["contribution"] == pytest.approx(c["query_weight"] * c["doc_weight"])
+
+    table = cli("explain", *common, "--id", best["id"], text)
+    assert table.exit_code == 0, table.output
+    for header in ("token", "query weight", "stored weight", "contribution", "sum"):
+        assert header in table.output
+    assert (
+        f"{why['score']:.4f}" in table.output
+        and f"engine _score {best['score']:.4f}" in table.output
+    )
+    missing = cli("explain", *common, "--id", "no-such-doc", text)
+    assert missing.exit_code == 2 and "'no-such-doc' not found" in missing.output
+
+
+def test_search_and_evaluate_share_their_mode_options(
+    cluster, index_name, encoder, search_model_dir, tmp_path
+):
+    docs = small_index(cluster, index_name, encoder)
+    common = ["--url", cluster.url, "--index", index_name]
+    model = ["-m", search_model_dir]
+    text = docs[5]["title"]
+    old = json.loads(cli("search", *common, *model, "--json", "--hybrid", "0.3", text).stdout)
+    new = json.loads(
+        cli(
+            "search", *common, *model, "--json", "--mode", "hybrid", "--hybrid-weight", "0.3", text
+        ).stdout
+    )
+    splade = json.loads(cli("search", *common, *model, "--json", text).stdout)
+    assert [h["score"] for h in old["hits"]] == [h["score"] for h in new["hits"]]
+    assert [h["score"] for h in new["hits"]] != [h["score"] for h in splade["hits"]]
+    conflict = cli("search", *common, *model, "--hybrid", "0.3", "--mode", "bm25", text)
+    assert conflict.exit_code == 2 and "--hybrid 0.3 means --mode hybrid" in conflict.output
+
+    # BM25 needs no model, in search and evaluate alike.
+    no_model = {"SPLADE_ES_MODEL": None}
+    bm25 = cli("search", *common, "--mode", "bm25", "--json", text, env=no_model)
+    assert bm25.exit_code == 0, bm25.output
+    assert json.loads(bm25.stdout)["hits"][0]["id"] == docs[5]["id"]
+    (tmp_path / "q.jsonl").write_text(json.dumps({"_id": "q", "text": text}) + "\n")
+    (tmp_path / "qrels.tsv").write_text(f"query-id\tcorpus-id\tscore\nq\t{docs[5]['id']}\t1\n")
+    files = ["--queries", tmp_path / "q.jsonl", "--qrels", tmp_path / "qrels.tsv"]
+    scored = cli("evaluate", *common, "--mode", "bm25", *files, "--json", env=no_model)
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["mrr@10"] == pytest.approx(1.0)
+    needs = cli("evaluate", *common, "--mode", "hybrid", *files, env=no_model)
+    assert needs.exit_code == 2 and "--mode hybrid needs --model" in needs.output
+    hybrid = cli("evaluate", *common, *model, "--hybrid", "0.3", *files, "--json")
+    assert hybrid.exit_code == 0, hybrid.output

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from splade_es import SpladeEncoder
 from splade_es.cli import main
 
-COMMANDS = ["encode", "create-index", "ingest", "search", "migrate", "evaluate"]
+COMMANDS = ["encode", "create-index", "ingest", "search", "explain", "migrate", "evaluate"]
 
 
 @pytest.fixture
@@ -34,7 +34,9 @@ def test_every_command_has_real_help(runner, command):
             assert option in result.output
 
 
-@pytest.mark.parametrize("command", ["create-index", "ingest", "search", "migrate", "evaluate"])
+@pytest.mark.parametrize(
+    "command", ["create-index", "ingest", "search", "explain", "migrate", "evaluate"]
+)
 def test_cluster_commands_fail_clearly_without_echoing_secrets(runner, command, tmp_path):
     (tmp_path / "f").write_text("{}")
     (tmp_path / "queries.jsonl").write_text('{"_id": "1", "text": "x"}\n')
@@ -43,6 +45,7 @@ def test_cluster_commands_fail_clearly_without_echoing_secrets(runner, command, 
         "create-index": ["--index", "i"],
         "ingest": ["--index", "i", "-m", "m", "--input", str(tmp_path / "f")],
         "search": ["--index", "i", "-m", "m", "q"],
+        "explain": ["--index", "i", "-m", "m", "--id", "d", "q"],
         "migrate": ["--source", "a", "--target", "b", "--alias", "c", "-m", "m"],
         "evaluate": [
             "--index",
