@@ -35,13 +35,22 @@ class InputError(SpladeEsError, ValueError):
     """A bad input text or document.
 
     ``position`` is the index in the input sequence (or line number for files) and
-    ``field`` the field name where one applies, so the message can name both.
+    ``field`` the field name where one applies, so the message can name both; ``doc_id`` the
+    document's id when it could be read (so a dead letter keeps it).
     """
 
-    def __init__(self, message: str, *, position: int | None = None, field: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        position: int | None = None,
+        field: str | None = None,
+        doc_id: str | None = None,
+    ):
         super().__init__(message)
         self.position = position
         self.field = field
+        self.doc_id = doc_id
 
 
 class EmptyTextError(InputError):

@@ -39,6 +39,7 @@ def summary_lines(report: MigrationReport) -> list[str]:
     if report.copy is not None:
         lines.append(
             f"copied: {report.copy.indexed:,} indexed, {report.copy.dead_lettered:,} dead-lettered"
+            + (f" (in {report.copy.dead_letter})" if report.copy.dead_lettered else "")
             + (f", {report.skipped_existing:,} already there" if report.skipped_existing else "")
         )
     lines.append(

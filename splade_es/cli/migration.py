@@ -13,6 +13,7 @@ from rich.text import Text
 from ..connect import call, connect
 from ..documents import parse_fields
 from .app import (
+    EXIT_PARTIAL,
     connection_config,
     connection_options,
     err_console,
@@ -42,7 +43,12 @@ from .app import (
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Migration state file.")
-@click.option("--dead-letter", type=click.Path(dir_okay=False))
+@click.option(
+    "--dead-letter",
+    type=click.Path(dir_okay=False),
+    help="JSONL of refused documents (default: next to --checkpoint, else "
+    "<target>.dead-letter.jsonl here).",
+)
 @click.option("--gate-queries", type=click.Path(exists=True, dir_okay=False))
 @click.option("--gate-qrels", type=click.Path(exists=True, dir_okay=False))
 @click.option("--min-ndcg-gain", type=float, help="Gate: nDCG@10 gain over BM25 (needs qrels).")
@@ -69,6 +75,7 @@ def migrate(**opts: Any) -> None:
     Exit status: 0 when done (switched, or a dry run whose checks passed), 1 when the gate or
     the verification failed, 2 on errors.
     """
+    from ..ingest.checkpoint import default_dead_letter
     from ..migrate import Gate, MigrationConfig, report_json, rollback
     from ..migrate import migrate as run_migration
     from ..report import gate_table, summary_lines, write_chart, write_markdown
@@ -102,7 +109,8 @@ def migrate(**opts: Any) -> None:
         batch_size=opts["batch_size"],
         workers=opts["workers"],
         checkpoint=opts["checkpoint"],
-        dead_letter=opts["dead_letter"],
+        dead_letter=opts["dead_letter"]
+        or str(default_dead_letter(opts["target"], opts["checkpoint"])),
         gate=gate,
         switch=opts["mode"] == "switch",
     )
@@ -144,7 +152,7 @@ def migrate(**opts: Any) -> None:
             err_console.print(line)
     failed = not report.verification.ok or (report.gate is not None and not report.gate.passed)
     if failed:
-        sys.exit(1)
+        sys.exit(EXIT_PARTIAL)
 
 
 def _copy_counts(client: Any, source: str, target: str) -> tuple[int, int]:

@@ -200,3 +200,27 @@ def test_search_and_evaluate_share_their_mode_options(
     assert needs.exit_code == 2 and "--mode hybrid needs --model" in needs.output
     hybrid = cli("evaluate", *common, *model, "--hybrid", "0.3", *files, "--json")
     assert hybrid.exit_code == 0, hybrid.output
+
+
+def test_ingest_keeps_refused_records_without_being_told_where(
+    cluster, index_name, search_model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jsonl").write_text(
+        '{"_id": "a", "text": "tax code"}\n{"_id": "b", "title": 5}\n{broken\n'
+    )
+    command = ["ingest", "--url", cluster.url, "--index", index_name, "-m", search_model_dir]
+    command += ["--input", tmp_path / "in.jsonl", "--create"]
+    result = cli(*command)
+    assert result.exit_code == 1, result.output
+    default = tmp_path / f"{index_name}.dead-letter.jsonl"
+    dead = [json.loads(line) for line in default.read_text().splitlines()]
+    assert [(d["position"], d["id"]) for d in dead] == [(2, "b"), (3, None)]
+    assert "nowhere" not in result.output
+    assert f"see {default.name}" in " ".join(result.output.split())
+
+    # With a checkpoint, next to it.
+    again = cli(*command, "--checkpoint", tmp_path / "job.ck", "--json")
+    assert again.exit_code == 1
+    assert json.loads(again.stdout)["dead_letter"] == str(tmp_path / "job.dead-letter.jsonl")
+    assert len((tmp_path / "job.dead-letter.jsonl").read_text().splitlines()) == 2
