@@ -188,10 +188,10 @@ def dead_letter_entry(
     return entry
 
 
-def default_dead_letter(name: str, checkpoint: str | Path | None = None) -> Path:
-    """Where refused records go when no dead-letter file is named: next to the checkpoint
-    (``docs.ck`` -> ``docs.dead-letter.jsonl``), else ``<name>.dead-letter.jsonl`` in the
+def default_dead_letter(name: str, beside: str | Path | None = None) -> Path:
+    """Where refused records go when no dead-letter file is named: next to ``beside`` (the
+    checkpoint: ``docs.ck`` -> ``docs.dead-letter.jsonl``), else ``<name>.dead-letter.jsonl`` in the
     working directory."""
-    if checkpoint:
-        return Path(checkpoint).with_suffix(".dead-letter.jsonl")
+    if beside:
+        return Path(beside).with_suffix(".dead-letter.jsonl")
     return Path(f"{name}.dead-letter.jsonl")

@@ -224,3 +224,21 @@ def test_ingest_keeps_refused_records_without_being_told_where(
     assert again.exit_code == 1
     assert json.loads(again.stdout)["dead_letter"] == str(tmp_path / "job.dead-letter.jsonl")
     assert len((tmp_path / "job.dead-letter.jsonl").read_text().splitlines()) == 2
+
+
+def test_ingest_warns_about_an_empty_input(cluster, index_name, search_model_dir, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result = cli(
+        "ingest",
+        "--url",
+        cluster.url,
+        "--index",
+        index_name,
+        "-m",
+        search_model_dir,
+        "--input",
+        tmp_path / "empty.jsonl",
+        "--create",
+    )
+    assert result.exit_code == 0, result.output
+    assert "holds no records: nothing was indexed" in " ".join(result.output.split())

@@ -138,19 +138,73 @@ def test_encode_writes_one_vector_per_document_in_input_order(runner, tiny_bert_
     ],
 )
 def test_encode_bad_input_names_line_and_field(runner, tiny_bert_dir, tmp_path, bad_line, message):
-    write_jsonl(tmp_path / "in.jsonl", [{"_id": "a", "text": "fine"}, bad_line])
+    write_jsonl(
+        tmp_path / "in.jsonl", [{"_id": "a", "text": "fine"}, bad_line, {"_id": "c", "text": "ok"}]
+    )
     result = run_encode(runner, tiny_bert_dir, tmp_path)
-    assert result.exit_code == 2
-    assert message in result.output
+    # Like ingest: the bad line is set aside, the others are encoded, exit status 1.
+    assert result.exit_code == 1, result.output
+    assert [
+        json.loads(line)["_id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()
+    ] == ["a", "c"]
+    dead = [
+        json.loads(line) for line in (tmp_path / "out.dead-letter.jsonl").read_text().splitlines()
+    ]
+    assert len(dead) == 1 and dead[0]["position"] == 2 and message in dead[0]["reason"]
+    assert "out.dead-letter.jsonl" in result.output
 
 
 def test_encode_rejects_non_utf8(runner, tiny_bert_dir, tmp_path):
     (tmp_path / "in.jsonl").write_bytes(
         b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "\xff"}\n'
     )
+    result = run_encode(
+        runner, tiny_bert_dir, tmp_path, "--dead-letter", str(tmp_path / "bad.jsonl")
+    )
+    assert result.exit_code == 1
+    dead = json.loads((tmp_path / "bad.jsonl").read_text())
+    assert "line 2: not valid UTF-8" in dead["reason"] and dead["raw"]
+
+
+def test_encode_dead_letters_keep_the_id_they_read(runner, tiny_bert_dir, tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", [{"_id": "b7", "title": 3}])
     result = run_encode(runner, tiny_bert_dir, tmp_path)
-    assert result.exit_code == 2
-    assert "line 2: not valid UTF-8" in result.output
+    assert result.exit_code == 1
+    assert json.loads((tmp_path / "out.dead-letter.jsonl").read_text())["id"] == "b7"
+
+
+def test_encode_never_leaves_a_truncated_output(runner, tiny_bert_dir, tmp_path, monkeypatch):
+    from splade_es import SpladeEncoder
+
+    write_jsonl(tmp_path / "in.jsonl", [{"_id": f"d{i}", "text": "tax code"} for i in range(50)])
+    (tmp_path / "out.jsonl").write_text("the previous run\n")
+    real = SpladeEncoder.iter_encode
+
+    def interrupted(self, texts, **kwargs):
+        for n, window in enumerate(real(self, texts, **kwargs)):
+            if n == 1:
+                raise KeyboardInterrupt
+            yield window
+
+    monkeypatch.setattr(SpladeEncoder, "iter_encode", interrupted)
+    result = run_encode(runner, tiny_bert_dir, tmp_path, "--batch-size", "1")
+    assert result.exit_code == 130  # interrupted, not 1 ("some lines dead-lettered")
+    assert (tmp_path / "out.jsonl").read_text() == "the previous run\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+def test_encode_warns_about_an_empty_input(runner, tiny_bert_dir, tmp_path):
+    (tmp_path / "in.jsonl").write_text("\n")
+    result = run_encode(runner, tiny_bert_dir, tmp_path)
+    assert result.exit_code == 0
+    assert "holds no documents" in result.output
+    assert (tmp_path / "out.jsonl").read_text() == ""
+
+
+def test_help_lists_the_exit_statuses(runner):
+    result = runner.invoke(main, ["--help"])
+    for line in ("0    done", "1    done, but", "2    stopped by an error", "130  interrupted"):
+        assert line in result.output
 
 
 # ---------------------------------------------------------------------- rich output is literal
