@@ -22,6 +22,7 @@ from .app import (
     model_option,
     print_table,
     progress_display,
+    warn,
 )
 
 
@@ -141,7 +142,11 @@ def migrate(**opts: Any) -> None:
             on_step=None if quiet else lambda m: progress.console.print(Text(m, style="dim")),
         )
     if opts["report_path"]:
-        chart = write_chart(report, Path(opts["report_path"]).with_suffix(".png"))
+        try:
+            chart = write_chart(report, Path(opts["report_path"]).with_suffix(".png"))
+        except ImportError:
+            chart = None
+            warn("no PNG chart: it needs matplotlib (pip install 'splade-es[report]')")
         write_markdown(report, opts["report_path"], chart=chart.name if chart else None)
     if opts["as_json"]:
         click.echo(json.dumps(report_json(report)))
