@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -242,3 +243,21 @@ def test_ingest_warns_about_an_empty_input(cluster, index_name, search_model_dir
     )
     assert result.exit_code == 0, result.output
     assert "holds no records: nothing was indexed" in " ".join(result.output.split())
+
+
+def test_engine_errors_with_brackets_reach_the_user_intact(
+    cluster, index_name, encoder, search_model_dir
+):
+    docs = small_index(cluster, index_name, encoder)
+    common = ["--url", cluster.url, "--index", index_name, "-m", search_model_dir]
+    result = cli("search", *common, "--mode", "hybrid", "--hybrid-method", "rrf", docs[0]["title"])
+    if result.exit_code == 0:  # an engine with rrf hybrids (real OpenSearch 2.19+, ES trial)
+        assert docs[0]["id"] in result.output
+        return
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # no MarkupError traceback
+    message = " ".join(result.output.split())
+    assert (
+        message.startswith("error: ") and "[" in message
+    )  # e.g. "no handler found for uri [/_search/pipeline/...]"
+    assert re.search(r"\[[^\]]+\]", message)
