@@ -18,6 +18,7 @@ from .exceptions import (
     SpladeEsError,
     UnsupportedFeatureError,
 )
+from .ingest import IngestConfig, IngestReport, RetryPolicy, ingest, ingest_file
 from .query import PruneReport, QueryBuilder, QueryPruning
 from .search import Explanation, SearchResult, create_hybrid_pipeline, create_index, explain, search
 from .sparse import SparseBatch, Vocabulary, stored_precision
@@ -34,11 +35,14 @@ __all__ = [
     "EvaluationReport",
     "Explanation",
     "Hybrid",
+    "IngestConfig",
+    "IngestReport",
     "InputError",
     "ModelLoadError",
     "PruneReport",
     "QueryBuilder",
     "QueryPruning",
+    "RetryPolicy",
     "SearchResult",
     "SparseBatch",
     "SpladeEncoder",
@@ -53,6 +57,8 @@ __all__ = [
     "dialect_for",
     "evaluate",
     "explain",
+    "ingest",
+    "ingest_file",
     "search",
     "stored_precision",
 ]

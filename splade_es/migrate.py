@@ -31,7 +31,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from .connect import Cluster, call
+from .connect import Cluster, call, client_of
 from .engines import Dialect, FieldType, Hybrid, dialect_of
 from .evaluate import Latency, overlap_at, run_queries, score_run
 from .exceptions import ConfigurationError
@@ -204,6 +204,7 @@ def switch_alias(client: Any, alias: str, to_index: str) -> tuple[str, ...]:
 
 def rollback(client: Any, alias: str, source: str) -> tuple[str, ...]:
     """Point ``alias`` back at ``source`` (one atomic call)."""
+    client = client_of(client)
     if not call(lambda: client.indices.exists(index=source), f"checking {source}"):
         raise ConfigurationError(f"cannot roll back: index {source!r} does not exist")
     return switch_alias(client, alias, source)
@@ -327,8 +328,10 @@ def migrate(
     progress: Callable[[str, int], None] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> MigrationReport:
-    """Plan, copy (resumable), verify, gate and (with ``config.switch``) switch the alias."""
-    cluster = Cluster.from_client(client)
+    """Plan, copy (resumable), verify, gate and (with ``config.switch``) switch the alias.
+    ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``."""
+    cluster = client if isinstance(client, Cluster) else Cluster.from_client(client)
+    client = cluster.client
     dialect = dialect_of(cluster)
     step = on_step or (lambda message: log.info(message))
     if not call(lambda: client.indices.exists(index=config.source), "checking the source"):

@@ -1,12 +1,13 @@
 """The ``splade-es`` command: a thin shell over the library API.
 
 Each command parses options, calls one library function and prints the result. Errors from
-the library (``SpladeEsError``) become a one-line message and exit status 2.
+the library (``SpladeEsError``) become a one-line message and exit status 2; Ctrl-C exits
+130 (see ``app.EXIT_STATUS_HELP``).
 
     app.py        the command group, connection options, error handling, progress display
     encode.py     encode
     indexing.py   create-index, ingest
-    searching.py  search, evaluate
+    searching.py  search, explain, evaluate
     migration.py  migrate
 """
 
