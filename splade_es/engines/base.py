@@ -203,11 +203,16 @@ class Dialect(ABC):
             if options:
                 raise ConfigurationError("a rank_feature query takes no engine options")
             return rank_feature_query(features, field)
-        return self._native_sparse_query(features, field, style, dict(options or {}))
+        return self._native_sparse_query(features, field, field_type, style, dict(options or {}))
 
     @abstractmethod
     def _native_sparse_query(
-        self, features: Mapping[str, float], field: str, style: QueryStyle, options: dict
+        self,
+        features: Mapping[str, float],
+        field: str,
+        field_type: FieldType,
+        style: QueryStyle,
+        options: dict,
     ) -> Query: ...
 
     def search_request(
@@ -268,11 +273,46 @@ class Dialect(ABC):
         """A ``_source`` spec that returns ``fields``, sparse vectors included."""
         return list(fields)
 
+    def full_source(self) -> Any:
+        """The ``_source`` spec of every request that reads whole documents back (the
+        migration reader, verification): every field, vector fields included."""
+        return True
+
     # ------------------------------------------------------------------ reading an index
     def pit_sort(self) -> list[Any] | None:
         """Sort for paging a point-in-time reader with ``search_after``; ``None`` when this
         version has no unique tiebreaker (read with a scroll instead)."""
         return ["_shard_doc"]
+
+    def check_pit_reader(self) -> list[Any]:
+        """The point-in-time sort, or a clear error where this version has none."""
+        sort = self.pit_sort()
+        if sort is None:
+            raise UnsupportedFeatureError(
+                f"{self.engine} {self.version_text} has no _shard_doc tiebreaker, so a "
+                "point-in-time reader cannot page exactly across shards; read with a scroll "
+                "(method='scroll', or 'auto' which picks it)"
+            )
+        return sort
+
+    # ------------------------------------------------------------------ copying an index
+    def copyable_settings(self, index_settings: Mapping[str, Any]) -> dict[str, Any]:
+        """An index's settings (the nested ``settings.index`` of ``GET /<index>``) without
+        what the cluster generated or what belongs to that index alone, so they can create a
+        copy of it. Allocation filters and other user choices are kept. Pure."""
+        settings = copy.deepcopy(dict(index_settings))
+        for key in _GENERATED_SETTINGS:
+            settings.pop(key, None)
+        routing = settings.get("routing")
+        if isinstance(routing, dict) and isinstance(routing.get("allocation"), dict):
+            # Set by shrink/split/clone for the source's own shards (a node id): not a choice.
+            routing["allocation"].pop("initial_recovery", None)
+        self._drop_private_settings(settings)
+        return _without_empty(settings)
+
+    def _drop_private_settings(self, settings: dict[str, Any]) -> None:
+        """Remove this engine's settings that describe one index's storage or origin."""
+        return
 
     @abstractmethod
     def open_pit(self, client: Any, index: str, keep_alive: str) -> str:
@@ -289,6 +329,36 @@ class Dialect(ABC):
             if value is not None:
                 return int(value)
         return DEFAULT_CLAUSE_LIMIT
+
+
+# Index settings every engine generates (or that describe one index's state, not its
+# configuration); copying them into a new index is refused or wrong.
+_GENERATED_SETTINGS = (
+    "uuid",
+    "creation_date",
+    "creation_date_string",
+    "version",
+    "provided_name",
+    "resize",
+    "verified_before_close",
+    "history",
+    "blocks",
+    "lifecycle",
+    "frozen",
+    "hidden",
+)
+
+
+def _without_empty(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` minus the groups that removing keys left empty (recursively)."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = _without_empty(value)
+            if not value:
+                continue
+        out[key] = value
+    return out
 
 
 def rank_feature_query(features: Mapping[str, float], field: str) -> Query:
