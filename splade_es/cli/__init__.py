@@ -8,9 +8,10 @@ the library (``SpladeEsError``) become a one-line message and exit status 2.
     indexing.py   create-index, ingest
     searching.py  search, evaluate
     migration.py  migrate
+    doctor.py     doctor
 """
 
-from . import encode, indexing, migration, searching  # noqa: F401  (registers the commands)
+from . import doctor, encode, indexing, migration, searching  # noqa: F401  (registers the commands)
 from .app import main
 
 __all__ = ["main"]

@@ -111,6 +111,15 @@ class Dialect(ABC):
         """The TokenCodec scheme for feature keys of ``field_type``."""
         return "token"
 
+    def required_plugin(self, capability: str) -> str | None:
+        """The engine plugin a capability (``"field:<type>"``, ``"query:<style>"``,
+        ``"hybrid:<method>"``) needs beyond a default install, or None."""
+        return None
+
+    def required_license(self, capability: str) -> str | None:
+        """The license level a capability needs, or None (any license)."""
+        return None
+
     def check_field_type(self, field_type: FieldType) -> None:
         if field_type not in FIELD_TYPES:
             raise ConfigurationError(
@@ -321,7 +330,19 @@ class Dialect(ABC):
     @abstractmethod
     def close_pit(self, client: Any, pit_id: str) -> None: ...
 
+    def read_license(self, client: Any) -> str | None:
+        """The cluster's license (type and status), where the engine has licenses."""
+        return None
+
+    def approximation(self, field_type: FieldType) -> str | None:
+        """When queries on ``field_type`` stop being the exact dot product (None: never)."""
+        return None
+
     # ------------------------------------------------------------------ cluster settings
+    # True where the engine derives its clause limit (from heap and threads) instead of
+    # enforcing the setting: only a refused query tells the real value.
+    derives_clause_limit: ClassVar[bool] = False
+
     def clause_limit(self, settings: Mapping[str, Any]) -> int:
         """The bool clause limit, from ``GET _cluster/settings?include_defaults&flat_settings``."""
         for section in ("transient", "persistent", "defaults"):

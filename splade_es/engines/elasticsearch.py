@@ -57,6 +57,10 @@ class ElasticsearchDialect(Dialect):
             methods.append("linear")
         return tuple(methods)
 
+    def required_license(self, capability: str) -> str | None:
+        # The rrf and linear retrievers are Enterprise features (a trial license covers them).
+        return "enterprise" if capability in ("hybrid:rrf", "hybrid:linear") else None
+
     @property
     def _has_sparse_index_options(self) -> bool:
         return (8, 19) <= self.version[:2] < (9, 0) or self.since(9, 1)
@@ -150,6 +154,10 @@ class ElasticsearchDialect(Dialect):
     def close_pit(self, client: Any, pit_id: str) -> None:
         client.close_point_in_time(id=pit_id)
 
+    def read_license(self, client: Any) -> str | None:
+        found = client.license.get()["license"]
+        return f"{found.get('type')} ({found.get('status')})"
+
     def source_with_vectors(self, fields: Sequence[str]) -> Any:
         if self._excludes_source_vectors:
             return {"includes": list(fields), "exclude_vectors": False}
@@ -180,6 +188,8 @@ class ElasticsearchDialect(Dialect):
                 recovery.pop("type", None)  # snapshot_prewarm: the mount's recovery
             include = settings.get("routing", {}).get("allocation", {}).get("include", {})
             include.pop("_tier_preference", None)
+
+    derives_clause_limit = True  # 8.0+: SearchUtils.calculateMaxClauseValue(threadPool)
 
     def clause_limit(self, settings: Mapping[str, Any]) -> int:
         # Since 8.0 the limit is derived from heap and thread pool sizes; the old setting is

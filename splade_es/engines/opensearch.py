@@ -52,6 +52,10 @@ MAX_QUERY_WEIGHT = 64.0
 # DEFAULT_HEAP_FACTOR; the same values the documentation gives).
 SEISMIC_QUERY_DEFAULTS: dict[str, Any] = {"top_n": 10, "k": 10, "heap_factor": 1.0}
 SEISMIC_QUERY_PARAMETERS = frozenset({*SEISMIC_QUERY_DEFAULTS, "filter"})
+NEURAL_SEARCH_PLUGIN = "opensearch-neural-search"
+NEURAL_SEARCH_CAPABILITIES = frozenset(
+    {"field:sparse_vector", "query:neural_sparse", "hybrid:linear", "hybrid:rrf"}
+)
 
 
 class OpenSearchDialect(Dialect):
@@ -78,6 +82,21 @@ class OpenSearchDialect(Dialect):
 
     def key_scheme(self, field_type: FieldType) -> KeyScheme:
         return "id" if field_type == "sparse_vector" else "token"
+
+    def approximation(self, field_type: FieldType) -> str | None:
+        if field_type != "sparse_vector":
+            return None
+        return (
+            "exact in segments below the field's approximate_threshold documents (default "
+            "1,000,000); SEISMIC (approximate: top_n query tokens, k per segment) above"
+        )
+
+    def required_plugin(self, capability: str) -> str | None:
+        # neural_sparse, the SEISMIC field and the hybrid query / search pipeline processors
+        # all come from the neural-search plugin; rank_features and bool queries are core.
+        if capability in NEURAL_SEARCH_CAPABILITIES:
+            return NEURAL_SEARCH_PLUGIN
+        return None
 
     def _native_sparse_query(
         self,
