@@ -80,6 +80,7 @@ SIZE = 10
 REL_TOL = 1e-5  # the engines sum float32 products
 PROBE_CAP = 65_536  # the largest clause count the Elasticsearch probe tries
 _CLAUSE_LIMIT_RE = re.compile(r"maxClauseCount is set to (\d+)")
+_CLAUSES_RE = re.compile(r"too.many.(nested.)?clauses|maxClauseCount", re.IGNORECASE)
 _LICENSE_RE = re.compile(r"license", re.IGNORECASE)
 _UNKNOWN_RE = re.compile(
     r"unknown query|no \[query\] registered|unsupported_operation|no handler found|"
@@ -292,8 +293,8 @@ class _Doctor:
             return f"needs plugin {plugin}"
         return None
 
-    def _skip(self, capability: str, detail: str) -> None:
-        self.checks.append(Check(capability, "unsupported", detail, None, False))
+    def _skip(self, capability: str, detail: str, *, claimed: bool = False) -> None:
+        self.checks.append(Check(capability, "unsupported", detail, None, claimed))
 
     # ------------------------------------------------------------------ field types
     def _field_type(self, field_type: FieldType) -> str | None:
@@ -327,7 +328,9 @@ class _Doctor:
         styles = self.dialect.query_styles(field_type)
         if not stored:
             for style in styles:
-                self._skip(f"{field_type} · {style} query", f"no {field_type} field here")
+                self._skip(
+                    f"{field_type} · {style} query", f"no {field_type} field here", claimed=True
+                )
             return None
         if not styles:
             self._skip(
@@ -418,15 +421,16 @@ class _Doctor:
         return PROBE_CAP + 1
 
     def _refused_at(self, index: str, count: int) -> int | None:
-        """The engine's limit if a ``count``-clause query is refused for its size."""
+        """None if a ``count``-clause query runs; if it is refused for its clauses, the limit
+        (as the engine names it, else ``count - 1``). Any other error is raised."""
         try:
             self._search_clauses(index, count)
         except _ENGINE_ERRORS as exc:
             body = getattr(exc, "body", None) or getattr(exc, "info", None) or ""
-            limit = clause_limit_in(f"{body} {exc}")
-            if limit is None:
+            text = f"{body} {exc}"
+            if not _CLAUSES_RE.search(text):
                 raise
-            return limit
+            return clause_limit_in(text) or count - 1
         return None
 
     def _search_clauses(self, index: str, count: int) -> None:

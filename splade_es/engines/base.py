@@ -64,6 +64,14 @@ class Hybrid:
             )
         if not self.text_fields:
             raise ConfigurationError("a hybrid query needs at least one text field")
+        # Both engines refuse a constant below 1; OpenSearch also above 10,000 (neural-search
+        # RRFNormalizationTechnique.validateRankConstant).
+        if not 1 <= self.rank_constant <= 10_000:
+            raise ConfigurationError(
+                f"rank_constant must be in [1, 10000], got {self.rank_constant}"
+            )
+        if self.rank_window_size < 1:
+            raise ConfigurationError(f"rank_window_size must be >= 1, got {self.rank_window_size}")
 
     @property
     def pipeline_name(self) -> str:

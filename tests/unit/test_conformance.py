@@ -68,6 +68,11 @@ def test_score_ranker_rank_constant_goes_where_the_version_reads_it(version, nes
     else:
         assert combination == {"technique": "rrf", "rank_constant": 17}
     assert Hybrid(method="rrf", rank_constant=17).pipeline_name.endswith("-17")
+    # RRFNormalizationTechnique.validateRankConstant (2.19.0.0): "rank constant must be in the
+    # interval between 1 and 10000".
+    for bad in (0, 10_001):
+        with pytest.raises(ConfigurationError, match="rank_constant"):
+            Hybrid(method="rrf", rank_constant=bad)
 
 
 # ---------------------------------------------------------------------- defect 3

@@ -120,16 +120,17 @@ def test_engine_errors_are_read_from_both_clients_bodies():
 class ClauseLimitedElasticsearch(FakeElasticsearch):
     """The fake node, refusing searches of more than ``limit`` clauses as Elasticsearch does."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, refusal: dict = TOO_MANY) -> None:
         super().__init__("8.15.0")
         self.limit = limit
+        self.refusal = refusal
         self.clauses: list[int] = []
 
     def handle(self, method, target, body):
         if target.startswith("/probe/_search"):
             count = len(json.loads(body)["query"]["bool"]["should"])
             self.clauses.append(count)
-            return (400, TOO_MANY) if count > self.limit else (200, {"hits": {"hits": []}})
+            return (400, self.refusal) if count > self.limit else (200, {"hits": {"hits": []}})
         return super().handle(method, target, body)
 
 
@@ -138,6 +139,18 @@ def test_elasticsearch_clause_limit_probe_doubles_until_refused():
     probe = _Doctor(Cluster(_client_for(fake), "elasticsearch", (8, 15, 0)), "x")
     assert probe._probe_clause_limit("probe", 1024) == 4096
     assert fake.clauses == [1025, 2049, 4097]  # three small requests; Lucene names the limit
+
+    # A refusal for the clause count that does not name the limit: the last count that ran.
+    unnamed = {"error": {"type": "too_many_clauses", "reason": "too many clauses"}, "status": 400}
+    fake = ClauseLimitedElasticsearch(2048, unnamed)
+    probe = _Doctor(Cluster(_client_for(fake), "elasticsearch", (8, 15, 0)), "x")
+    assert probe._probe_clause_limit("probe", 1024) == 2048
+    # Any other refusal is not a clause limit: it is raised (the check fails with it).
+    other = {"error": {"type": "circuit_breaking_exception", "reason": "data too large"}}
+    fake = ClauseLimitedElasticsearch(1500, {**other, "status": 429})
+    probe = _Doctor(Cluster(_client_for(fake), "elasticsearch", (8, 15, 0)), "x")
+    with pytest.raises(elasticsearch.ApiError):
+        probe._probe_clause_limit("probe", 1024)
 
 
 def test_table_escapes_engine_text():
