@@ -396,10 +396,11 @@ class _Doctor:
         with self._check("clause limit", "clause-limit") as note:
             self._search_clauses(index, assumed)  # what we prune to must run
             if self.dialect.derives_clause_limit:
-                self.probed = self._probe_clause_limit(index, assumed)
+                limit = self._probe_clause_limit(index, assumed)
+                self.probed = limit if limit <= PROBE_CAP else None
                 note["detail"] = (
-                    f"the engine enforces {self.probed}"
-                    if self.probed <= PROBE_CAP
+                    f"the engine enforces {limit}"
+                    if self.probed
                     else f"the engine accepts more than {PROBE_CAP}"
                 ) + f"; splade-es prunes queries to {assumed} (max_clauses raises it)"
             else:
