@@ -7,6 +7,7 @@ The data flow, one module per stage::
 """
 
 from .connect import Cluster, ConnectionConfig, connect
+from .doctor import DoctorReport, doctor
 from .encoder import SpladeEncoder
 from .engines import Dialect, Hybrid, dialect_for
 from .evaluate import EvaluationReport, evaluate
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionConfig",
     "Dialect",
+    "DoctorReport",
     "EvaluationReport",
     "Explanation",
     "Hybrid",
@@ -55,6 +57,7 @@ __all__ = [
     "create_hybrid_pipeline",
     "create_index",
     "dialect_for",
+    "doctor",
     "evaluate",
     "explain",
     "ingest",

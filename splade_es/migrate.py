@@ -41,24 +41,6 @@ from .query import QueryBuilder
 
 log = logging.getLogger(__name__)
 
-# Index settings the cluster generates; copying them would be refused or wrong.
-_GENERATED_SETTINGS = {
-    "uuid",
-    "creation_date",
-    "creation_date_string",
-    "version",
-    "provided_name",
-    "routing",
-    "resize",
-    "verified_before_close",
-    "history",
-    "blocks",
-    "replication",
-    "lifecycle",
-    "frozen",
-    "hidden",
-}
-
 
 @dataclass(frozen=True, kw_only=True)
 class Gate:
@@ -161,11 +143,10 @@ def target_body(
     sparse_field: str,
     field_type: FieldType,
 ) -> dict[str, Any]:
-    """The target's ``PUT`` body: the source's settings (minus generated ones) and mapping,
-    plus the sparse field as the ``mappings/`` template defines it for this version. Pure."""
-    settings = copy.deepcopy(dict(source_info.get("settings", {}).get("index", {})))
-    for key in _GENERATED_SETTINGS:
-        settings.pop(key, None)
+    """The target's ``PUT`` body: the source's settings (minus generated and engine-private
+    ones, ``Dialect.copyable_settings``) and mapping, plus the sparse field as the
+    ``mappings/`` template defines it for this version. Pure."""
+    settings = dialect.copyable_settings(source_info.get("settings", {}).get("index", {}))
     mappings = copy.deepcopy(dict(source_info.get("mappings", {})))
     properties = mappings.setdefault("properties", {})
     if sparse_field in properties:
@@ -231,8 +212,9 @@ def verify(
     )
     mismatches: list[tuple[str, str]] = []
     if records:
-        ids = [str(r.doc["_id"]) for r in records]
-        response = call(lambda: client.mget(index=target, body={"ids": ids}), f"reading {target}")
+        source = dialect.full_source()  # vector fields too, or a lost one goes unnoticed
+        docs = [{"_id": str(r.doc["_id"]), "_source": source} for r in records]
+        response = call(lambda: client.mget(index=target, body={"docs": docs}), f"reading {target}")
         copies = {d["_id"]: d.get("_source") for d in response["docs"] if d.get("found")}
         for record in records:
             doc_id = str(record.doc["_id"])

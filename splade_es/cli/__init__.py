@@ -9,9 +9,10 @@ the library (``SpladeEsError``) become a one-line message and exit status 2; Ctr
     indexing.py   create-index, ingest
     searching.py  search, explain, evaluate
     migration.py  migrate
+    doctor.py     doctor
 """
 
-from . import encode, indexing, migration, searching  # noqa: F401  (registers the commands)
+from . import doctor, encode, indexing, migration, searching  # noqa: F401  (registers the commands)
 from .app import main
 
 __all__ = ["main"]
