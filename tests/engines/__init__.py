@@ -1,0 +1,1 @@
+"""Real search engines for the integration tests (see opensearch_node.py)."""

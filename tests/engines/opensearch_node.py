@@ -1,0 +1,449 @@
+"""Build and run a real single OpenSearch node in a JVM, from Maven Central jars only.
+
+The Java side lives in ``opensearch-node/`` (a Maven ``pom.xml`` and one launcher class); see its
+README. This module finds a suitable JDK, builds the launcher with Maven when its outputs are
+missing or stale, starts the node on 127.0.0.1 with a temporary home, and makes sure nothing is
+left running afterwards::
+
+    with run("2.19.6") as url:  # "http://127.0.0.1:<port>", cluster health green
+        ...
+
+``NodeUnavailable`` means this machine cannot build or run a version (no JDK, no Maven, Maven
+Central unreachable on the first build): callers turn it into a skip. ``NodeStartError`` means
+the node was built but did not start: a real failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+PROJECT_DIR = Path(__file__).resolve().parent / "opensearch-node"
+READY_PREFIX = "OPENSEARCH_NODE_READY "
+MAIN_CLASS = "spladees.testnode.OpenSearchTestNode"
+# Seconds one Maven build may take; the first one downloads ~90 MB per version.
+BUILD_TIMEOUT = 900
+
+
+@dataclass(frozen=True)
+class NodeVersion:
+    """One OpenSearch version the launcher can build, and what it needs and offers."""
+
+    version: str
+    profile: str  # Maven profile of opensearch-node/pom.xml
+    min_java: int
+    max_java: int | None  # newest JDK major known to run it; None: no known limit
+    # neural-search (neural_sparse, hybrid, normalization/score-ranker processors) is loaded
+    # only where its plugin zip is on Maven Central.
+    neural_search: bool
+
+
+VERSIONS: dict[str, NodeVersion] = {
+    v.version: v
+    for v in (
+        # OpenSearch 2.19 supports JDK 11, 17 and 21 (it bundles 23); 17 is what we test on.
+        NodeVersion("2.19.6", "opensearch-2.19", min_java=17, max_java=23, neural_search=True),
+        # OpenSearch 3 needs JDK 21+; it has been run here on Temurin 25.
+        NodeVersion("3.3.2", "opensearch-3.3", min_java=21, max_java=None, neural_search=False),
+    )
+}
+
+
+class NodeUnavailable(Exception):
+    """This machine cannot build or run the node; ``str(exc)`` is a one-line skip reason."""
+
+
+class NodeStartError(RuntimeError):
+    """The node was built but failed to start or to become healthy (message has the log tail)."""
+
+
+# --- JDK discovery ------------------------------------------------------------------------
+
+_VERSION_RE = re.compile(r'version "(\d+)(?:\.(\d+))?[^"]*"')
+
+
+def java_major(java: str | os.PathLike[str]) -> int | None:
+    """Feature version of a ``java`` executable (8 for "1.8.0_x", 17 for "17.0.15"), or None."""
+    return _java_major(os.fspath(java))
+
+
+@functools.cache
+def _java_major(java: str) -> int | None:
+    try:
+        proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION_RE.search(proc.stderr + proc.stdout)
+    if proc.returncode != 0 or match is None:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def _java_home_java() -> Path | None:
+    java_home = os.environ.get("JAVA_HOME")
+    return (Path(java_home) / "bin" / "java").resolve() if java_home else None
+
+
+def _java_candidates() -> list[Path]:
+    """JDKs in order of preference: JAVA_HOME, then /usr/lib/jvm/*, then ``java`` on PATH."""
+    found: list[Path] = []
+    java_home = _java_home_java()
+    if java_home:
+        found.append(java_home)
+    jvm_dir = Path("/usr/lib/jvm")
+    if jvm_dir.is_dir():
+        found.extend(sorted(jvm_dir.glob("*/bin/java")))
+    on_path = shutil.which("java")
+    if on_path:
+        found.append(Path(on_path))
+    unique: dict[Path, Path] = {}
+    for java in found:
+        # javac next to java: Maven compiles the launcher with the same JDK.
+        if java.is_file() and os.access(java, os.X_OK) and (java.parent / "javac").is_file():
+            unique.setdefault(java.resolve(), java.resolve())
+    return list(unique)
+
+
+def find_java(min_major: int, max_major: int | None = None) -> Path | None:
+    """A JDK ``java`` whose major version is within [min_major, max_major], or None.
+
+    JAVA_HOME wins when it fits; otherwise the oldest fitting JDK, the one closest to what the
+    OpenSearch version was released for."""
+    fitting: list[tuple[int, Path]] = []
+    java_home = _java_home_java()
+    for java in _java_candidates():
+        major = java_major(java)
+        if major is None or major < min_major or (max_major is not None and major > max_major):
+            continue
+        if java == java_home:
+            return java
+        fitting.append((major, java))
+    return min(fitting)[1] if fitting else None
+
+
+def _java_for(version: NodeVersion) -> Path:
+    java = find_java(version.min_java, version.max_java)
+    if java is None:
+        limit = (
+            f"{version.min_java}-{version.max_java}" if version.max_java else f"{version.min_java}+"
+        )
+        raise NodeUnavailable(
+            f"OpenSearch {version.version} needs a JDK {limit}; none found "
+            "(JAVA_HOME, /usr/lib/jvm, PATH)"
+        )
+    return java
+
+
+def _node_version(version: str) -> NodeVersion:
+    try:
+        return VERSIONS[version]
+    except KeyError:
+        raise ValueError(
+            f"unknown OpenSearch node version {version!r}; known: {', '.join(VERSIONS)}"
+        ) from None
+
+
+def available_versions() -> list[str]:
+    """Versions this machine can run: a fitting JDK is present, and Maven is installed or the
+    launcher is already built."""
+    return [
+        v.version
+        for v in VERSIONS.values()
+        if find_java(v.min_java, v.max_java) is not None
+        and (shutil.which("mvn") is not None or _is_fresh(v))
+    ]
+
+
+# --- build ----------------------------------------------------------------------------------
+
+
+def _output_dir(version: NodeVersion) -> Path:
+    return PROJECT_DIR / "target" / version.version
+
+
+def _classpath_file(version: NodeVersion) -> Path:
+    # Written by us after Maven succeeds: launcher classes + Maven runtime classpath + the jars
+    # unpacked from plugin zips, one entry per line. Its presence marks a complete build.
+    return _output_dir(version) / "runtime-classpath.txt"
+
+
+def _sources_mtime() -> float:
+    files = [PROJECT_DIR / "pom.xml", *(p for p in (PROJECT_DIR / "src").rglob("*") if p.is_file())]
+    return max(p.stat().st_mtime for p in files)
+
+
+def _is_fresh(version: NodeVersion) -> bool:
+    out = _classpath_file(version)
+    if not out.is_file() or out.stat().st_mtime <= _sources_mtime():
+        return False
+    # A cleaned Maven repository leaves a classpath pointing at nothing.
+    return all(Path(entry).exists() for entry in out.read_text().splitlines())
+
+
+def build(version: str) -> Path:
+    """Build the launcher for ``version`` unless its outputs are up to date; return the file
+    listing its runtime classpath (one entry per line). Raises NodeUnavailable."""
+    node_version = _node_version(version)
+    java = _java_for(node_version)
+    if _is_fresh(node_version):
+        return _classpath_file(node_version)
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise NodeUnavailable("Maven (mvn) is not installed")
+    out_dir = _output_dir(node_version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out_dir.parent / f".{node_version.version}.lock"):
+        if _is_fresh(node_version):  # built by a concurrent process meanwhile
+            return _classpath_file(node_version)
+        env = {**os.environ, "JAVA_HOME": str(java.parent.parent)}
+        cmd = [mvn, "-B", "-q", "-Dstyle.color=never", "-P", node_version.profile, "compile"]
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=PROJECT_DIR,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=BUILD_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise NodeUnavailable(
+                f"Maven build of OpenSearch {version} took over {BUILD_TIMEOUT}s"
+            ) from None
+        if proc.returncode != 0:
+            error = _maven_error(proc.stdout + proc.stderr)
+            raise NodeUnavailable(f"Maven build of OpenSearch {version} failed: {error}")
+        entries = [str(out_dir / "classes")]
+        maven_cp = (out_dir / "classpath.txt").read_text().strip()
+        entries.extend(e for e in maven_cp.split(os.pathsep) if e)
+        # Plugin jars after the Maven ones: on a duplicate, core's version wins.
+        entries.extend(str(p) for p in sorted((out_dir / "plugins").glob("*/*.jar")))
+        target = _classpath_file(node_version)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text("\n".join(entries) + "\n")
+        tmp.replace(target)
+        return target
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+# Maven's closing boilerplate, not the error itself.
+_MAVEN_NOISE = ("To see the full stack trace", "Re-run Maven", "For more information", "[Help ")
+
+
+def _maven_error(output: str) -> str:
+    """The first informative ``[ERROR]`` line of Maven's output, on one line."""
+    for line in _ANSI_RE.sub("", output).splitlines():
+        text = line.removeprefix("[ERROR]").strip()
+        if line.startswith("[ERROR]") and text and not text.startswith(_MAVEN_NOISE):
+            return text[:500]
+    return _ANSI_RE.sub("", output).strip()[-500:] or "no output"
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """Serialise concurrent builds of one version (e.g. pytest-xdist workers)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, Maven copes with most overlaps
+        yield
+        return
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def _jvm_options(java_major_version: int, heap: str) -> list[str]:
+    options = [
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        "-Dfile.encoding=UTF-8",
+        "-Djava.locale.providers=SPI,CLDR",
+    ]
+    # As the OpenSearch distribution's jvm.options: Lucene's vectorised code, native access,
+    # and no JDK warnings about netty's Unsafe use.
+    if java_major_version >= 21:
+        options.append("--add-modules=jdk.incubator.vector")
+    if java_major_version >= 22:
+        options.append("--enable-native-access=ALL-UNNAMED")
+    if java_major_version >= 24:
+        options.append("--sun-misc-unsafe-memory-access=allow")
+    return options
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _read_lines(stream: IO[str], out: queue.Queue[str | None]) -> None:
+    for line in stream:
+        out.put(line.rstrip("\n"))
+    out.put(None)
+
+
+# The node is on 127.0.0.1: never route the health check through an http_proxy from the env.
+_LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _wait_green(proc: subprocess.Popen[str], url: str, deadline: float) -> None:
+    while True:
+        if proc.poll() is not None:
+            raise OSError(f"the JVM exited with status {proc.returncode}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("cluster health did not turn green")
+        wait = max(1, int(min(remaining, 30)))
+        health_url = f"{url}/_cluster/health?wait_for_status=green&timeout={wait}s"
+        try:
+            with _LOCAL_OPENER.open(health_url, timeout=wait + 5) as response:
+                if json.load(response).get("status") == "green":
+                    return
+        except urllib.error.HTTPError as exc:  # 408 when green was not reached within `wait`
+            if exc.code != 408:
+                raise
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+
+
+_KILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+
+
+def _signal_group(proc: subprocess.Popen[str], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+
+
+def _stop(proc: subprocess.Popen[str], grace: float = 30) -> None:
+    """Close stdin (the launcher then shuts the node down), then escalate to SIGTERM and
+    SIGKILL of the whole process group, so nothing outlives us; a second Ctrl-C while waiting
+    kills at once."""
+    try:
+        with contextlib.suppress(OSError):
+            if proc.stdin:
+                proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=15)
+    finally:
+        # Still running after SIGTERM, or we were interrupted while waiting: kill the group.
+        if proc.poll() is None:
+            _signal_group(proc, _KILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def run(version: str, *, heap: str = "1g", timeout: float = 180) -> Iterator[str]:
+    """Start an OpenSearch ``version`` node, wait until it is started and its cluster is green,
+    and yield its URL ``http://127.0.0.1:<port>``. The node, its process group and its
+    temporary home are gone when the block exits (also on KeyboardInterrupt)."""
+    node_version = _node_version(version)
+    classpath = build(version).read_text().splitlines()
+    java = _java_for(node_version)
+    major = java_major(java) or node_version.min_java
+    home = Path(tempfile.mkdtemp(prefix=f"splade-es-opensearch-{version}-"))
+    stderr_path = home / "stderr.log"
+    cmd = [
+        str(java),
+        *_jvm_options(major, heap),
+        "-cp",
+        os.pathsep.join(classpath),
+        MAIN_CLASS,
+        str(home),
+        # The launcher removes its home itself once the node is closed: covers a parent killed
+        # with SIGKILL, whose ``finally`` below never runs.
+        "--delete-home",
+    ]
+    proc: subprocess.Popen[str] | None = None
+    try:
+        with stderr_path.open("w") as stderr:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                # Own process group: terminal Ctrl-C goes to us, and we can kill the group.
+                start_new_session=sys.platform != "win32",
+                creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+            )
+        url = _wait_ready(proc, version, home, timeout)
+        yield url
+    finally:
+        try:
+            if proc is not None:
+                _stop(proc)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _wait_ready(proc: subprocess.Popen[str], version: str, home: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    lines: queue.Queue[str | None] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+
+    def failure(what: str) -> NodeStartError:
+        logs = [f"--- {home / 'stderr.log'}", _tail(home / "stderr.log")]
+        cluster_log = home / "logs" / "splade-es-test.log"
+        if cluster_log.exists():
+            logs += [f"--- {cluster_log}", _tail(cluster_log)]
+        return NodeStartError(f"OpenSearch {version} node {what}\n" + "\n".join(logs))
+
+    url = None
+    while url is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise failure(f"not started within {timeout:.0f}s")
+        try:
+            line = lines.get(timeout=min(remaining, 1.0))
+        except queue.Empty:
+            if proc.poll() is not None:
+                raise failure(f"exited with status {proc.returncode} before it was ready") from None
+            continue
+        if line is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            raise failure(f"exited with status {proc.returncode} before it was ready")
+        if line.startswith(READY_PREFIX):
+            url = line[len(READY_PREFIX) :].strip()
+    try:
+        _wait_green(proc, url, deadline)
+    except (TimeoutError, OSError, urllib.error.URLError) as exc:
+        raise failure(f"started at {url} but its health is not green: {exc}") from exc
+    return url
