@@ -74,6 +74,21 @@ class TestCluster:
     def version(self) -> tuple[int, int, int]:
         return self.cluster.version
 
+    @functools.cached_property
+    def plugins(self) -> tuple[str, ...]:
+        """The cluster's plugin and module names, lower case (``_cat/plugins``); empty when it
+        has no such API (the emulator). A classpath plugin of the in-process node is listed
+        under its class name (``org.opensearch.neuralsearch.plugin.NeuralSearch``)."""
+        try:
+            rows = self.client.cat.plugins(format="json")
+        except Exception:  # no _cat/plugins: no plugins we could use either
+            return ()
+        return tuple(sorted({str(r.get("component", "")).lower() for r in rows}))
+
+    def has_plugin(self, name: str) -> bool:
+        """Whether a plugin whose name contains ``name`` (e.g. ``neural``) is installed."""
+        return any(name.lower() in p for p in self.plugins)
+
     @property
     def label(self) -> str:
         kind = "EMULATOR, not a real engine" if self.spec.is_emulator else self.spec.source

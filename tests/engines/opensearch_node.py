@@ -447,3 +447,29 @@ def _wait_ready(proc: subprocess.Popen[str], version: str, home: Path, timeout: 
     except (TimeoutError, OSError, urllib.error.URLError) as exc:
         raise failure(f"started at {url} but its health is not green: {exc}") from exc
     return url
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.engines.opensearch_node build [VERSION ...]``: build the launchers
+    up front (CI does, so that Maven's output is not hidden inside the first test). A machine
+    that cannot build one says why and exits 0: the harness then skips or falls back."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "build":
+        print("usage: python -m tests.engines.opensearch_node build [VERSION ...]", file=sys.stderr)
+        return 2
+    versions = args[1:] or available_versions()
+    if not versions:
+        print("opensearch-node: no version can be built here (no fitting JDK, or no Maven)")
+    for version in versions:
+        started = time.monotonic()
+        try:
+            path = build(version)
+        except NodeUnavailable as exc:
+            print(f"opensearch-node {version}: unavailable: {exc}")
+            continue
+        print(f"opensearch-node {version}: built in {time.monotonic() - started:.1f}s ({path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

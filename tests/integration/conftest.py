@@ -1,8 +1,11 @@
 """The ``cluster`` fixture: every integration test runs once per available cluster.
 
 Mark a test ``@pytest.mark.engines("elasticsearch")`` to restrict it to one engine, and
-``@pytest.mark.emulator_lacks("neural_sparse query")`` when the osmem emulator cannot run it:
-it is then skipped on the emulator, with that reason, and still runs on real engines.
+``@pytest.mark.emulator_lacks("feature")`` when the osmem emulator cannot run it: it is then
+skipped on the emulator, with that reason, and still runs on real engines. Mark it
+``@pytest.mark.needs_opensearch_plugin("neural", "the neural_sparse query")`` when it needs an
+OpenSearch plugin: it is skipped on OpenSearch clusters without it (the emulator, the 3.3 node
+whose neural-search is not on Maven Central), with that reason.
 """
 
 from __future__ import annotations
@@ -77,6 +80,16 @@ def cluster(request: pytest.FixtureRequest, _running_cluster: TestCluster) -> Te
     engines = request.node.get_closest_marker("engines")
     if engines and _running_cluster.engine not in engines.args:
         pytest.skip(f"test applies to {engines.args}, cluster is {_running_cluster.engine}")
+    needs = request.node.get_closest_marker("needs_opensearch_plugin")
+    if (
+        needs
+        and _running_cluster.engine == "opensearch"
+        and not _running_cluster.has_plugin(needs.args[0])
+    ):
+        pytest.skip(
+            f"{_running_cluster.spec.name} has no {needs.args[0]} plugin "
+            f"({needs.args[1] if len(needs.args) > 1 else 'needed by this test'})"
+        )
     lacks = request.node.get_closest_marker("emulator_lacks")
     if lacks and _running_cluster.spec.is_emulator:
         pytest.skip(f"the osmem emulator lacks {lacks.args[0]}; runs on real engines")

@@ -99,7 +99,7 @@ def test_rank_feature_query_scores_the_exact_dot_product(cluster, index_name, en
 
 
 @pytest.mark.engines("opensearch")
-@pytest.mark.emulator_lacks("the neural_sparse query")
+@pytest.mark.needs_opensearch_plugin("neural", "the neural_sparse query")
 def test_neural_sparse_query_scores_the_exact_dot_product(cluster, index_name, encoder, corpus):
     if cluster.version < (2, 14, 0):
         pytest.skip("neural_sparse query_tokens needs OpenSearch 2.14+")
@@ -107,7 +107,7 @@ def test_neural_sparse_query_scores_the_exact_dot_product(cluster, index_name, e
     assert_scores_are_dot_products(cluster, index_name, builder, encoder, corpus)
 
 
-@pytest.mark.emulator_lacks("the sparse_vector field type")
+@pytest.mark.needs_opensearch_plugin("neural", "the sparse_vector field type")
 def test_sparse_vector_field_scores_the_exact_dot_product(cluster, index_name, encoder, corpus):
     dialect_builder = QueryBuilder.for_engine(cluster.engine, version=cluster.version)
     if "sparse_vector" not in dialect_builder.dialect.field_types():
@@ -164,7 +164,7 @@ def test_weighted_sum_hybrid_adds_weighted_bm25(cluster, index_name, encoder, co
         assert hit.score == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.emulator_lacks("hybrid queries and search pipelines")
+@pytest.mark.needs_opensearch_plugin("neural", "hybrid queries and search pipelines")
 @pytest.mark.parametrize("method", ["linear", "rrf"])
 def test_fused_hybrid_methods_return_documents_of_both_sides(
     cluster, index_name, encoder, corpus, method
