@@ -3,7 +3,12 @@ OpenSearch node, then the emulator; a forced source that cannot run says why."""
 
 from __future__ import annotations
 
+import json
 import stat
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -103,3 +108,36 @@ def test_the_build_explains_a_missing_maven(monkeypatch):
     # (A machine without a JDK at all is told about the JDK first.)
     with pytest.raises(opensearch_node.NodeUnavailable, match=r"(?i)maven|mvn|jdk"):
         opensearch_node.build(next(iter(opensearch_node.VERSIONS)))
+
+
+@pytest.mark.skipif(
+    not opensearch_node.available_versions(), reason="no JDK and Maven here for a real node"
+)
+def test_the_real_node_dies_with_its_parent_even_on_kill_9():
+    """A pytest killed with SIGKILL runs no finalizer: the JVM must notice on its own (its stdin
+    closes) so that no node is left running."""
+    version = opensearch_node.available_versions()[0]
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(root)!r})\n"
+        "from tests.engines import opensearch_node\n"
+        f"with opensearch_node.run({version!r}) as url:\n"
+        "    print(url, flush=True); time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        url = parent.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert json.load(response)["version"]["number"] == version
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+        except OSError:
+            return  # connection refused: the node is gone
+        time.sleep(0.5)
+    pytest.fail(f"the node at {url} still answers 60 s after its parent was killed")
