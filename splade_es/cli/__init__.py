@@ -7,10 +7,11 @@ the library (``SpladeEsError``) become a one-line message and exit status 2.
     encode.py     encode
     indexing.py   create-index, ingest
     searching.py  search, evaluate
+    serve.py      serve (query translation proxy)
     migration.py  migrate
 """
 
-from . import encode, indexing, migration, searching  # noqa: F401  (registers the commands)
+from . import encode, indexing, migration, searching, serve  # noqa: F401  (registers the commands)
 from .app import main
 
 __all__ = ["main"]

@@ -93,13 +93,17 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 class RawResponse(Response):
-    """A response with the upstream's headers as they came (order, case and repeats)."""
+    """A response with the upstream's headers as they came, in order with repeats (the
+    server writes names in lower case, which HTTP treats as the same names)."""
 
-    def __init__(self, upstream: UpstreamResponse) -> None:
+    def __init__(self, upstream: UpstreamResponse, method: str = "GET") -> None:
         super().__init__(upstream.body, upstream.status)
+        length = str(len(upstream.body))
+        if method == "HEAD" and upstream.content_length is not None:
+            length = upstream.content_length  # the size a GET would return
         self.raw_headers = [
             (k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers
-        ] + [(b"content-length", str(len(upstream.body)).encode())]
+        ] + [(b"content-length", length.encode())]
 
 
 class Service:
@@ -339,7 +343,7 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
                 response = await forward(method, target, headers, body)
             if changes_mappings(method, path):
                 service.facts.forget()
-            result: Response = RawResponse(response)
+            result: Response = RawResponse(response, method)
         except Exception as exc:
             result = failure(exc)
         return answered(route, started, request, result)

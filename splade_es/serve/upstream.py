@@ -58,8 +58,9 @@ class UpstreamUnavailable(Exception):
 @dataclass(frozen=True)
 class UpstreamResponse:
     status: int
-    headers: Headers
+    headers: Headers  # end-to-end headers, without Content-Length
     body: bytes
+    content_length: str | None = None  # as declared (a HEAD answer declares the GET's)
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -164,7 +165,10 @@ class Upstream:
             ) as response:
                 payload = await response.read()
                 return UpstreamResponse(
-                    response.status, forwardable(_decode_headers(response.raw_headers)), payload
+                    response.status,
+                    forwardable(_decode_headers(response.raw_headers)),
+                    payload,
+                    response.headers.get("Content-Length"),
                 )
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
