@@ -98,12 +98,11 @@ class RawResponse(Response):
 
     def __init__(self, upstream: UpstreamResponse, method: str = "GET") -> None:
         super().__init__(upstream.body, upstream.status)
-        length = str(len(upstream.body))
-        if method == "HEAD" and upstream.content_length is not None:
-            length = upstream.content_length  # the size a GET would return
-        self.raw_headers = [
-            (k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers
-        ] + [(b"content-length", length.encode())]
+        self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers]
+        # A HEAD answer declares (or not) the length a GET would have; 204/304 have none.
+        length = upstream.content_length if method == "HEAD" else str(len(upstream.body))
+        if length is not None and upstream.status not in (204, 304):
+            self.raw_headers.append((b"content-length", length.encode()))
 
 
 class Service:
