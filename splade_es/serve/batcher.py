@@ -106,9 +106,11 @@ class MicroBatcher:
     # ------------------------------------------------------------------ batching
     async def _collect(self) -> None:
         while True:
-            await self._has_work.wait()
-            if not self._waiting and self._closing:
-                return
+            while not self._waiting:
+                if self._closing:
+                    return
+                self._has_work.clear()
+                await self._has_work.wait()
             if (
                 self._last_batch > 1
                 and len(self._waiting) < self.max_batch
@@ -120,8 +122,6 @@ class MicroBatcher:
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
             self._full.clear()
-            if not self._waiting:
-                self._has_work.clear()
             if batch:
                 self._last_batch = len(batch)
                 await self._run_batch(batch)
