@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import socket
 import threading
 import time
@@ -69,6 +70,7 @@ class Recorded:
 
 
 Handler = Callable[[Recorded], tuple[int, list[tuple[str, str]], bytes]]
+_PLAIN = re.compile(r"application/vnd\.elasticsearch\+(json|x-ndjson); ?compatible-with=\d+")
 
 
 @dataclass
@@ -144,9 +146,11 @@ class StubServer:
         self.stop()
 
 
-def forward_to(upstream: str, *, require: str | None = None) -> Handler:
+def forward_to(upstream: str, *, require: str | None = None, plain_json: bool = False) -> Handler:
     """A handler that relays to ``upstream``; with ``require``, only requests whose
-    ``Authorization`` is exactly that (like a cluster with security on) get through."""
+    ``Authorization`` is exactly that (like a cluster with security on) get through.
+    ``plain_json`` reads Elasticsearch's versioned media types as plain JSON, as
+    Elasticsearch does (the emulator refuses them)."""
     target = urlsplit(upstream)
 
     def handle(request: Recorded) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -165,6 +169,8 @@ def forward_to(upstream: str, *, require: str | None = None) -> Handler:
                 for k, v in request.headers
                 if k.lower() not in ("host", "content-length", "connection", "authorization")
             }
+            if plain_json:
+                headers = {k: _PLAIN.sub(r"application/\1", v) for k, v in headers.items()}
             conn.request(request.method, request.target, body=request.body or None, headers=headers)
             response = conn.getresponse()
             out = [
