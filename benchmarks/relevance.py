@@ -1,12 +1,13 @@
 """Relevance through the cluster versus the exact in-memory SPLADE ranking, in one run.
 
-Ingests a BEIR collection with ``splade_es.ingest`` (into the osmem emulator, or ``--url``),
+Ingests a BEIR collection with ``splade_es.ingest`` (into the osmem emulator, a real in-process
+OpenSearch node with ``--node 2.19`` / ``--node 3.3``, or ``--url``),
 runs every judged query through the cluster with ``splade_es.evaluate``, and scores the same
 queries exactly in memory (full-precision dot products over all documents). The two SPLADE
 rows should agree to within the engines' 9-bit storage precision.
 
     python benchmarks/relevance.py --model ../shared/models/splade-tiny \
-        --data ../shared/data/scifact [--modes splade,bm25,hybrid] [--url http://...]
+        --data ../shared/data/scifact [--modes splade,bm25,hybrid] [--url http://... | --node 2.19]
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("SPLADE_ES_BENCH_DATA"))
     parser.add_argument("--modes", default="splade,bm25")
     parser.add_argument("--url", help="a cluster to use instead of the osmem emulator")
+    parser.add_argument(
+        "--node",
+        metavar="VERSION",
+        help="start a real OpenSearch node of this version (tests/engines/opensearch-node)",
+    )
     parser.add_argument("--index", default="splade-es-relevance")
     args = parser.parse_args()
     if not args.model or not args.data:
@@ -79,7 +85,7 @@ def main() -> None:
     )
     in_memory_seconds = time.perf_counter() - started
 
-    with emulator() if not args.url else _given(args.url) as url:
+    with _cluster_url(args) as url:
         cluster = connect(ConnectionConfig(hosts=(url,)))
         client = cluster.client
         if client.indices.exists(index=args.index):
@@ -97,7 +103,9 @@ def main() -> None:
             results[mode] = evaluate(
                 client, args.index, queries, qrels, encoder=encoder, builder=builder, mode=mode
             )
-        where = cluster.description + (" (osmem emulator)" if not args.url else "")
+        where = cluster.description + (
+            " (real node, in-process)" if args.node else "" if args.url else " (osmem emulator)"
+        )
 
     table = Table(
         title=f"{Path(args.data).name}: {len(docs)} docs ({report.indexed} indexed), "
@@ -132,8 +140,18 @@ def main() -> None:
 
 
 @contextmanager
-def _given(url: str):
-    yield url
+def _cluster_url(args: argparse.Namespace):
+    if args.url:
+        yield args.url
+    elif args.node:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.engines import opensearch_node
+
+        with opensearch_node.run(args.node) as url:
+            yield url
+    else:
+        with emulator() as url:
+            yield url
 
 
 if __name__ == "__main__":

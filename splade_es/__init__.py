@@ -7,6 +7,7 @@ The data flow, one module per stage::
 """
 
 from .connect import Cluster, ConnectionConfig, connect
+from .doctor import DoctorReport, doctor
 from .encoder import SpladeEncoder
 from .engines import Dialect, Hybrid, dialect_for
 from .evaluate import EvaluationReport, evaluate
@@ -18,6 +19,7 @@ from .exceptions import (
     SpladeEsError,
     UnsupportedFeatureError,
 )
+from .ingest import IngestConfig, IngestReport, RetryPolicy, ingest, ingest_file
 from .query import PruneReport, QueryBuilder, QueryPruning
 from .search import Explanation, SearchResult, create_hybrid_pipeline, create_index, explain, search
 from .sparse import SparseBatch, Vocabulary, stored_precision
@@ -31,14 +33,18 @@ __all__ = [
     "ConfigurationError",
     "ConnectionConfig",
     "Dialect",
+    "DoctorReport",
     "EvaluationReport",
     "Explanation",
     "Hybrid",
+    "IngestConfig",
+    "IngestReport",
     "InputError",
     "ModelLoadError",
     "PruneReport",
     "QueryBuilder",
     "QueryPruning",
+    "RetryPolicy",
     "SearchResult",
     "SparseBatch",
     "SpladeEncoder",
@@ -51,8 +57,11 @@ __all__ = [
     "create_hybrid_pipeline",
     "create_index",
     "dialect_for",
+    "doctor",
     "evaluate",
     "explain",
+    "ingest",
+    "ingest_file",
     "search",
     "stored_precision",
 ]

@@ -47,6 +47,7 @@ def resolve_checkpoint(name_or_path: str, *, revision: str | None = None) -> Pat
 def read_layout(root: Path) -> CheckpointLayout:
     modules_file = root / "modules.json"
     if not modules_file.exists():
+        _require_model_config(root)
         return CheckpointLayout(root=root, mlm_dir=root)
     try:
         modules = json.loads(modules_file.read_text())
@@ -67,6 +68,7 @@ def read_layout(root: Path) -> CheckpointLayout:
             )
     if mlm_dir is None or pooling_cfg is None:
         raise ModelLoadError(f"{root}: modules.json has no MLM transformer + SpladePooling pair")
+    _require_model_config(mlm_dir)
     st_config = (
         _read_json(mlm_dir / "sentence_bert_config.json")
         if (mlm_dir / "sentence_bert_config.json").exists()
@@ -80,6 +82,16 @@ def read_layout(root: Path) -> CheckpointLayout:
         max_seq_length=st_config.get("max_seq_length"),
         sentence_transformers=True,
     )
+
+
+def _require_model_config(folder: Path) -> None:
+    # Checked here, before transformers looks: without config.json it reports whatever it
+    # tried last (a tokenizer or sentencepiece error), which does not say what is wrong.
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"{folder}: no config.json: not a model folder (expected a Hugging Face masked-LM "
+            "checkpoint or a sentence-transformers SparseEncoder folder)"
+        )
 
 
 def _read_json(path: Path) -> dict:

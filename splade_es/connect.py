@@ -9,6 +9,9 @@ application can hand us its own configured client instead of a URL::
     print(cluster.engine, cluster.version)   # "opensearch" (3, 3, 0)
 
     cluster = Cluster.from_client(my_existing_client)   # detects engine and version
+
+Every function of the package that takes a client also takes the ``Cluster`` that
+``connect`` returns (``client_of`` unwraps it).
 """
 
 from __future__ import annotations
@@ -126,6 +129,11 @@ class Cluster:
 
     def close(self) -> None:
         self.client.close()
+
+
+def client_of(target: Any) -> Any:
+    """The client inside a ``Cluster``, or ``target`` itself when it is already a client."""
+    return target.client if isinstance(target, Cluster) else target
 
 
 def engine_from_info(info: Any) -> tuple[Engine, Version]:

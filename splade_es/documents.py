@@ -1,7 +1,8 @@
 """Reading documents: pure functions shared by the CLI, ingestion and tests.
 
-Every problem raises ``InputError`` naming the line (1-based) and the field, never a bare
-KeyError or a silently skipped record.
+Every problem raises ``InputError`` naming the position (1-based) and the field, never a bare
+KeyError or a silently skipped record. ``unit`` says what a position counts: "line" in JSONL
+files, "row" in CSV and Parquet, "record" in an in-memory iterable.
 """
 
 from __future__ import annotations
@@ -49,15 +50,15 @@ def parse_json_line(raw: bytes, line_no: int) -> dict[str, Any]:
     return obj
 
 
-def document_id(doc: dict[str, Any], id_field: str, line_no: int) -> str:
+def document_id(doc: dict[str, Any], id_field: str, line_no: int, *, unit: str = "line") -> str:
     value = doc.get(id_field)
     if value is None or (isinstance(value, str) and not value.strip()):
         raise InputError(
-            f"line {line_no}: missing id field {id_field!r}", position=line_no, field=id_field
+            f"{unit} {line_no}: missing id field {id_field!r}", position=line_no, field=id_field
         )
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise InputError(
-            f"line {line_no}: id field {id_field!r} is {type(value).__name__}, "
+            f"{unit} {line_no}: id field {id_field!r} is {type(value).__name__}, "
             "expected string or integer",
             position=line_no,
             field=id_field,
@@ -65,7 +66,9 @@ def document_id(doc: dict[str, Any], id_field: str, line_no: int) -> str:
     return str(value)
 
 
-def document_text(doc: dict[str, Any], fields: Sequence[str], line_no: int) -> str:
+def document_text(
+    doc: dict[str, Any], fields: Sequence[str], line_no: int, *, unit: str = "line"
+) -> str:
     """The named fields joined by a space; absent or null fields count as empty, but at
     least one field must hold text."""
     parts = []
@@ -75,7 +78,7 @@ def document_text(doc: dict[str, Any], fields: Sequence[str], line_no: int) -> s
             continue
         if not isinstance(value, str):
             raise InputError(
-                f"line {line_no}: field {field!r} is {type(value).__name__}, expected text",
+                f"{unit} {line_no}: field {field!r} is {type(value).__name__}, expected text",
                 position=line_no,
                 field=field,
             )
@@ -83,7 +86,7 @@ def document_text(doc: dict[str, Any], fields: Sequence[str], line_no: int) -> s
             parts.append(value.strip())
     if not parts:
         raise InputError(
-            f"line {line_no}: no text in field(s) {', '.join(map(repr, fields))}",
+            f"{unit} {line_no}: no text in field(s) {', '.join(map(repr, fields))}",
             position=line_no,
             field=fields[0],
         )

@@ -12,6 +12,7 @@ which never materialises the batch x length x vocabulary logits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -105,8 +106,11 @@ class SpladeEncoder:
         torch_device = _pick_device(device)
         torch_dtype = _pick_dtype(dtype, torch_device)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(layout.mlm_dir))
-            model = AutoModelForMaskedLM.from_pretrained(str(layout.mlm_dir), dtype=torch.float32)
+            with _no_transformers_progress_bars():
+                tokenizer = AutoTokenizer.from_pretrained(str(layout.mlm_dir))
+                model = AutoModelForMaskedLM.from_pretrained(
+                    str(layout.mlm_dir), dtype=torch.float32
+                )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{name_or_path}: not a masked-LM checkpoint ({exc})") from exc
         if not getattr(tokenizer, "is_fast", False):
@@ -291,6 +295,21 @@ class SpladeEncoder:
             (cols[bounds[i] : bounds[i + 1]], values[bounds[i] : bounds[i + 1]])
             for i in range(len(ids))
         ]
+
+
+@contextlib.contextmanager
+def _no_transformers_progress_bars() -> Iterator[None]:
+    """Without transformers' "Loading weights" bar: it went to every command's stderr, --quiet
+    and --json included. Restored afterwards, so an application's own setting stands."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _length_batches(

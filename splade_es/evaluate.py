@@ -11,6 +11,7 @@ all documents), the reference the cluster's ranking is compared with.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,10 +20,14 @@ from typing import Any, Literal
 import ir_measures
 import numpy as np
 
+from .connect import client_of
 from .engines import Hybrid, SearchRequest
-from .query import QueryBuilder
-from .search import hits_of, search_vector, send
+from .exceptions import EmptyQueryError
+from .query import PruneReport, QueryBuilder
+from .search import Hit, hits_of, search_vector, send
 from .sparse import SparseBatch
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["splade", "bm25", "hybrid"]
 Run = dict[str, dict[str, float]]
@@ -55,6 +60,7 @@ class EvaluationReport:
     latency_ms: Mapping[str, Latency]  # "encode", "search", "total"
     pruned_queries: int
     run: Mapping[str, Mapping[str, float]]
+    empty_queries: int = 0  # queries with no tokens left: scored as misses
 
     def to_json(self) -> dict[str, Any]:
         """The ``evaluate --json`` object."""
@@ -65,6 +71,7 @@ class EvaluationReport:
                 stage: {"p50": lat.p50, "p95": lat.p95} for stage, lat in self.latency_ms.items()
             },
             "pruned_queries": self.pruned_queries,
+            "empty_queries": self.empty_queries,
         }
 
 
@@ -91,6 +98,7 @@ class QueryRun:
     encode_ms: Sequence[float]
     search_ms: Sequence[float]
     pruned_queries: int
+    empty_queries: int = 0  # no tokens to search for: no results (a miss), nothing sent
 
     def latency(self) -> dict[str, Latency]:
         total = [e + s for e, s in zip(self.encode_ms, self.search_ms, strict=True)]
@@ -116,6 +124,7 @@ def run_queries(
     progress: Callable[[int], None] | None = None,
 ) -> QueryRun:
     """Run every query (``{id: text}``) through ``index`` in ``mode``; no judgments needed."""
+    client = client_of(client)
     if mode not in ("splade", "bm25", "hybrid"):
         raise ValueError(f"unknown mode {mode!r}")
     if mode != "bm25" and encoder is None:
@@ -127,33 +136,57 @@ def run_queries(
     run: Run = {}
     encode_ms: list[float] = []
     search_ms: list[float] = []
-    pruned = 0
+    pruned = empty = 0
     for n, (qid, text) in enumerate(queries.items(), 1):
         if mode == "bm25":
             response, elapsed = send(client, index, _bm25_request(text, text_fields, k))
-            hits = hits_of(response)
-            encode_ms.append(0.0)
+            hits, encoded = hits_of(response), 0.0
         else:
-            started = time.perf_counter()
-            vector = encoder.encode_queries([text])
-            encode_ms.append((time.perf_counter() - started) * 1000)
-            result = search_vector(
-                client,
-                index,
-                vector,
-                builder=builder,
-                text=text,
-                k=k,
-                hybrid=hybrid if mode == "hybrid" else None,
-                source=False,
+            hits, encoded, elapsed, report = _sparse_search(
+                client, index, text, encoder, builder, k, hybrid if mode == "hybrid" else None
             )
-            hits, elapsed = result.hits, result.search_ms
-            pruned += result.prune.pruned
+            empty += report is None
+            pruned += report is not None and report.pruned
+        encode_ms.append(encoded)
         search_ms.append(elapsed)
         run[qid] = {hit.id: hit.score for hit in hits}
         if progress:
             progress(n)
-    return QueryRun(run=run, encode_ms=encode_ms, search_ms=search_ms, pruned_queries=pruned)
+    if empty:
+        log.warning("%d of %d queries had no tokens to search for (no results)", empty, n)
+    return QueryRun(
+        run=run,
+        encode_ms=encode_ms,
+        search_ms=search_ms,
+        pruned_queries=pruned,
+        empty_queries=empty,
+    )
+
+
+def _sparse_search(
+    client: Any,
+    index: str,
+    text: str,
+    encoder: Any,
+    builder: QueryBuilder,
+    k: int,
+    hybrid: Hybrid | None,
+) -> tuple[tuple[Hit, ...], float, float, PruneReport | None]:
+    """(hits, encode ms, search ms, pruning) of one SPLADE / hybrid query. A query with no
+    tokens to search for (empty text, or pruned to nothing) finds nothing: no hits, no
+    request, pruning None."""
+    if not text.strip():
+        return (), 0.0, 0.0, None
+    started = time.perf_counter()
+    vector = encoder.encode_queries([text])
+    encoded = (time.perf_counter() - started) * 1000
+    try:
+        result = search_vector(
+            client, index, vector, builder=builder, text=text, k=k, hybrid=hybrid, source=False
+        )
+    except EmptyQueryError:
+        return (), encoded, 0.0, None
+    return result.hits, encoded, result.search_ms, result.prune
 
 
 def evaluate(
@@ -171,7 +204,8 @@ def evaluate(
     text_fields: Sequence[str] = ("title", "text"),
     progress: Callable[[int], None] | None = None,
 ) -> EvaluationReport:
-    """Run every judged query (those in ``qrels``) through ``index`` and score the run."""
+    """Run every judged query (those in ``qrels``) through ``index`` and score the run.
+    ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``."""
     judged = {qid: queries[qid] for qid in qrels if qid in queries}
     result = run_queries(
         client,
@@ -192,6 +226,7 @@ def evaluate(
         latency_ms=result.latency(),
         pruned_queries=result.pruned_queries,
         run=result.run,
+        empty_queries=result.empty_queries,
     )
 
 

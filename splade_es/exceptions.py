@@ -8,7 +8,8 @@ boundary where we call them and re-raised as one of these, with the original att
     ├── ConfigurationError          bad options: conflicting flags, unknown engine, bad URL
     ├── ModelLoadError              checkpoint missing, unreadable or without an MLM head
     ├── InputError                  a bad document or text; names its position and field
-    │   └── EmptyTextError          an empty or whitespace-only text where one is required
+    │   ├── EmptyTextError          an empty or whitespace-only text where one is required
+    │   └── EmptyQueryError         a query with no tokens to search for (empty, or all pruned)
     └── ClusterError                anything that came back from (or failed to reach) a cluster
         ├── ConnectionFailedError   unreachable, TLS failure, timeout
         ├── AuthenticationError     401 / 403
@@ -34,17 +35,34 @@ class InputError(SpladeEsError, ValueError):
     """A bad input text or document.
 
     ``position`` is the index in the input sequence (or line number for files) and
-    ``field`` the field name where one applies, so the message can name both.
+    ``field`` the field name where one applies, so the message can name both; ``doc_id`` the
+    document's id when it could be read (so a dead letter keeps it).
     """
 
-    def __init__(self, message: str, *, position: int | None = None, field: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        position: int | None = None,
+        field: str | None = None,
+        doc_id: str | None = None,
+    ):
         super().__init__(message)
         self.position = position
         self.field = field
+        self.doc_id = doc_id
 
 
 class EmptyTextError(InputError):
     """An empty or whitespace-only text where the policy forbids one."""
+
+
+class EmptyQueryError(InputError):
+    """A query with no tokens left to search for: an empty text, or pruning removed them all.
+
+    Its dot product with every document is 0, so it matches nothing; searching with it would
+    run an empty ``bool`` query, which engines answer with every document at score 1.0.
+    """
 
 
 class ClusterError(SpladeEsError):

@@ -31,7 +31,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from .connect import Cluster, call
+from .connect import Cluster, call, client_of
 from .engines import Dialect, FieldType, Hybrid, dialect_of
 from .evaluate import Latency, overlap_at, run_queries, score_run
 from .exceptions import ConfigurationError
@@ -40,24 +40,6 @@ from .ingest.index_source import read_index, skip_existing
 from .query import QueryBuilder
 
 log = logging.getLogger(__name__)
-
-# Index settings the cluster generates; copying them would be refused or wrong.
-_GENERATED_SETTINGS = {
-    "uuid",
-    "creation_date",
-    "creation_date_string",
-    "version",
-    "provided_name",
-    "routing",
-    "resize",
-    "verified_before_close",
-    "history",
-    "blocks",
-    "replication",
-    "lifecycle",
-    "frozen",
-    "hidden",
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,11 +143,10 @@ def target_body(
     sparse_field: str,
     field_type: FieldType,
 ) -> dict[str, Any]:
-    """The target's ``PUT`` body: the source's settings (minus generated ones) and mapping,
-    plus the sparse field as the ``mappings/`` template defines it for this version. Pure."""
-    settings = copy.deepcopy(dict(source_info.get("settings", {}).get("index", {})))
-    for key in _GENERATED_SETTINGS:
-        settings.pop(key, None)
+    """The target's ``PUT`` body: the source's settings (minus generated and engine-private
+    ones, ``Dialect.copyable_settings``) and mapping, plus the sparse field as the
+    ``mappings/`` template defines it for this version. Pure."""
+    settings = dialect.copyable_settings(source_info.get("settings", {}).get("index", {}))
     mappings = copy.deepcopy(dict(source_info.get("mappings", {})))
     properties = mappings.setdefault("properties", {})
     if sparse_field in properties:
@@ -204,6 +185,7 @@ def switch_alias(client: Any, alias: str, to_index: str) -> tuple[str, ...]:
 
 def rollback(client: Any, alias: str, source: str) -> tuple[str, ...]:
     """Point ``alias`` back at ``source`` (one atomic call)."""
+    client = client_of(client)
     if not call(lambda: client.indices.exists(index=source), f"checking {source}"):
         raise ConfigurationError(f"cannot roll back: index {source!r} does not exist")
     return switch_alias(client, alias, source)
@@ -230,8 +212,9 @@ def verify(
     )
     mismatches: list[tuple[str, str]] = []
     if records:
-        ids = [str(r.doc["_id"]) for r in records]
-        response = call(lambda: client.mget(index=target, body={"ids": ids}), f"reading {target}")
+        source = dialect.full_source()  # vector fields too, or a lost one goes unnoticed
+        docs = [{"_id": str(r.doc["_id"]), "_source": source} for r in records]
+        response = call(lambda: client.mget(index=target, body={"docs": docs}), f"reading {target}")
         copies = {d["_id"]: d.get("_source") for d in response["docs"] if d.get("found")}
         for record in records:
             doc_id = str(record.doc["_id"])
@@ -327,8 +310,10 @@ def migrate(
     progress: Callable[[str, int], None] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> MigrationReport:
-    """Plan, copy (resumable), verify, gate and (with ``config.switch``) switch the alias."""
-    cluster = Cluster.from_client(client)
+    """Plan, copy (resumable), verify, gate and (with ``config.switch``) switch the alias.
+    ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``."""
+    cluster = client if isinstance(client, Cluster) else Cluster.from_client(client)
+    client = cluster.client
     dialect = dialect_of(cluster)
     step = on_step or (lambda message: log.info(message))
     if not call(lambda: client.indices.exists(index=config.source), "checking the source"):

@@ -14,7 +14,10 @@ limit from the cluster instead.
 
 Pruning (``QueryPruning``) keeps the heaviest tokens: top-k, a minimum weight, a kept fraction
 of the total weight, and never more tokens than the cluster's bool clause limit. What was cut
-is reported (``PruneReport``), never an error.
+is reported (``PruneReport``), never an error, unless nothing is left: a query without tokens
+raises ``EmptyQueryError`` (it would match nothing; sent as an empty ``bool`` query it would
+match every document with score 1.0). In a hybrid query the empty SPLADE part matches nothing
+and BM25 alone ranks.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .connect import Version, call
+from .connect import Version, call, client_of
 from .engines import Dialect, FieldType, Hybrid, QueryStyle, SearchRequest, dialect_for, dialect_of
 from .engines.base import with_filters
-from .exceptions import ClusterError, ConfigurationError
+from .exceptions import ClusterError, ConfigurationError, EmptyQueryError
 from .sparse import SparseBatch
 from .tokens import TokenCodec, escape_token, is_storable
 
@@ -48,6 +51,17 @@ class QueryPruning:
     top_k: int | None = None
     min_weight: float | None = None
     mass: float | None = None
+
+    def describe(self) -> str:
+        """``"top 5, minimum weight 0.3"``: the limits in words, for messages."""
+        parts = []
+        if self.top_k is not None:
+            parts.append(f"top {self.top_k}")
+        if self.min_weight is not None:
+            parts.append(f"minimum weight {self.min_weight:g}")
+        if self.mass is not None:
+            parts.append(f"{100 * self.mass:g}% of the weight")
+        return ", ".join(parts) or "none"
 
     def __post_init__(self) -> None:
         if self.top_k is not None and self.top_k < 1:
@@ -70,6 +84,11 @@ class PruneReport:
     @property
     def pruned(self) -> bool:
         return self.dropped > 0
+
+    @property
+    def empty(self) -> bool:
+        """No token left: the query matches nothing."""
+        return self.kept == 0
 
 
 def prune_features(
@@ -163,8 +182,10 @@ class QueryBuilder:
         cls, client: Any, index: str, *, field: str = "splade", **options: Any
     ) -> QueryBuilder:
         """A builder for an existing index: engine and version from ``info()``, the field
-        type from the index mapping, the clause limit from the cluster settings."""
+        type from the index mapping, the clause limit from the cluster settings.
+        ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``."""
         dialect = dialect_of(client)
+        client = client_of(client)
         options.setdefault("field_type", field_type_of(client, index, field))
         options.setdefault("max_clauses", clause_limit_of(client, dialect))
         return cls(dialect, field=field, **options)
@@ -220,10 +241,22 @@ class QueryBuilder:
         reserve: int = 0,
         pruning: QueryPruning | None = None,
     ) -> dict:
-        """The query clause: its score is the dot product of ``vector`` with each document."""
-        kept, _ = self.prune(vector, reserve=reserve, pruning=pruning)
+        """The query clause: its score is the dot product of ``vector`` with each document.
+        ``EmptyQueryError`` when no token is left to search for."""
+        kept, report = self.prune(vector, reserve=reserve, pruning=pruning)
+        self._require_tokens(report)
         query = self._clause(kept)
         return with_filters(query, filters)
+
+    def _require_tokens(self, report: PruneReport) -> None:
+        if not report.empty:
+            return
+        if report.dropped:
+            raise EmptyQueryError(
+                f"nothing to search for: pruning ({self.pruning.describe()}) removed all "
+                f"{report.dropped} query tokens"
+            )
+        raise EmptyQueryError("nothing to search for: the query has no tokens with a weight")
 
     def _clause(self, features: Mapping[str, float]) -> dict:
         """The dialect's query for already-pruned features, on this builder's field."""
@@ -259,7 +292,18 @@ class QueryBuilder:
             # multi_match expands to about one clause per term and field.
             reserve = len(text.split()) * len(hybrid.text_fields) + 1
         kept, report = self.prune(vector, reserve=reserve, pruning=pruning)
-        sparse = self._clause(kept)
+        if hybrid is None:
+            self._require_tokens(report)
+        if report.empty:
+            # Every document's dot product with an empty query is 0: match_none, so that BM25
+            # alone ranks (an empty bool would add a constant 1.0 to every document).
+            # elastic/elasticsearch and opensearch-project/OpenSearch (main):
+            # server/src/main/java/org/{elasticsearch,opensearch}/index/query/
+            # MatchNoneQueryBuilder.java -> MatchNoDocsQuery.
+            log.warning("no SPLADE query tokens left; the hybrid query ranks by BM25 alone")
+            sparse: dict = {"match_none": {}}
+        else:
+            sparse = self._clause(kept)
         request = self.dialect.search_request(
             sparse, k=k, filters=filters, lexical=lexical, hybrid=hybrid, source=source
         )
@@ -268,7 +312,8 @@ class QueryBuilder:
 
 # ---------------------------------------------------------------------- cluster reads
 def field_type_of(client: Any, index: str, field: str) -> FieldType:
-    """The sparse field's type in ``index``'s mapping (the first index, for an alias)."""
+    """The sparse field's type in ``index``'s mapping (``field_type_from_mapping``)."""
+    client = client_of(client)
     mappings = call(lambda: client.indices.get_mapping(index=index), f"reading {index} mapping")
     return field_type_from_mapping(dict(mappings), index, field)
 
@@ -304,6 +349,7 @@ def field_type_from_mapping(mappings: Mapping[str, Any], index: str, field: str)
 
 def clause_limit_of(client: Any, dialect: Dialect) -> int:
     """The cluster's bool clause limit (1024 when it cannot be read)."""
+    client = client_of(client)
     try:
         settings = call(
             lambda: client.cluster.get_settings(include_defaults=True, flat_settings=True),

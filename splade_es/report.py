@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from .migrate import MigrationReport
 
@@ -38,6 +39,7 @@ def summary_lines(report: MigrationReport) -> list[str]:
     if report.copy is not None:
         lines.append(
             f"copied: {report.copy.indexed:,} indexed, {report.copy.dead_lettered:,} dead-lettered"
+            + (f" (in {report.copy.dead_letter})" if report.copy.dead_lettered else "")
             + (f", {report.skipped_existing:,} already there" if report.skipped_existing else "")
         )
     lines.append(
@@ -61,12 +63,14 @@ def summary_lines(report: MigrationReport) -> list[str]:
 
 
 def gate_table(report: MigrationReport) -> Table:
+    """The gate as a rich table. Titles and cells are ``Text``, never markup: index names and
+    labels print as they are on any console."""
     header, rows = _rows(report)
-    table = Table(title=f"relevance gate: {report.source} (old) vs {report.target} (new)")
+    table = Table(title=Text(f"relevance gate: {report.source} (old) vs {report.target} (new)"))
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i < 2 else "right")
+        table.add_column(Text(name), justify="left" if i < 2 else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 

@@ -8,6 +8,9 @@
 
 ``explain`` breaks one document's score into per-token contributions
 (query weight x stored document weight) that add up to the engine's ``_score``.
+
+A query with no tokens (an empty text, or one that pruning empties) raises
+``EmptyQueryError`` instead of searching: it matches nothing (see ``splade_es.query``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .connect import call
+from .connect import call, client_of
 from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_of
-from .exceptions import ConfigurationError, InputError
+from .exceptions import ConfigurationError, EmptyQueryError, InputError
 from .query import PruneReport, QueryBuilder, QueryVector
 from .sparse import SparseBatch, stored_precision
 from .tokens import unescape_key
@@ -57,10 +60,14 @@ class TokenContribution:
 
 @dataclass(frozen=True)
 class Explanation:
-    """Why a document scored what it did: its matched tokens, heaviest contribution first."""
+    """Why a document scored what it did: its matched tokens, heaviest contribution first.
+
+    ``engine_score``: the ``_score`` the engine gives the document for the same query (None
+    when it does not match); ``score``, the sum of the contributions, equals it."""
 
     doc_id: str
     contributions: tuple[TokenContribution, ...]
+    engine_score: float | None = None
 
     @property
     def score(self) -> float:
@@ -81,8 +88,10 @@ def create_index(
     """Create ``index`` from the ``mappings/`` template for this engine and version.
 
     Returns the body that was sent. Refuses an existing index (nothing is overwritten).
+    ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``.
     """
     dialect = dialect or dialect_of(client)
+    client = client_of(client)
     body = dialect.index_body(
         field_type, sparse_field=sparse_field, shards=shards, replicas=replicas
     )
@@ -99,6 +108,7 @@ def create_hybrid_pipeline(
     ``linear``/``rrf``) and return its name; None when it needs none (Elasticsearch
     retrievers, ``sum`` hybrids)."""
     dialect = dialect or dialect_of(client)
+    client = client_of(client)
     body = dialect.hybrid_pipeline_body(hybrid)
     if body is None:
         return None
@@ -126,8 +136,15 @@ def search(
 ) -> SearchResult:
     """Encode ``text`` and search ``index``: the score is the exact SPLADE dot product
     (plus BM25 with ``hybrid``). Pass a ``builder`` when searching repeatedly; otherwise one
-    is made from the index (three small requests)."""
+    is made from the index (three small requests). ``client``: an Elasticsearch or
+    OpenSearch client, or a ``Cluster`` from ``connect``.
+
+    ``EmptyQueryError`` when the text is empty or pruning leaves no token (a hybrid search
+    then ranks by BM25 alone)."""
+    if not text.strip():
+        raise EmptyQueryError("nothing to search for: the query text is empty")
     builder = builder or QueryBuilder.for_index(client, index, field=field)
+    client = client_of(client)
     started = time.perf_counter()
     vector = encoder.encode_queries([text])
     encode_ms = (time.perf_counter() - started) * 1000
@@ -159,6 +176,7 @@ def search_vector(
     encode_ms: float = 0.0,
 ) -> SearchResult:
     """``search`` for a vector that is already encoded."""
+    client = client_of(client)
     prepared = builder.search_request(
         vector, k=k, text=text, filters=filters, hybrid=hybrid, source=source
     )
@@ -228,7 +246,10 @@ def explain(
 ) -> Explanation:
     """The matched tokens of document ``doc_id`` for a query vector, with query weight,
     stored document weight and contribution; they sum to the document's ``_score`` for the
-    (non-hybrid) query ``builder`` makes of ``vector``."""
+    (non-hybrid) query ``builder`` makes of ``vector``, which is read too (``engine_score``).
+    ``EmptyQueryError`` when the query has no tokens."""
+    client = client_of(client)
+    query, _ = builder.prune(vector)
     body = {
         "query": {"ids": {"values": [doc_id]}},
         "_source": builder.dialect.source_with_vectors([builder.field]),
@@ -243,15 +264,19 @@ def explain(
         raise InputError(
             f"document {doc_id!r} has no {builder.field!r} vector in _source", field=builder.field
         )
+    # The same query, restricted to the document (a filter does not change scores).
+    scored = builder.search_request(vector, k=1, filters=[{"ids": {"values": [doc_id]}}])
+    scored_hits = hits_of(send(client, index, scored.request)[0])
     return Explanation(
         doc_id=doc_id,
         contributions=contributions(
-            builder.prune(vector)[0],
+            query,
             document,
             token_of=token_namer(
                 builder, vector.vocab if isinstance(vector, SparseBatch) else None
             ),
         ),
+        engine_score=scored_hits[0].score if scored_hits else None,
     )
 
 

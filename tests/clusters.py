@@ -3,9 +3,13 @@
 1. testcontainers, when a Docker engine answers: the four real engines in ``CONTAINER_IMAGES``;
 2. ``SPLADE_ES_TEST_URL``: one or more comma-separated URLs of clusters you run yourself
    (credentials from ``SPLADE_ES_TEST_API_KEY`` or ``SPLADE_ES_TEST_USER``/``_PASSWORD``);
-3. otherwise an ``osmem-server`` process: an in-memory OpenSearch *emulator*, not a real engine.
+3. a real OpenSearch node started in-process in a JVM from Maven Central jars
+   (``tests/engines/opensearch-node``), one per version this machine's JDKs can run: 2.19 on
+   JDK 17+, 3.3 on JDK 21+; needs ``java`` and ``mvn``;
+4. otherwise an ``osmem-server`` process: an in-memory OpenSearch *emulator*, not a real engine.
 
-``SPLADE_ES_TEST_CLUSTERS=testcontainers|url|emulator`` forces one source.
+``SPLADE_ES_TEST_CLUSTERS=testcontainers|url|node|emulator`` forces one source;
+``SPLADE_ES_TEST_NODE_VERSIONS=2.19`` limits the real nodes to some versions.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from splade_es.connect import Cluster, ConnectionConfig, Engine, connect
 
-Source = Literal["testcontainers", "url", "emulator"]
+Source = Literal["testcontainers", "url", "node", "emulator"]
 
 # Pinned so that a test run is reproducible; docker/*.yml use the same versions.
 CONTAINER_IMAGES: dict[str, tuple[Engine, str]] = {
@@ -37,7 +42,10 @@ class ClusterSpec:
     name: str
     source: Source
     engine: Engine | None
-    target: str  # image for containers, URL for url clusters, "" for the emulator
+    # Image for containers, URL for url clusters, version for nodes, "" for the emulator.
+    target: str
+    # Why this source could not be used (the harness falls back, or skips when it was forced).
+    unavailable: str = ""
 
     @property
     def is_emulator(self) -> bool:
@@ -69,6 +77,8 @@ class TestCluster:
     @property
     def label(self) -> str:
         kind = "EMULATOR, not a real engine" if self.spec.is_emulator else self.spec.source
+        if self.spec.source == "node":
+            kind = "real OpenSearch node, in-process JVM"
         return f"{self.spec.name}: {self.cluster.description} ({kind}) at {self.url}"
 
 
@@ -90,9 +100,16 @@ def available_specs() -> tuple[ClusterSpec, ...]:
     return tuple(discover_specs())
 
 
+# Why the real node was not used, when it was not (the pytest header says so).
+NODE_FALLBACK_REASON: list[str] = []
+
+
 def discover_specs() -> list[ClusterSpec]:
     forced = os.environ.get("SPLADE_ES_TEST_CLUSTERS", "").strip()
     urls = [u.strip() for u in os.environ.get("SPLADE_ES_TEST_URL", "").split(",") if u.strip()]
+    if forced not in ("", "testcontainers", "url", "node", "emulator"):
+        choices = "testcontainers|url|node|emulator"
+        raise ValueError(f"SPLADE_ES_TEST_CLUSTERS={forced!r}: use {choices}")
     if forced in ("", "testcontainers") and (forced or docker_available()):
         return [
             ClusterSpec(name, "testcontainers", engine, image)
@@ -100,7 +117,39 @@ def discover_specs() -> list[ClusterSpec]:
         ]
     if forced in ("", "url") and urls:
         return [ClusterSpec(f"url-{i}", "url", None, url) for i, url in enumerate(urls)]
+    if forced in ("", "node"):
+        specs = node_specs()
+        if specs and not (forced == "" and all(s.unavailable for s in specs)):
+            return specs
+        NODE_FALLBACK_REASON.extend(s.unavailable for s in specs)
     return [ClusterSpec("osmem-emulator", "emulator", "opensearch", "")]
+
+
+def node_specs() -> list[ClusterSpec]:
+    """One spec per OpenSearch version this machine's JDKs can run. Building the launcher
+    (Maven) waits until a test needs the node; a failed build skips that node's tests."""
+    from tests.engines import opensearch_node
+
+    wanted = [v.strip() for v in os.environ.get("SPLADE_ES_TEST_NODE_VERSIONS", "").split(",")]
+    wanted = [v for v in wanted if v]
+    versions = opensearch_node.available_versions()
+    if not versions or shutil.which("mvn") is None:
+        return [ClusterSpec("opensearch-node", "node", "opensearch", "", _no_jdk_reason())]
+    if wanted:
+        versions = [v for v in versions if any(v.startswith(w) for w in wanted)]
+    if not versions:
+        if wanted and opensearch_node.available_versions():
+            reason = f"no real OpenSearch node of versions {wanted} on this machine"
+        else:
+            reason = _no_jdk_reason()
+        return [ClusterSpec("opensearch-node", "node", "opensearch", "", reason)]
+    return [ClusterSpec(f"opensearch-node-{v}", "node", "opensearch", v) for v in versions]
+
+
+def _no_jdk_reason() -> str:
+    if shutil.which("mvn") is None:
+        return "no real OpenSearch node: Maven (mvn) is not installed"
+    return "no real OpenSearch node: no JDK 17+ found (JAVA_HOME, /usr/lib/jvm, PATH)"
 
 
 @contextlib.contextmanager
@@ -119,6 +168,21 @@ def start_cluster(spec: ClusterSpec) -> Iterator[TestCluster]:
             yield TestCluster(spec, cluster, spec.target)
         finally:
             cluster.close()
+    elif spec.source == "node":
+        import pytest
+
+        from tests.engines import opensearch_node
+
+        try:
+            opensearch_node.build(spec.target)
+        except opensearch_node.NodeUnavailable as exc:
+            pytest.skip(f"real OpenSearch {spec.target} node unavailable: {exc}")
+        with opensearch_node.run(spec.target) as url:
+            cluster = connect(ConnectionConfig(hosts=(url,), request_timeout=60))
+            try:
+                yield TestCluster(spec, cluster, url)
+            finally:
+                cluster.close()
     elif spec.source == "emulator":
         from osmem_server import OsmemServer
 

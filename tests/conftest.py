@@ -1,5 +1,6 @@
 """Shared fixtures. Nothing here downloads: models are built from a config with random
-weights, or taken from SPLADE_ES_TEST_MODEL (a local checkpoint folder) when it is set."""
+weights, or the real checkpoint is taken from SPLADE_ES_TEST_MODEL (a local folder), by
+default ``../shared/models/splade-tiny`` next to the repository, as the main job uses."""
 
 from __future__ import annotations
 
@@ -77,12 +78,17 @@ PUNCT = list(".,;:!?'\"()[]{}-_/\\*&%$#@+=<>|~`^")
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Say up front which clusters the integration tests will use (and flag the emulator)."""
-    from tests.clusters import available_specs
+    from tests.clusters import NODE_FALLBACK_REASON, available_specs
 
     lines = []
     for spec in available_specs():
         note = " -- an in-memory EMULATOR, not a real engine" if spec.is_emulator else ""
+        if spec.source == "node":
+            note = f" -- a REAL OpenSearch {spec.target} engine, in-process JVM"
+        if spec.unavailable:
+            note = f" -- UNAVAILABLE, its tests skip: {spec.unavailable}"
         lines.append(f"splade-es cluster: {spec.name} from {spec.source} {spec.target}{note}")
+    lines += [f"splade-es: real OpenSearch node not used: {r}" for r in NODE_FALLBACK_REASON]
     return lines
 
 
@@ -176,10 +182,19 @@ def search_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-search"), "bert", distinct=True)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REAL_MODEL = REPO_ROOT.parent / "shared" / "models" / "splade-tiny"
+
+
+def real_model_path() -> Path:
+    """SPLADE_ES_TEST_MODEL, else ``../shared/models/splade-tiny`` from the repository root."""
+    return Path(os.environ.get("SPLADE_ES_TEST_MODEL") or DEFAULT_REAL_MODEL)
+
+
 @pytest.fixture(scope="session")
 def real_model_dir() -> Path:
-    """The real checkpoint named by SPLADE_ES_TEST_MODEL (CI points it at splade-tiny)."""
-    path = os.environ.get("SPLADE_ES_TEST_MODEL")
-    if not path or not Path(path).is_dir():
-        pytest.skip("SPLADE_ES_TEST_MODEL does not point at a checkpoint folder")
-    return Path(path)
+    """The real checkpoint (``real_model_path``); skips on a clone without ../shared."""
+    path = real_model_path()
+    if not path.is_dir():
+        pytest.skip(f"no checkpoint folder at {path} (set SPLADE_ES_TEST_MODEL)")
+    return path

@@ -1,17 +1,26 @@
 """The ``splade-es`` command: a thin shell over the library API.
 
 Each command parses options, calls one library function and prints the result. Errors from
-the library (``SpladeEsError``) become a one-line message and exit status 2.
+the library (``SpladeEsError``) become a one-line message and exit status 2; Ctrl-C exits
+130 (see ``app.EXIT_STATUS_HELP``).
 
     app.py        the command group, connection options, error handling, progress display
     encode.py     encode
     indexing.py   create-index, ingest
-    searching.py  search, evaluate
+    searching.py  search, explain, evaluate
     serve.py      serve (query translation proxy)
     migration.py  migrate
+    doctor.py     doctor
 """
 
-from . import encode, indexing, migration, searching, serve  # noqa: F401  (registers the commands)
+from . import (  # noqa: F401  (registers the commands)
+    doctor,
+    encode,
+    indexing,
+    migration,
+    searching,
+    serve,
+)
 from .app import main
 
 __all__ = ["main"]

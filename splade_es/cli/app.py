@@ -1,5 +1,10 @@
 """The ``splade-es`` command group and what every command shares: connection options,
-error handling (``SpladeEsError`` -> one line on stderr, exit status 2), progress display."""
+error handling (``SpladeEsError`` -> one line on stderr, exit status 2; Ctrl-C -> 130),
+progress display and table printing.
+
+Every console here has rich markup off: what we print is mostly text from engines and users
+(index names, error messages with ``[index]`` or ``[/_search/pipeline/x]``, tokens such as
+``[unused0]``), which markup would silently eat or choke on. Styles come from ``Text``."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,13 +27,31 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
 from ..connect import ConnectionConfig
 from ..exceptions import SpladeEsError
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, markup=False, highlight=False)
+out_console = Console(markup=False, highlight=False)
+
+# Exit statuses, shared by every command (and listed in ``splade-es --help`` and the README).
+EXIT_OK = 0
+EXIT_PARTIAL = 1  # finished, but some records were dead-lettered / a migration check failed
+EXIT_ERROR = 2  # stopped: bad options or input, model or cluster problem (click usage errors too)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
+def error(message: str) -> None:
+    """One ``error: ...`` line on stderr; ``message`` is printed as is."""
+    err_console.print(Text.assemble(("error: ", "bold red"), message))
+
+
+def warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr; ``message`` is printed as is."""
+    err_console.print(Text.assemble(("warning: ", "yellow"), message))
 
 
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -36,8 +60,17 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except SpladeEsError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            sys.exit(2)
+            error(str(exc))
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            # Not 1: that means "finished, some records dead-lettered", which scripts act on.
+            err_console.print(
+                Text(
+                    "interrupted; a command run with --checkpoint resumes where it stopped",
+                    "yellow",
+                )
+            )
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 
@@ -99,7 +132,7 @@ def connection_config(opts: dict[str, Any]) -> ConnectionConfig:
     url, cloud_id = opts.pop("url"), opts.pop("cloud_id")
     no_verify = opts.pop("no_verify_certs")
     if no_verify:
-        err_console.print("[yellow]warning:[/] TLS certificate verification is disabled")
+        warn("TLS certificate verification is disabled")
     common = dict(
         cloud_id=cloud_id,
         api_key=opts.pop("api_key"),
@@ -112,7 +145,19 @@ def connection_config(opts: dict[str, Any]) -> ConnectionConfig:
     return ConnectionConfig.from_urls(url or "", **common)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+EXIT_STATUS_HELP = """\b
+Exit status (every command):
+  0    done
+  1    done, but some records were not indexed / encoded (they are in the
+       dead-letter file), or a migration's verification or gate failed
+  2    stopped by an error: bad options or input, model or cluster problem
+  130  interrupted (Ctrl-C); a command run with --checkpoint resumes"""
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_STATUS_HELP,
+)
 @click.version_option(__version__, prog_name="splade-es")
 def main() -> None:
     """SPLADE learned-sparse retrieval for Elasticsearch and OpenSearch.
@@ -122,16 +167,26 @@ def main() -> None:
 
 
 class RateColumn(ProgressColumn):
-    """Documents per second, averaged by rich over the last few updates."""
+    """Items per second since the task started (``unit`` task field, default docs).
+
+    The same average the end-of-run summaries report (count / elapsed). Rich's own ``speed``
+    is a moving window over recent updates, which disagrees with the summary when updates come
+    in bursts (one per bulk response). ``already``: a count the task started at (a resumed
+    job's earlier work), left out of the rate.
+    """
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} docs/s" if speed else "-- docs/s", style="cyan")
+        unit = task.fields.get("unit", "docs")
+        done = task.completed - task.fields.get("already", 0)
+        elapsed = task.finished_time if task.finished else task.elapsed
+        if not elapsed or done <= 0:
+            return Text(f"-- {unit}/s", style="cyan")
+        return Text(f"{done / elapsed:,.1f} {unit}/s", style="cyan")
 
 
 def progress_display(quiet: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
@@ -157,3 +212,22 @@ def model_option(
         envvar="SPLADE_ES_MODEL",
         help=f"{describe} [env: SPLADE_ES_MODEL]",
     )
+
+
+def print_table(table: Table, console: Console | None = None) -> None:
+    """Print ``table`` without cutting any cell: at its natural width when the output is a
+    file or a pipe (rich would squeeze it into 80 columns and end headers with an ellipsis),
+    folded onto more lines (not cut) on a narrow terminal."""
+    console = console or out_console
+    for column in table.columns:
+        column.overflow = "fold"
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    width = console.width
+    console.width = max(width, natural)  # print() caps its width argument at the console's
+    try:
+        console.print(table)
+    finally:
+        console.width = width

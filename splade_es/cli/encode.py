@@ -1,18 +1,37 @@
-"""``splade-es encode``: documents -> SPLADE vectors in a JSONL file (no cluster)."""
+"""``splade-es encode``: documents -> SPLADE vectors in a JSONL file (no cluster).
+
+Like ``ingest``, a bad input line does not stop the run: it goes to the dead-letter file and
+the exit status is 1. The output appears only when the run completes (written to a temporary
+file, then renamed), so an error or Ctrl-C never leaves a truncated file behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import click
 from rich.table import Table
 
-from ..documents import document_id, document_text, parse_fields, read_jsonl
-from .app import err_console, fail_cleanly, main, model_option, progress_display
+from ..documents import document_id, document_text, parse_fields
+from ..exceptions import InputError
+from .app import (
+    EXIT_PARTIAL,
+    err_console,
+    fail_cleanly,
+    main,
+    model_option,
+    print_table,
+    progress_display,
+    warn,
+)
 
 
 @main.command()
@@ -29,7 +48,9 @@ from .app import err_console, fail_cleanly, main, model_option, progress_display
     "output_path",
     required=True,
     type=click.Path(dir_okay=False, allow_dash=True),
-    help="JSONL file to write ('-' for stdout): one {id, vector, truncated} object a line.",
+    help="JSONL file to write ('-' for stdout), one document a line: "
+    '{"_id": id, "splade": {token: weight}} (named by --id-field and --vector-field), '
+    'plus "truncated": true when the text was cut at --max-length.',
 )
 @click.option(
     "--text-fields", default="title,text", show_default=True, help="Fields joined into the text."
@@ -37,6 +58,12 @@ from .app import err_console, fail_cleanly, main, model_option, progress_display
 @click.option("--id-field", default="_id", show_default=True)
 @click.option(
     "--vector-field", default="splade", show_default=True, help="Output field for the vector."
+)
+@click.option(
+    "--dead-letter",
+    type=click.Path(dir_okay=False),
+    help="JSONL of the lines that could not be encoded (default: next to --output, "
+    "<output>.dead-letter.jsonl; <input>.dead-letter.jsonl here for stdout).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
@@ -52,43 +79,80 @@ from .app import err_console, fail_cleanly, main, model_option, progress_display
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @fail_cleanly
 def encode(**opts: Any) -> None:
-    """Encode a JSONL file of documents into SPLADE {token: weight} vectors."""
+    """Encode a JSONL file of documents into SPLADE {token: weight} vectors.
+
+    Exit status: 0 when every line was encoded, 1 when some went to the dead-letter file,
+    2 on errors that stopped the run (the output file is then left as it was).
+    """
     from ..encoder import SpladeEncoder
+    from ..ingest.checkpoint import DeadLetters, dead_letter_entry, default_dead_letter
+    from ..ingest.sources import read_jsonl_records
 
     fields = parse_fields(opts["text_fields"])
+    to_stdout = opts["output_path"] == "-"
+    dead_path = Path(
+        opts["dead_letter"]
+        or default_dead_letter(
+            Path(opts["input_path"]).stem, None if to_stdout else opts["output_path"]
+        )
+    )
     encoder = SpladeEncoder.from_pretrained(
         opts["model"], device=opts["device"], dtype=opts["dtype"], max_length=opts["max_length"]
     )
     with open(opts["input_path"], "rb") as handle:
         total = sum(1 for line in handle if line.strip())
+    dead_path.unlink(missing_ok=True)  # a new run: no stale entries of an earlier one
+    dead = DeadLetters(dead_path)
     ids: deque[str] = deque()
-
-    def texts() -> Iterator[str]:
-        for line_no, doc in read_jsonl(opts["input_path"]):
-            ids.append(document_id(doc, opts["id_field"], line_no))
-            yield document_text(doc, fields, line_no)
-
     stats = {"documents": 0, "truncated": 0, "active": 0}
     started = time.perf_counter()
-    with (
-        click.open_file(opts["output_path"], "w", encoding="utf-8") as out,
-        progress_display(opts["quiet"] or opts["output_path"] == "-") as progress,
-    ):
+    with progress_display(opts["quiet"] or to_stdout) as progress:
         task = progress.add_task("encoding", total=total)
-        for window in encoder.iter_encode(texts(), batch_size=opts["batch_size"]):
-            window = window.prune(top_k=opts["top_k"], min_weight=opts["min_weight"])
-            for i in range(len(window)):
-                record = {
-                    opts["id_field"]: ids.popleft(),
-                    opts["vector_field"]: window.to_dict(i),
-                }
-                if window.truncated is not None and window.truncated[i]:
-                    record["truncated"] = True
-                    stats["truncated"] += 1
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            stats["documents"] += len(window)
-            stats["active"] += int(window.nnz_per_row.sum())
-            progress.advance(task, len(window))
+
+        def texts() -> Iterator[str]:
+            for record in read_jsonl_records(Path(opts["input_path"])):
+                doc_id = None
+                try:
+                    if record.doc is None:
+                        raise InputError(record.error or "unreadable", position=record.position)
+                    doc_id = document_id(record.doc, opts["id_field"], record.position)
+                    text = document_text(record.doc, fields, record.position)
+                except InputError as exc:
+                    entry = dead_letter_entry(
+                        record.position,
+                        doc_id,
+                        str(exc),
+                        field=exc.field,
+                        document=record.doc,
+                        raw=record.raw,
+                    )
+                    dead.write([entry])
+                    progress.advance(task, 1)
+                    continue
+                ids.append(doc_id)
+                yield text
+
+        def write_vectors(out: IO[str]) -> None:
+            for window in encoder.iter_encode(texts(), batch_size=opts["batch_size"]):
+                window = window.prune(top_k=opts["top_k"], min_weight=opts["min_weight"])
+                for i in range(len(window)):
+                    record = {
+                        opts["id_field"]: ids.popleft(),
+                        opts["vector_field"]: window.to_dict(i),
+                    }
+                    if window.truncated is not None and window.truncated[i]:
+                        record["truncated"] = True
+                        stats["truncated"] += 1
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                stats["documents"] += len(window)
+                stats["active"] += int(window.nnz_per_row.sum())
+                progress.advance(task, len(window))
+
+        if to_stdout:
+            write_vectors(sys.stdout)
+        else:
+            with _replaced_when_done(Path(opts["output_path"])) as out:
+                write_vectors(out)
     elapsed = time.perf_counter() - started
     table = Table(title=f"encoded with {opts['model']}", show_header=False)
     table.add_row("documents", f"{stats['documents']:,}")
@@ -98,4 +162,27 @@ def encode(**opts: Any) -> None:
     mean_active = stats["active"] / stats["documents"] if stats["documents"] else 0.0
     table.add_row("mean active dims", f"{mean_active:.1f}")
     table.add_row("throughput", f"{stats['documents'] / elapsed:.1f} docs/s on {encoder.device}")
-    err_console.print(table)
+    if dead.count:
+        table.add_row("dead-lettered", f"{dead.count:,} (in {dead_path})")
+    print_table(table, err_console)
+    if not total:
+        warn(f"{opts['input_path']} holds no documents: nothing was encoded")
+    if dead.count:
+        warn(f"{dead.count:,} line(s) could not be encoded; see {dead_path}")
+        sys.exit(EXIT_PARTIAL)
+
+
+@contextlib.contextmanager
+def _replaced_when_done(path: Path) -> Iterator[IO[str]]:
+    """A temporary file next to ``path`` that replaces it only when the block completes;
+    on any error or interrupt it is removed and ``path`` stays as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

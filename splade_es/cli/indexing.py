@@ -12,13 +12,16 @@ from rich.table import Table
 from ..connect import connect
 from ..documents import parse_fields
 from .app import (
+    EXIT_PARTIAL,
     connection_config,
     connection_options,
     err_console,
     fail_cleanly,
     main,
     model_option,
+    print_table,
     progress_display,
+    warn,
 )
 
 
@@ -53,10 +56,9 @@ def create_index(**opts: Any) -> None:
         dialect=dialect,
     )
     err_console.print(
-        f"created [bold]{opts['index']}[/] on {cluster.description}: "
+        f"created {opts['index']} on {cluster.description}: "
         f"{opts['field_type']} field {opts['sparse_field']!r} "
-        f"(feature keys: {dialect.key_scheme(opts['field_type'])} scheme)",
-        highlight=False,
+        f"(feature keys: {dialect.key_scheme(opts['field_type'])} scheme)"
     )
     if opts["print_body"]:
         click.echo(json.dumps(body, indent=2))
@@ -94,7 +96,12 @@ def create_index(**opts: Any) -> None:
 )
 @click.option("--max-retries", default=8, show_default=True, type=click.IntRange(0))
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Resume file.")
-@click.option("--dead-letter", type=click.Path(dir_okay=False), help="JSONL of refused records.")
+@click.option(
+    "--dead-letter",
+    type=click.Path(dir_okay=False),
+    help="JSONL of refused records (default: next to --checkpoint, else "
+    "<index>.dead-letter.jsonl here).",
+)
 @click.option("--shard", default="0/1", show_default=True, help="i/N: this worker's share.")
 @click.option("--create", is_flag=True, help="Create the index from mappings/ if absent.")
 @click.option(
@@ -122,6 +129,9 @@ def ingest(**opts: Any) -> None:
     """
     from ..encoder import SpladeEncoder
     from ..ingest import IngestConfig, RetryPolicy, ingest_file, parse_shard
+    from ..ingest.checkpoint import default_dead_letter
+
+    dead_letter = opts["dead_letter"] or str(default_dead_letter(opts["index"], opts["checkpoint"]))
 
     config = IngestConfig(
         index=opts["index"],
@@ -134,7 +144,7 @@ def ingest(**opts: Any) -> None:
         bulk_bytes=int(opts["bulk_bytes"] * 1024 * 1024),
         workers=opts["workers"],
         checkpoint=opts["checkpoint"],
-        dead_letter=opts["dead_letter"],
+        dead_letter=dead_letter,
         shard=parse_shard(opts["shard"]),
         retry=RetryPolicy(max_retries=opts["max_retries"]),
         create=opts["create"],
@@ -166,7 +176,10 @@ def ingest(**opts: Any) -> None:
         )
         table.add_row("read", f"{report.read:,}")
         table.add_row("indexed", f"{report.indexed:,}")
-        table.add_row("dead-lettered", f"{report.dead_lettered:,}")
+        table.add_row(
+            "dead-lettered",
+            f"{report.dead_lettered:,}" + (f" (in {dead_letter})" if report.dead_lettered else ""),
+        )
         table.add_row("items retried", f"{report.retried_items:,}")
         if report.resumed_from:
             table.add_row(
@@ -177,14 +190,12 @@ def ingest(**opts: Any) -> None:
         if report.other_shards:
             table.add_row("records of other shards", f"{report.other_shards:,}")
         table.add_row("throughput", f"{report.docs_per_second:,.1f} docs/s on {encoder.device}")
-        err_console.print(table)
+        print_table(table, err_console)
+    if not (report.read or report.skipped_done or report.other_shards):
+        warn(f"{opts['input_path']} holds no records: nothing was indexed")
     if report.dead_lettered:
-        where = opts["dead_letter"] or "nowhere (no --dead-letter file given)"
-        err_console.print(
-            f"[yellow]{report.dead_lettered:,} record(s) were not indexed; see {where}[/]",
-            highlight=False,
-        )
-        sys.exit(1)
+        warn(f"{report.dead_lettered:,} record(s) were not indexed; see {dead_letter}")
+        sys.exit(EXIT_PARTIAL)
 
 
 def _count_records(path: str, fmt: str | None) -> int | None:

@@ -8,18 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.text import Text
 
-from ..connect import connect
+from ..connect import call, connect
 from ..documents import parse_fields
 from .app import (
+    EXIT_PARTIAL,
     connection_config,
     connection_options,
     err_console,
     fail_cleanly,
     main,
     model_option,
+    print_table,
     progress_display,
+    warn,
 )
 
 
@@ -41,7 +44,12 @@ from .app import (
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Migration state file.")
-@click.option("--dead-letter", type=click.Path(dir_okay=False))
+@click.option(
+    "--dead-letter",
+    type=click.Path(dir_okay=False),
+    help="JSONL of refused documents (default: next to --checkpoint, else "
+    "<target>.dead-letter.jsonl here).",
+)
 @click.option("--gate-queries", type=click.Path(exists=True, dir_okay=False))
 @click.option("--gate-qrels", type=click.Path(exists=True, dir_okay=False))
 @click.option("--min-ndcg-gain", type=float, help="Gate: nDCG@10 gain over BM25 (needs qrels).")
@@ -68,6 +76,7 @@ def migrate(**opts: Any) -> None:
     Exit status: 0 when done (switched, or a dry run whose checks passed), 1 when the gate or
     the verification failed, 2 on errors.
     """
+    from ..ingest.checkpoint import default_dead_letter
     from ..migrate import Gate, MigrationConfig, report_json, rollback
     from ..migrate import migrate as run_migration
     from ..report import gate_table, summary_lines, write_chart, write_markdown
@@ -75,7 +84,7 @@ def migrate(**opts: Any) -> None:
     cluster = connect(connection_config(opts))
     if opts["mode"] == "rollback":
         now = rollback(cluster.client, opts["alias"], opts["source"])
-        err_console.print(f"alias {opts['alias']} -> {', '.join(now)}", highlight=False)
+        err_console.print(f"alias {opts['alias']} -> {', '.join(now)}")
         return
     if not opts["model"]:
         raise click.UsageError("--model is required (or SPLADE_ES_MODEL)")
@@ -101,7 +110,8 @@ def migrate(**opts: Any) -> None:
         batch_size=opts["batch_size"],
         workers=opts["workers"],
         checkpoint=opts["checkpoint"],
-        dead_letter=opts["dead_letter"],
+        dead_letter=opts["dead_letter"]
+        or str(default_dead_letter(opts["target"], opts["checkpoint"])),
         gate=gate,
         switch=opts["mode"] == "switch",
     )
@@ -109,10 +119,19 @@ def migrate(**opts: Any) -> None:
 
     encoder = SpladeEncoder.from_pretrained(opts["model"], device=opts["device"])
     quiet = opts["quiet"] or opts["as_json"]
-    total = int(cluster.client.count(index=opts["source"])["count"])
+    total, already = _copy_counts(cluster.client, opts["source"], opts["target"])
+    if already and not quiet:
+        err_console.print(f"{already:,} of {total:,} documents already copied to {opts['target']}")
     with progress_display(quiet) as progress:
+        # A resumed copy skips what the target holds: the bars start there, and their
+        # rates count only this run's documents.
         tasks = {
-            stage: progress.add_task(f"copy: {stage}", total=total)
+            stage: progress.add_task(
+                f"copy: {stage}" + (f" ({already:,} already copied)" if stage == "read" else ""),
+                total=total,
+                completed=0 if stage == "failed" else already,
+                already=0 if stage == "failed" else already,
+            )
             for stage in ("read", "encoded", "indexed", "failed")
         }
         report = run_migration(
@@ -120,18 +139,32 @@ def migrate(**opts: Any) -> None:
             config,
             encoder=encoder,
             progress=lambda stage, n: progress.advance(tasks[stage], n),
-            on_step=None if quiet else lambda m: progress.console.print(f"[dim]{m}[/]"),
+            on_step=None if quiet else lambda m: progress.console.print(Text(m, style="dim")),
         )
     if opts["report_path"]:
-        chart = write_chart(report, Path(opts["report_path"]).with_suffix(".png"))
+        try:
+            chart = write_chart(report, Path(opts["report_path"]).with_suffix(".png"))
+        except ImportError:
+            chart = None
+            warn("no PNG chart: it needs matplotlib (pip install 'splade-es[report]')")
         write_markdown(report, opts["report_path"], chart=chart.name if chart else None)
     if opts["as_json"]:
         click.echo(json.dumps(report_json(report)))
     else:
         if report.gate:
-            Console().print(gate_table(report))
+            print_table(gate_table(report))
         for line in summary_lines(report):
-            err_console.print(line, highlight=False)
+            err_console.print(line)
     failed = not report.verification.ok or (report.gate is not None and not report.gate.passed)
     if failed:
-        sys.exit(1)
+        sys.exit(EXIT_PARTIAL)
+
+
+def _copy_counts(client: Any, source: str, target: str) -> tuple[int, int]:
+    """Documents in the source, and those already in the target (a resumed migration)."""
+    total = int(call(lambda: client.count(index=source), f"counting {source}")["count"])
+    if not call(lambda: client.indices.exists(index=target), f"checking {target}"):
+        return total, 0
+    call(lambda: client.indices.refresh(index=target), f"refreshing {target}")
+    already = int(call(lambda: client.count(index=target), f"counting {target}")["count"])
+    return total, min(already, total)

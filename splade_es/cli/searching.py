@@ -1,4 +1,9 @@
-"""``splade-es search`` and ``splade-es evaluate``."""
+"""``splade-es search``, ``splade-es explain`` and ``splade-es evaluate``.
+
+``search`` and ``evaluate`` share one way to say what runs: ``--mode splade|bm25|hybrid`` and
+``--hybrid-weight W`` (the weight of BM25). ``--hybrid W`` (the old ``search`` spelling) still
+works: it means ``--mode hybrid --hybrid-weight W``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from ..connect import connect
+from ..connect import Cluster, connect
 from ..documents import parse_fields
+from ..exceptions import EmptyQueryError
 from .app import (
     connection_config,
     connection_options,
@@ -19,83 +24,161 @@ from .app import (
     fail_cleanly,
     main,
     model_option,
+    print_table,
     progress_display,
+    warn,
 )
 
+MODES = ("splade", "bm25", "hybrid")
 
-def query_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by search and evaluate: model, field, pruning and hybrid."""
-    options = [
-        click.option("--index", required=True),
-        model_option(describe="The checkpoint the index was built with."),
-        click.option("--sparse-field", default="splade", show_default=True),
-        click.option(
-            "--text-fields",
-            default="title,text",
-            show_default=True,
-            help="BM25 fields of hybrid / bm25 queries.",
-        ),
-        click.option("--query-top-k", type=click.IntRange(1), help="Keep the K heaviest tokens."),
-        click.option("--query-min-weight", type=click.FloatRange(0), help="Drop lighter tokens."),
-        click.option(
-            "--query-mass",
-            type=click.FloatRange(0, 1, min_open=True),
-            help="Keep the heaviest tokens holding this fraction of the query weight.",
-        ),
-        click.option(
-            "--hybrid-method",
-            type=click.Choice(["sum", "linear", "rrf"]),
-            default="sum",
-            show_default=True,
-            help="How BM25 and SPLADE are combined (see docs).",
-        ),
-        click.option(
-            "--create-pipeline/--no-create-pipeline",
-            default=True,
-            show_default=True,
-            help="OpenSearch linear/rrf hybrids: create the search pipeline if needed.",
-        ),
-        click.option("--device", default="auto", show_default=True),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
-    ]
+
+def _apply(func: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _query_setup(opts: dict[str, Any], bm25_weight: float | None) -> tuple[Any, Any, Any, Any]:
-    """(cluster, encoder, builder, hybrid) from the shared query options."""
-    from ..encoder import SpladeEncoder
-    from ..engines import Hybrid
-    from ..query import QueryBuilder, QueryPruning
-    from ..search import create_hybrid_pipeline
+def sparse_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """What every SPLADE query needs: index, model, field, pruning, device, output."""
+    return _apply(
+        func,
+        [
+            click.option("--index", required=True),
+            model_option(
+                required=False,
+                describe="The checkpoint the index was built with (not needed for --mode bm25).",
+            ),
+            click.option("--sparse-field", default="splade", show_default=True),
+            click.option(
+                "--query-top-k", type=click.IntRange(1), help="Keep the K heaviest tokens."
+            ),
+            click.option(
+                "--query-min-weight", type=click.FloatRange(0), help="Drop lighter tokens."
+            ),
+            click.option(
+                "--query-mass",
+                type=click.FloatRange(0, 1, min_open=True),
+                help="Keep the heaviest tokens holding this fraction of the query weight.",
+            ),
+            click.option("--device", default="auto", show_default=True),
+            click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
+        ],
+    )
 
-    cluster = connect(connection_config(opts))
+
+def mode_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """SPLADE, BM25 or both: shared by search and evaluate."""
+    return _apply(
+        func,
+        [
+            click.option(
+                "--mode",
+                type=click.Choice(MODES),
+                help="What ranks: SPLADE, BM25 on --text-fields, or both.  [default: splade]",
+            ),
+            click.option(
+                "--hybrid-weight",
+                type=click.FloatRange(0, 1),
+                default=0.5,
+                show_default=True,
+                help="Weight of BM25 in --mode hybrid (sum: w * BM25 + (1 - w) * SPLADE).",
+            ),
+            # The old spelling of search; hidden, kept so that scripts do not break.
+            click.option("--hybrid", "hybrid_alias", type=click.FloatRange(0, 1), hidden=True),
+            click.option(
+                "--text-fields",
+                default="title,text",
+                show_default=True,
+                help="BM25 fields of hybrid / bm25 queries.",
+            ),
+            click.option(
+                "--hybrid-method",
+                type=click.Choice(["sum", "linear", "rrf"]),
+                default="sum",
+                show_default=True,
+                help="How BM25 and SPLADE are combined (see docs).",
+            ),
+            click.option(
+                "--create-pipeline/--no-create-pipeline",
+                default=True,
+                show_default=True,
+                help="OpenSearch linear/rrf hybrids: create the search pipeline if needed.",
+            ),
+        ],
+    )
+
+
+def _mode(opts: dict[str, Any]) -> tuple[str, float]:
+    """(mode, BM25 weight) from --mode / --hybrid-weight and the --hybrid alias."""
+    mode, weight, alias = opts["mode"], opts["hybrid_weight"], opts["hybrid_alias"]
+    if alias is not None:
+        if mode not in (None, "hybrid"):
+            raise click.UsageError(f"--hybrid {alias:g} means --mode hybrid, not --mode {mode}")
+        mode, weight = "hybrid", alias
+    mode = mode or "splade"
+    if mode != "bm25" and not opts["model"]:
+        raise click.UsageError(
+            f"--mode {mode} needs --model (or SPLADE_ES_MODEL): the checkpoint the index was "
+            "built with"
+        )
+    return mode, weight
+
+
+def _builder(cluster: Cluster, opts: dict[str, Any]) -> Any:
+    from ..query import QueryBuilder, QueryPruning
+
     pruning = QueryPruning(
         top_k=opts["query_top_k"], min_weight=opts["query_min_weight"], mass=opts["query_mass"]
     )
-    builder = QueryBuilder.for_index(
-        cluster.client, opts["index"], field=opts["sparse_field"], pruning=pruning
+    return QueryBuilder.for_index(
+        cluster, opts["index"], field=opts["sparse_field"], pruning=pruning
     )
-    hybrid = None
-    if bm25_weight is not None:
-        hybrid = Hybrid(
-            bm25_weight=bm25_weight,
-            method=opts["hybrid_method"],
-            text_fields=parse_fields(opts["text_fields"]),
-        )
-        builder.dialect.check_hybrid(hybrid)
-        if opts["create_pipeline"]:
-            create_hybrid_pipeline(cluster.client, hybrid, dialect=builder.dialect)
-    encoder = SpladeEncoder.from_pretrained(opts["model"], device=opts["device"])
-    return cluster, encoder, builder, hybrid
+
+
+def _hybrid(cluster: Cluster, builder: Any, opts: dict[str, Any], weight: float) -> Any:
+    from ..engines import Hybrid
+    from ..search import create_hybrid_pipeline
+
+    hybrid = Hybrid(
+        bm25_weight=weight,
+        method=opts["hybrid_method"],
+        text_fields=parse_fields(opts["text_fields"]),
+    )
+    builder.dialect.check_hybrid(hybrid)
+    if opts["create_pipeline"]:
+        create_hybrid_pipeline(cluster, hybrid, dialect=builder.dialect)
+    return hybrid
+
+
+def _encoder(opts: dict[str, Any]) -> Any:
+    from ..encoder import SpladeEncoder
+
+    return SpladeEncoder.from_pretrained(opts["model"], device=opts["device"])
+
+
+def _pruned_to_nothing(exc: EmptyQueryError, opts: dict[str, Any]) -> EmptyQueryError:
+    """The library's message, plus the options that did it."""
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("query_top_k", "query_min_weight", "query_mass")
+        if opts[name] is not None
+    ]
+    if not given:
+        return exc
+    return EmptyQueryError(f"{exc}; relax {' / '.join(given)}")
 
 
 @main.command()
 @connection_options
-@query_options
-@click.option("--k", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--hybrid", "bm25_weight", type=click.FloatRange(0, 1), help="Weight of BM25 (0..1).")
+@sparse_options
+@mode_options
+@click.option(
+    "--k",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Hits to show (evaluate retrieves 100 per query, for Recall@100).",
+)
 @click.option(
     "--filter",
     "filters",
@@ -105,21 +188,35 @@ def _query_setup(opts: dict[str, Any], bm25_weight: float | None) -> tuple[Any, 
 @click.argument("text")
 @fail_cleanly
 def search(**opts: Any) -> None:
-    """Search an index with a SPLADE query (exact dot-product scoring)."""
+    """Search an index with a SPLADE query (exact dot-product scoring), BM25, or both.
+
+    Exit status 2 when the query has no tokens to search for (an empty text, or pruning
+    removed them all): such a query matches nothing.
+    """
     from ..search import contributions, search, token_namer
 
+    mode, weight = _mode(opts)
     filters = [_parse_filter(f) for f in opts["filters"]]
-    cluster, encoder, builder, hybrid = _query_setup(opts, opts["bm25_weight"])
-    result = search(
-        cluster.client,
-        opts["index"],
-        opts["text"],
-        encoder=encoder,
-        builder=builder,
-        k=opts["k"],
-        filters=filters,
-        hybrid=hybrid,
-    )
+    cluster = connect(connection_config(opts))
+    if mode == "bm25":
+        _print_bm25_hits(cluster, opts, filters)
+        return
+    builder = _builder(cluster, opts)
+    hybrid = _hybrid(cluster, builder, opts, weight) if mode == "hybrid" else None
+    encoder = _encoder(opts)
+    try:
+        result = search(
+            cluster,
+            opts["index"],
+            opts["text"],
+            encoder=encoder,
+            builder=builder,
+            k=opts["k"],
+            filters=filters,
+            hybrid=hybrid,
+        )
+    except EmptyQueryError as exc:
+        raise _pruned_to_nothing(exc, opts) from exc
     token_of = token_namer(builder, encoder.vocab)
     rows = []
     for hit in result.hits:
@@ -151,6 +248,18 @@ def search(**opts: Any) -> None:
         }
         click.echo(json.dumps(out, ensure_ascii=False))
         return
+    _print_hits(opts, rows)
+    note = f"{result.prune.kept} query tokens"
+    if result.prune.pruned:
+        note += (
+            f" ({result.prune.dropped} pruned, {100 * result.prune.kept_weight:.1f}% weight kept)"
+        )
+    if result.prune.empty:
+        warn("no SPLADE query tokens left after pruning: BM25 alone ranked these hits")
+    err_console.print(f"{note}; encode {result.encode_ms:.1f} ms, search {result.search_ms:.1f} ms")
+
+
+def _print_hits(opts: dict[str, Any], rows: list[tuple[Any, Any]]) -> None:
     table = Table(title=f"{opts['index']}: {opts['text']!r}", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("id")
@@ -161,16 +270,30 @@ def search(**opts: Any) -> None:
         snippet = str(hit.source.get("title") or hit.source.get("text") or "")[:60]
         tokens = ", ".join(f"{c.token} {c.contribution:.2f}" for c in matched[:4])
         table.add_row(str(rank), hit.id, f"{hit.score:.4f}", snippet, tokens)
-    Console().print(table)
-    note = f"{result.prune.kept} query tokens"
-    if result.prune.pruned:
-        note += (
-            f" ({result.prune.dropped} pruned, {100 * result.prune.kept_weight:.1f}% weight kept)"
-        )
-    err_console.print(
-        f"{note}; encode {result.encode_ms:.1f} ms, search {result.search_ms:.1f} ms",
-        highlight=False,
-    )
+    print_table(table)
+
+
+def _print_bm25_hits(cluster: Cluster, opts: dict[str, Any], filters: list[dict]) -> None:
+    from ..engines import dialect_of
+    from ..search import hits_of, send
+
+    dialect = dialect_of(cluster)
+    lexical = dialect.lexical_query(opts["text"], parse_fields(opts["text_fields"]))
+    request = dialect.search_request(lexical, k=opts["k"], filters=filters)
+    response, search_ms = send(cluster.client, opts["index"], request)
+    hits = hits_of(response)
+    if opts["as_json"]:
+        out = {
+            "hits": [
+                {"id": h.id, "score": h.score, "title": h.source.get("title"), "top_tokens": []}
+                for h in hits
+            ],
+            "search_ms": round(search_ms, 3),
+        }
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    _print_hits(opts, [(hit, ()) for hit in hits])
+    err_console.print(f"BM25 on {opts['text_fields']}; search {search_ms:.1f} ms")
 
 
 def _parse_filter(text: str) -> dict:
@@ -187,37 +310,115 @@ def _parse_filter(text: str) -> dict:
 
 @main.command()
 @connection_options
-@query_options
+@sparse_options
+@click.option("--id", "doc_id", required=True, help="The document to explain.")
+@click.argument("text")
+@fail_cleanly
+def explain(**opts: Any) -> None:
+    """Why document --id scores what it does for a SPLADE query: each shared token's query
+    weight x stored weight; the contributions add up to the engine's _score.
+
+    Exit status 2 when the document does not exist, has no stored vector, or the query has
+    no tokens to search for.
+    """
+    from ..search import explain
+
+    if not opts["model"]:
+        raise click.UsageError("--model is required (or SPLADE_ES_MODEL)")
+    if not opts["text"].strip():
+        raise EmptyQueryError("nothing to search for: the query text is empty")
+    cluster = connect(connection_config(opts))
+    builder = _builder(cluster, opts)
+    encoder = _encoder(opts)
+    vector = encoder.encode_queries([opts["text"]])
+    try:
+        why = explain(cluster, opts["index"], opts["doc_id"], vector, builder=builder)
+    except EmptyQueryError as exc:
+        raise _pruned_to_nothing(exc, opts) from exc
+    if opts["as_json"]:
+        out = {
+            "id": why.doc_id,
+            "score": why.score,
+            "engine_score": why.engine_score,
+            "contributions": [
+                {
+                    "token": c.token,
+                    "query_weight": c.query_weight,
+                    "doc_weight": c.doc_weight,
+                    "contribution": c.contribution,
+                }
+                for c in why.contributions
+            ],
+        }
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    table = Table(
+        title=f"{opts['doc_id']} in {opts['index']}: {opts['text']!r}",
+        title_justify="left",
+        show_footer=True,
+    )
+    table.add_column("token", footer="sum")
+    table.add_column("query weight", justify="right")
+    table.add_column("stored weight", justify="right")
+    table.add_column("contribution", justify="right", footer=f"{why.score:.4f}")
+    for c in why.contributions:
+        table.add_row(
+            c.token, f"{c.query_weight:.4f}", f"{c.doc_weight:.4f}", f"{c.contribution:.4f}"
+        )
+    print_table(table)
+    if why.engine_score is None:
+        err_console.print("the document does not match the query (no shared token)")
+    else:
+        err_console.print(
+            f"engine _score {why.engine_score:.4f}; {len(why.contributions)} shared tokens"
+        )
+
+
+@main.command()
+@connection_options
+@sparse_options
+@mode_options
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--qrels", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option(
-    "--mode", type=click.Choice(["splade", "bm25", "hybrid"]), default="splade", show_default=True
+    "--k",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Results retrieved per query: Recall@100 needs 100 (nDCG@10 and MRR@10 use 10).",
 )
-@click.option("--hybrid-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True)
-@click.option("--k", default=100, show_default=True, type=click.IntRange(1))
 @fail_cleanly
 def evaluate(**opts: Any) -> None:
-    """Run queries through the cluster: nDCG@10, MRR@10, Recall@100 and latency."""
+    """Run judged queries through the cluster: nDCG@10, MRR@10, Recall@100 and latency.
+
+    A query with no tokens to search for (empty, or pruned to nothing) finds nothing: it
+    counts as a miss and is reported.
+    """
     from ..beir import read_qrels, read_queries
     from ..evaluate import evaluate as run_evaluation
 
+    mode, weight = _mode(opts)
+    if opts["k"] < 100:
+        warn(f"--k {opts['k']}: Recall@100 is computed on {opts['k']} results per query")
     queries, qrels = read_queries(opts["queries"]), read_qrels(opts["qrels"])
-    mode = opts["mode"]
-    if mode == "bm25":
-        cluster, encoder, builder, hybrid = connect(connection_config(opts)), None, None, None
-    else:
-        weight = opts["hybrid_weight"] if mode == "hybrid" else None
-        cluster, encoder, builder, hybrid = _query_setup(opts, weight)
+    cluster = connect(connection_config(opts))
+    encoder = builder = hybrid = None
+    if mode != "bm25":
+        builder = _builder(cluster, opts)
+        hybrid = _hybrid(cluster, builder, opts, weight) if mode == "hybrid" else None
+        encoder = _encoder(opts)
     judged = sum(1 for qid in qrels if qid in queries)
+    if not judged:
+        warn(f"no query of {opts['queries']} has judgments in {opts['qrels']}")
     with progress_display(opts["as_json"]) as progress:
-        task = progress.add_task(f"{mode} queries", total=judged)
+        task = progress.add_task(f"{mode} queries", total=judged, unit="queries")
         report = run_evaluation(
-            cluster.client,
+            cluster,
             opts["index"],
             queries,
             qrels,
             encoder=encoder,
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]
             k=opts["k"],
             hybrid=hybrid,
             builder=builder,
@@ -227,12 +428,19 @@ def evaluate(**opts: Any) -> None:
         )
     if opts["as_json"]:
         click.echo(json.dumps(report.to_json()))
-        return
-    table = Table(title=f"{opts['index']} ({mode}, {report.queries} queries)", show_header=False)
-    for name, value in report.metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    for stage, latency in report.latency_ms.items():
-        table.add_row(f"{stage} latency p50 / p95", f"{latency.p50:.1f} / {latency.p95:.1f} ms")
-    if report.pruned_queries:
-        table.add_row("queries pruned", str(report.pruned_queries))
-    Console().print(table)
+    else:
+        table = Table(
+            title=f"{opts['index']} ({mode}, {report.queries} queries)", show_header=False
+        )
+        for name, value in report.metrics.items():
+            table.add_row(name, f"{value:.4f}")
+        for stage, latency in report.latency_ms.items():
+            table.add_row(f"{stage} latency p50 / p95", f"{latency.p50:.1f} / {latency.p95:.1f} ms")
+        if report.pruned_queries:
+            table.add_row("queries pruned", str(report.pruned_queries))
+        print_table(table)
+    if report.empty_queries:
+        warn(
+            f"{report.empty_queries} of {report.queries} queries had no tokens to search for "
+            "(empty, or pruned to nothing) and count as misses"
+        )

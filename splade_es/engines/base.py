@@ -64,6 +64,14 @@ class Hybrid:
             )
         if not self.text_fields:
             raise ConfigurationError("a hybrid query needs at least one text field")
+        # Both engines refuse a constant below 1; OpenSearch also above 10,000 (neural-search
+        # RRFNormalizationTechnique.validateRankConstant).
+        if not 1 <= self.rank_constant <= 10_000:
+            raise ConfigurationError(
+                f"rank_constant must be in [1, 10000], got {self.rank_constant}"
+            )
+        if self.rank_window_size < 1:
+            raise ConfigurationError(f"rank_window_size must be >= 1, got {self.rank_window_size}")
 
     @property
     def pipeline_name(self) -> str:
@@ -110,6 +118,15 @@ class Dialect(ABC):
     def key_scheme(self, field_type: FieldType) -> KeyScheme:
         """The TokenCodec scheme for feature keys of ``field_type``."""
         return "token"
+
+    def required_plugin(self, capability: str) -> str | None:
+        """The engine plugin a capability (``"field:<type>"``, ``"query:<style>"``,
+        ``"hybrid:<method>"``) needs beyond a default install, or None."""
+        return None
+
+    def required_license(self, capability: str) -> str | None:
+        """The license level a capability needs, or None (any license)."""
+        return None
 
     def check_field_type(self, field_type: FieldType) -> None:
         if field_type not in FIELD_TYPES:
@@ -203,11 +220,16 @@ class Dialect(ABC):
             if options:
                 raise ConfigurationError("a rank_feature query takes no engine options")
             return rank_feature_query(features, field)
-        return self._native_sparse_query(features, field, style, dict(options or {}))
+        return self._native_sparse_query(features, field, field_type, style, dict(options or {}))
 
     @abstractmethod
     def _native_sparse_query(
-        self, features: Mapping[str, float], field: str, style: QueryStyle, options: dict
+        self,
+        features: Mapping[str, float],
+        field: str,
+        field_type: FieldType,
+        style: QueryStyle,
+        options: dict,
     ) -> Query: ...
 
     def search_request(
@@ -268,11 +290,46 @@ class Dialect(ABC):
         """A ``_source`` spec that returns ``fields``, sparse vectors included."""
         return list(fields)
 
+    def full_source(self) -> Any:
+        """The ``_source`` spec of every request that reads whole documents back (the
+        migration reader, verification): every field, vector fields included."""
+        return True
+
     # ------------------------------------------------------------------ reading an index
     def pit_sort(self) -> list[Any] | None:
         """Sort for paging a point-in-time reader with ``search_after``; ``None`` when this
         version has no unique tiebreaker (read with a scroll instead)."""
         return ["_shard_doc"]
+
+    def check_pit_reader(self) -> list[Any]:
+        """The point-in-time sort, or a clear error where this version has none."""
+        sort = self.pit_sort()
+        if sort is None:
+            raise UnsupportedFeatureError(
+                f"{self.engine} {self.version_text} has no _shard_doc tiebreaker, so a "
+                "point-in-time reader cannot page exactly across shards; read with a scroll "
+                "(method='scroll', or 'auto' which picks it)"
+            )
+        return sort
+
+    # ------------------------------------------------------------------ copying an index
+    def copyable_settings(self, index_settings: Mapping[str, Any]) -> dict[str, Any]:
+        """An index's settings (the nested ``settings.index`` of ``GET /<index>``) without
+        what the cluster generated or what belongs to that index alone, so they can create a
+        copy of it. Allocation filters and other user choices are kept. Pure."""
+        settings = copy.deepcopy(dict(index_settings))
+        for key in _GENERATED_SETTINGS:
+            settings.pop(key, None)
+        routing = settings.get("routing")
+        if isinstance(routing, dict) and isinstance(routing.get("allocation"), dict):
+            # Set by shrink/split/clone for the source's own shards (a node id): not a choice.
+            routing["allocation"].pop("initial_recovery", None)
+        self._drop_private_settings(settings)
+        return _without_empty(settings)
+
+    def _drop_private_settings(self, settings: dict[str, Any]) -> None:
+        """Remove this engine's settings that describe one index's storage or origin."""
+        return
 
     @abstractmethod
     def open_pit(self, client: Any, index: str, keep_alive: str) -> str:
@@ -281,7 +338,19 @@ class Dialect(ABC):
     @abstractmethod
     def close_pit(self, client: Any, pit_id: str) -> None: ...
 
+    def read_license(self, client: Any) -> str | None:
+        """The cluster's license (type and status), where the engine has licenses."""
+        return None
+
+    def approximation(self, field_type: FieldType) -> str | None:
+        """When queries on ``field_type`` stop being the exact dot product (None: never)."""
+        return None
+
     # ------------------------------------------------------------------ cluster settings
+    # True where the engine derives its clause limit (from heap and threads) instead of
+    # enforcing the setting: only a refused query tells the real value.
+    derives_clause_limit: ClassVar[bool] = False
+
     def clause_limit(self, settings: Mapping[str, Any]) -> int:
         """The bool clause limit, from ``GET _cluster/settings?include_defaults&flat_settings``."""
         for section in ("transient", "persistent", "defaults"):
@@ -289,6 +358,36 @@ class Dialect(ABC):
             if value is not None:
                 return int(value)
         return DEFAULT_CLAUSE_LIMIT
+
+
+# Index settings every engine generates (or that describe one index's state, not its
+# configuration); copying them into a new index is refused or wrong.
+_GENERATED_SETTINGS = (
+    "uuid",
+    "creation_date",
+    "creation_date_string",
+    "version",
+    "provided_name",
+    "resize",
+    "verified_before_close",
+    "history",
+    "blocks",
+    "lifecycle",
+    "frozen",
+    "hidden",
+)
+
+
+def _without_empty(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` minus the groups that removing keys left empty (recursively)."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = _without_empty(value)
+            if not value:
+                continue
+        out[key] = value
+    return out
 
 
 def rank_feature_query(features: Mapping[str, float], field: str) -> Query:

@@ -9,8 +9,13 @@ Version facts this dialect relies on (from the Elasticsearch reference and chang
   pruned query does not score the exact dot product. ``index_options`` is refused before that.
 * 9.2+ leaves vectors out of ``_source`` unless ``index.mapping.exclude_source_vectors`` is
   false (set at index creation) or the request asks ``"_source": {"exclude_vectors": false}``.
-* Retrievers: ``rrf`` 8.14+, ``linear`` 8.18+ (both Enterprise/trial license).
+* Retrievers: ``rrf`` 8.14+, ``linear`` 8.18+ (both Enterprise/trial license). The ``rrf``
+  window is ``window_size`` on 8.14 and ``rank_window_size`` from 8.15
+  (elastic/elasticsearch-specification, branches 8.14 / 8.15,
+  ``specification/_types/Retriever.ts``, renamed in PR #2562).
 * Point in time + ``search_after`` with the ``_shard_doc`` tiebreaker: every 8.x / 9.x.
+* Index settings that describe one index's storage or origin (time series bounds, searchable
+  snapshot mounts, downsampling) are not copied into a new index.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class ElasticsearchDialect(Dialect):
             methods.append("linear")
         return tuple(methods)
 
+    def required_license(self, capability: str) -> str | None:
+        # The rrf and linear retrievers are Enterprise features (a trial license covers them).
+        return "enterprise" if capability in ("hybrid:rrf", "hybrid:linear") else None
+
     @property
     def _has_sparse_index_options(self) -> bool:
         return (8, 19) <= self.version[:2] < (9, 0) or self.since(9, 1)
@@ -69,8 +78,15 @@ class ElasticsearchDialect(Dialect):
             body["settings"]["index.mapping.exclude_source_vectors"] = False
 
     def _native_sparse_query(
-        self, features: Mapping[str, float], field: str, style: QueryStyle, options: dict
+        self,
+        features: Mapping[str, float],
+        field: str,
+        field_type: FieldType,
+        style: QueryStyle,
+        options: dict,
     ) -> Query:
+        # No weight range to check: the query boosts each term (BoostQuery), unlike
+        # FeatureField.newLinearQuery (elastic/elasticsearch, x-pack ml WeightedTokensUtils).
         unknown = set(options) - {"prune", "pruning_config"}
         if unknown:
             raise ConfigurationError(f"unknown sparse_vector query options: {sorted(unknown)}")
@@ -103,7 +119,7 @@ class ElasticsearchDialect(Dialect):
             retriever = {
                 "rrf": {
                     "retrievers": [standard(lexical), standard(sparse)],
-                    "rank_window_size": window,
+                    self._rrf_window_parameter: window,
                     "rank_constant": hybrid.rank_constant,
                 }
             }
@@ -127,16 +143,53 @@ class ElasticsearchDialect(Dialect):
             }
         return SearchRequest({"retriever": retriever, "size": k, "_source": source})
 
+    @property
+    def _rrf_window_parameter(self) -> str:
+        # 8.14 shipped the rrf retriever with ``window_size``; 8.15 renamed it.
+        return "rank_window_size" if self.since(8, 15) else "window_size"
+
     def open_pit(self, client: Any, index: str, keep_alive: str) -> str:
         return client.open_point_in_time(index=index, keep_alive=keep_alive)["id"]
 
     def close_pit(self, client: Any, pit_id: str) -> None:
         client.close_point_in_time(id=pit_id)
 
+    def read_license(self, client: Any) -> str | None:
+        found = client.license.get()["license"]
+        return f"{found.get('type')} ({found.get('status')})"
+
     def source_with_vectors(self, fields: Sequence[str]) -> Any:
         if self._excludes_source_vectors:
             return {"includes": list(fields), "exclude_vectors": False}
         return list(fields)
+
+    def full_source(self) -> Any:
+        # 9.2+ leaves dense_vector / sparse_vector values out of _source by default, in
+        # _search, _get and _mget alike; a copy or a comparison without them is wrong.
+        return {"exclude_vectors": False} if self._excludes_source_vectors else True
+
+    def _drop_private_settings(self, settings: dict[str, Any]) -> None:
+        # Time series: bounds and routing of one backing index of a data stream; a plain
+        # copy is a standard index (dimension/metric mappings are allowed there).
+        if settings.get("mode") == "time_series":
+            settings.pop("mode")
+        for key in ("routing_path", "time_series", "look_ahead_time", "look_back_time"):
+            settings.pop(key, None)
+        # Downsampling: where this rollup came from.
+        settings.pop("downsample", None)
+        # Searchable snapshot mounts: the store is a snapshot, and the tier preference was
+        # chosen by the mount (a frozen tier takes no regular index).
+        store = settings.get("store")
+        if isinstance(store, dict) and store.get("type") == "snapshot":
+            store.pop("type")
+            store.pop("snapshot", None)
+            recovery = settings.get("recovery")
+            if isinstance(recovery, dict):
+                recovery.pop("type", None)  # snapshot_prewarm: the mount's recovery
+            include = settings.get("routing", {}).get("allocation", {}).get("include", {})
+            include.pop("_tier_preference", None)
+
+    derives_clause_limit = True  # 8.0+: SearchUtils.calculateMaxClauseValue(threadPool)
 
     def clause_limit(self, settings: Mapping[str, Any]) -> int:
         # Since 8.0 the limit is derived from heap and thread pool sizes; the old setting is

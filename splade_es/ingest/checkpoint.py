@@ -162,3 +162,36 @@ class DeadLetters:
                     handle.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+
+
+def dead_letter_entry(
+    position: int,
+    doc_id: str | None,
+    reason: str,
+    *,
+    status: int | None = None,
+    field: str | None = None,
+    document: Any = None,
+    raw: str | None = None,
+) -> dict[str, Any]:
+    """One line of a dead-letter file: where the record was, its id (when it could be read),
+    why it was refused, and the document or the raw input."""
+    entry: dict[str, Any] = {"position": position, "id": doc_id, "reason": reason}
+    if status is not None:
+        entry["status"] = status
+    if field is not None:
+        entry["field"] = field
+    if document is not None:
+        entry["document"] = document
+    if raw is not None:
+        entry["raw"] = raw
+    return entry
+
+
+def default_dead_letter(name: str, beside: str | Path | None = None) -> Path:
+    """Where refused records go when no dead-letter file is named: next to ``beside`` (the
+    checkpoint: ``docs.ck`` -> ``docs.dead-letter.jsonl``), else ``<name>.dead-letter.jsonl`` in the
+    working directory."""
+    if beside:
+        return Path(beside).with_suffix(".dead-letter.jsonl")
+    return Path(f"{name}.dead-letter.jsonl")

@@ -2,7 +2,8 @@
 
 A point-in-time reader paged with ``search_after`` (sorted by the ``_shard_doc`` tiebreaker)
 where the engine has one, a scroll otherwise; ``slices`` readers run in parallel threads.
-Each hit becomes a ``Record`` whose document is the ``_source`` plus its ``_id``.
+Each hit becomes a ``Record`` whose document is the whole ``_source`` (vector fields included,
+``Dialect.full_source``) plus its ``_id``.
 
 ``skip_existing`` drops the records whose ``_id`` is already in a target index: a resumed
 migration re-reads the source but encodes and writes only what is missing.
@@ -34,9 +35,14 @@ def read_index(
     keep_alive: str = "5m",
     method: ReadMethod = "auto",
 ) -> Iterator[Record]:
-    """Records of every document in ``index`` (positions 1, 2, ... in arrival order)."""
-    sort = dialect.pit_sort()
+    """Records of every document in ``index`` (positions 1, 2, ... in arrival order).
+
+    ``method="pit"`` on a version without the ``_shard_doc`` tiebreaker is refused: paging a
+    point in time by ``_doc`` alone can skip or repeat documents across shards.
+    """
+    sort = dialect.check_pit_reader() if method == "pit" else dialect.pit_sort()
     use_pit = method == "pit" or (method == "auto" and sort is not None)
+    source = dialect.full_source()
     pages: queue.Queue[Any] = queue.Queue(maxsize=max(2, slices * 2))
     pit_id = (
         call(lambda: dialect.open_pit(client, index, keep_alive), f"opening {index}")
@@ -47,18 +53,12 @@ def read_index(
     def reader(slice_id: int) -> None:
         try:
             if pit_id is not None:
+                assert sort is not None  # a point in time is only opened with a sort
                 _read_pit(
-                    client,
-                    pit_id,
-                    sort or ["_shard_doc"],
-                    slice_id,
-                    slices,
-                    page_size,
-                    keep_alive,
-                    pages,
+                    client, pit_id, sort, source, slice_id, slices, page_size, keep_alive, pages
                 )
             else:
-                _read_scroll(client, index, slice_id, slices, page_size, keep_alive, pages)
+                _read_scroll(client, index, source, slice_id, slices, page_size, keep_alive, pages)
             pages.put(_DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             pages.put(exc)
@@ -84,7 +84,7 @@ def read_index(
                 dialect.close_pit(client, pit_id)
 
 
-def _read_pit(client, pit_id, sort, slice_id, slices, page_size, keep_alive, out) -> None:  # noqa: ANN001
+def _read_pit(client, pit_id, sort, source, slice_id, slices, page_size, keep_alive, out) -> None:  # noqa: ANN001
     search_after = None
     while True:
         body: dict[str, Any] = {
@@ -92,6 +92,7 @@ def _read_pit(client, pit_id, sort, slice_id, slices, page_size, keep_alive, out
             "sort": sort,
             "size": page_size,
             "track_total_hits": False,
+            "_source": source,
         }
         if slices > 1:
             body["slice"] = {"id": slice_id, "max": slices}
@@ -106,8 +107,8 @@ def _read_pit(client, pit_id, sort, slice_id, slices, page_size, keep_alive, out
         search_after = hits[-1]["sort"]
 
 
-def _read_scroll(client, index, slice_id, slices, page_size, keep_alive, out) -> None:  # noqa: ANN001
-    body: dict[str, Any] = {"size": page_size, "sort": ["_doc"]}
+def _read_scroll(client, index, source, slice_id, slices, page_size, keep_alive, out) -> None:  # noqa: ANN001
+    body: dict[str, Any] = {"size": page_size, "sort": ["_doc"], "_source": source}
     if slices > 1:
         body["slice"] = {"id": slice_id, "max": slices}
     response = call(

@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -30,15 +31,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..connect import call
+from ..connect import call, client_of
 from ..engines import Dialect, FieldType, dialect_of
 from ..exceptions import ConfigurationError, InputError
 from ..query import field_type_of
 from ..search import create_index
 from ..tokens import TokenCodec
 from .bulk import Action, ActionChunker, RetryPolicy, make_action, send_bulk
-from .checkpoint import Checkpoint, CheckpointState, DeadLetters, Watermark
+from .checkpoint import Checkpoint, CheckpointState, DeadLetters, Watermark, dead_letter_entry
 from .sources import Format, Record, in_shard, prepare, read_source, records_of
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, int], None]  # (stage, count): read/encoded/indexed/failed
 STAGES = ("read", "encoded", "indexed", "failed")
@@ -58,6 +61,8 @@ class IngestConfig:
     bulk_bytes: int = 8 * 1024 * 1024
     workers: int = 2
     checkpoint: str | None = None
+    # JSONL of refused records. None keeps none (a warning says how many); the CLI always
+    # names one (``checkpoint.default_dead_letter``).
     dead_letter: str | None = None
     shard: tuple[int, int] = (0, 1)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -89,6 +94,7 @@ class IngestReport:
     total_dead_lettered: int
     seconds: float
     index: str
+    dead_letter: str | None = None  # the file refused records went to (None: not kept)
 
     @property
     def docs_per_second(self) -> float:
@@ -141,8 +147,10 @@ def ingest(
     Retries what the cluster pushes back on, dead-letters what it refuses and every bad
     input record, and (with ``config.checkpoint``) resumes after a crash without gaps or
     duplicates. Raises only for problems that stop the whole job (unreachable cluster,
-    bad credentials, missing index).
+    bad credentials, missing index). ``client``: an Elasticsearch or OpenSearch client, or a
+    ``Cluster`` from ``connect``.
     """
+    client = client_of(client)
     started = time.perf_counter()
     codec = _prepare_index(client, encoder, config)
     shard = f"{config.shard[0]}/{config.shard[1]}"
@@ -185,7 +193,7 @@ def ingest(
                 )
                 dead_letters.write(
                     [
-                        _dead_letter_entry(
+                        dead_letter_entry(
                             f.action.position,
                             f.action.doc_id,
                             f.reason,
@@ -243,9 +251,9 @@ def ingest(
             except InputError as exc:
                 dead_letters.write(
                     [
-                        _dead_letter_entry(
+                        dead_letter_entry(
                             position,
-                            None,
+                            exc.doc_id,
                             str(exc),
                             field=exc.field,
                             document=record.doc,
@@ -299,6 +307,12 @@ def ingest(
         raise failure[0]
     save_checkpoint()
     values = counters.values
+    if values["failed"] and not config.dead_letter:
+        log.warning(
+            "%d records were not indexed and are not kept anywhere: name a dead-letter file "
+            "(IngestConfig.dead_letter) to keep them",
+            values["failed"],
+        )
     return IngestReport(
         read=values["read"],
         encoded=values["encoded"],
@@ -312,6 +326,7 @@ def ingest(
         total_dead_lettered=watermark.dead_lettered,
         seconds=time.perf_counter() - started,
         index=config.index,
+        dead_letter=config.dead_letter,
     )
 
 
@@ -341,28 +356,6 @@ def _prepare_index(client: Any, encoder: Any, config: IngestConfig) -> TokenCode
     """Create the index if asked; check its sparse field; the codec for its key scheme."""
     dialect, field_type = ensure_index(client, config)
     return TokenCodec(encoder.vocab, scheme=dialect.key_scheme(field_type))
-
-
-def _dead_letter_entry(
-    position: int,
-    doc_id: str | None,
-    reason: str,
-    *,
-    status: int | None = None,
-    field: str | None = None,
-    document: Any = None,
-    raw: str | None = None,
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {"position": position, "id": doc_id, "reason": reason}
-    if status is not None:
-        entry["status"] = status
-    if field is not None:
-        entry["field"] = field
-    if document is not None:
-        entry["document"] = document
-    if raw is not None:
-        entry["raw"] = raw
-    return entry
 
 
 def _without(source: dict[str, Any], field: str) -> dict[str, Any]:

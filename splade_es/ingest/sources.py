@@ -27,12 +27,14 @@ FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet", "beir")
 
 @dataclass(frozen=True)
 class Record:
-    """One input record. ``position``: 1-based line (JSONL), row (CSV, Parquet) or item."""
+    """One input record. ``position``: 1-based line (JSONL), row (CSV, Parquet) or record (an
+    iterable, an index), as ``unit`` says; messages name it that way."""
 
     position: int
     doc: dict[str, Any] | None
     error: str | None = None
     raw: str | None = None  # the unparsed input, for dead letters of unreadable records
+    unit: str = "record"
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,10 @@ def read_jsonl_records(path: Path) -> Iterator[Record]:
             if not raw.strip():
                 continue
             try:
-                yield Record(line_no, parse_json_line(raw, line_no))
+                yield Record(line_no, parse_json_line(raw, line_no), unit="line")
             except InputError as exc:
-                yield Record(line_no, None, str(exc), raw.decode("utf-8", "replace").rstrip("\n"))
+                raw_text = raw.decode("utf-8", "replace").rstrip("\n")
+                yield Record(line_no, None, str(exc), raw_text, unit="line")
 
 
 def read_csv_records(path: Path) -> Iterator[Record]:
@@ -94,11 +97,13 @@ def read_csv_records(path: Path) -> Iterator[Record]:
                     None,
                     f"row {position}: not valid UTF-8 in field {bad[0]!r}",
                     raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                    unit="row",
                 )
             elif None in row:
-                yield Record(position, None, f"row {position}: more values than columns", str(row))
+                message = f"row {position}: more values than columns"
+                yield Record(position, None, message, str(row), unit="row")
             else:
-                yield Record(position, dict(row))
+                yield Record(position, dict(row), unit="row")
 
 
 def read_parquet(path: Path) -> Iterator[Record]:
@@ -112,7 +117,7 @@ def read_parquet(path: Path) -> Iterator[Record]:
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
         for row in batch.to_pylist():
             position += 1
-            yield Record(position, row)
+            yield Record(position, row, unit="row")
 
 
 def records_of(documents: Iterable[dict[str, Any] | Record]) -> Iterator[Record]:
@@ -123,7 +128,8 @@ def records_of(documents: Iterable[dict[str, Any] | Record]) -> Iterator[Record]
         elif isinstance(doc, dict):
             yield Record(i, doc)
         else:
-            yield Record(i, None, f"item {i}: expected a dict, got {type(doc).__name__}", repr(doc))
+            message = f"record {i}: expected a dict, got {type(doc).__name__}"
+            yield Record(i, None, message, repr(doc))
 
 
 def prepare(
@@ -143,15 +149,26 @@ def prepare(
     doc = record.doc
     if doc is None:
         raise InputError(record.error or "unreadable record", position=record.position)
+    where = f"{record.unit} {record.position}"
+    doc_id = (
+        document_id(doc, id_field, record.position, unit=record.unit)
+        if id_field
+        else content_id(doc)
+    )
+    # From here on the id is known: errors carry it, so the dead letter keeps it.
     if sparse_field in doc:
         raise InputError(
-            f"line {record.position}: the document already has a field {sparse_field!r}, "
+            f"{where}: the document already has a field {sparse_field!r}, "
             "where the SPLADE vector goes",
             position=record.position,
             field=sparse_field,
+            doc_id=doc_id,
         )
-    doc_id = document_id(doc, id_field, record.position) if id_field else content_id(doc)
-    text = document_text(doc, text_fields, record.position)
+    try:
+        text = document_text(doc, text_fields, record.position, unit=record.unit)
+    except InputError as exc:
+        exc.doc_id = doc_id
+        raise
     fields = doc if keep_fields is None else {k: doc[k] for k in keep_fields if k in doc}
     # Metadata fields (_id, _index, ...) cannot live inside a document body.
     source = {k: v for k, v in fields.items() if not k.startswith("_")}

@@ -12,7 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.clusters import ClusterSpec, TestCluster, available_specs, start_cluster
+from tests.clusters import (
+    NODE_FALLBACK_REASON,
+    ClusterSpec,
+    TestCluster,
+    available_specs,
+    start_cluster,
+)
 
 _STARTED: list[str] = []
 
@@ -26,8 +32,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if any(spec.is_emulator for spec in available_specs()):
         terminalreporter.write_line(
             "NOTE: osmem-server is an emulator. Passing here is not proof for real "
-            "Elasticsearch/OpenSearch; run with Docker or SPLADE_ES_TEST_URL for that."
+            "Elasticsearch/OpenSearch; run with Docker, SPLADE_ES_TEST_URL or a real node "
+            "(java + mvn) for that."
         )
+        for reason in NODE_FALLBACK_REASON:
+            terminalreporter.write_line(f"(the real OpenSearch node was not used: {reason})")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -38,7 +47,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     specs = [
         s for s in available_specs() if wanted is None or s.engine is None or s.engine in wanted
     ]
-    params = [pytest.param(s, id=s.name) for s in specs] or [
+    params = [
+        pytest.param(
+            s, id=s.name, marks=[pytest.mark.skip(reason=s.unavailable)] if s.unavailable else []
+        )
+        for s in specs
+    ] or [
         pytest.param(
             None, id="no-cluster", marks=pytest.mark.skip(reason=f"no {wanted} cluster available")
         )

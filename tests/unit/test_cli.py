@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from splade_es import SpladeEncoder
 from splade_es.cli import main
 
-COMMANDS = ["encode", "create-index", "ingest", "search", "migrate", "evaluate"]
+COMMANDS = ["encode", "create-index", "ingest", "search", "explain", "migrate", "evaluate"]
 
 
 @pytest.fixture
@@ -34,7 +34,9 @@ def test_every_command_has_real_help(runner, command):
             assert option in result.output
 
 
-@pytest.mark.parametrize("command", ["create-index", "ingest", "search", "migrate", "evaluate"])
+@pytest.mark.parametrize(
+    "command", ["create-index", "ingest", "search", "explain", "migrate", "evaluate"]
+)
 def test_cluster_commands_fail_clearly_without_echoing_secrets(runner, command, tmp_path):
     (tmp_path / "f").write_text("{}")
     (tmp_path / "queries.jsonl").write_text('{"_id": "1", "text": "x"}\n')
@@ -43,6 +45,7 @@ def test_cluster_commands_fail_clearly_without_echoing_secrets(runner, command, 
         "create-index": ["--index", "i"],
         "ingest": ["--index", "i", "-m", "m", "--input", str(tmp_path / "f")],
         "search": ["--index", "i", "-m", "m", "q"],
+        "explain": ["--index", "i", "-m", "m", "--id", "d", "q"],
         "migrate": ["--source", "a", "--target", "b", "--alias", "c", "-m", "m"],
         "evaluate": [
             "--index",
@@ -135,16 +138,136 @@ def test_encode_writes_one_vector_per_document_in_input_order(runner, tiny_bert_
     ],
 )
 def test_encode_bad_input_names_line_and_field(runner, tiny_bert_dir, tmp_path, bad_line, message):
-    write_jsonl(tmp_path / "in.jsonl", [{"_id": "a", "text": "fine"}, bad_line])
+    write_jsonl(
+        tmp_path / "in.jsonl", [{"_id": "a", "text": "fine"}, bad_line, {"_id": "c", "text": "ok"}]
+    )
     result = run_encode(runner, tiny_bert_dir, tmp_path)
-    assert result.exit_code == 2
-    assert message in result.output
+    # Like ingest: the bad line is set aside, the others are encoded, exit status 1.
+    assert result.exit_code == 1, result.output
+    assert [
+        json.loads(line)["_id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()
+    ] == ["a", "c"]
+    dead = [
+        json.loads(line) for line in (tmp_path / "out.dead-letter.jsonl").read_text().splitlines()
+    ]
+    assert len(dead) == 1 and dead[0]["position"] == 2 and message in dead[0]["reason"]
+    assert "out.dead-letter.jsonl" in result.output
 
 
 def test_encode_rejects_non_utf8(runner, tiny_bert_dir, tmp_path):
     (tmp_path / "in.jsonl").write_bytes(
         b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "\xff"}\n'
     )
+    result = run_encode(
+        runner, tiny_bert_dir, tmp_path, "--dead-letter", str(tmp_path / "bad.jsonl")
+    )
+    assert result.exit_code == 1
+    dead = json.loads((tmp_path / "bad.jsonl").read_text())
+    assert "line 2: not valid UTF-8" in dead["reason"] and dead["raw"]
+
+
+def test_encode_dead_letters_keep_the_id_they_read(runner, tiny_bert_dir, tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", [{"_id": "b7", "title": 3}])
     result = run_encode(runner, tiny_bert_dir, tmp_path)
-    assert result.exit_code == 2
-    assert "line 2: not valid UTF-8" in result.output
+    assert result.exit_code == 1
+    assert json.loads((tmp_path / "out.dead-letter.jsonl").read_text())["id"] == "b7"
+
+
+def test_encode_never_leaves_a_truncated_output(runner, tiny_bert_dir, tmp_path, monkeypatch):
+    from splade_es import SpladeEncoder
+
+    write_jsonl(tmp_path / "in.jsonl", [{"_id": f"d{i}", "text": "tax code"} for i in range(50)])
+    (tmp_path / "out.jsonl").write_text("the previous run\n")
+    real = SpladeEncoder.iter_encode
+
+    def interrupted(self, texts, **kwargs):
+        for n, window in enumerate(real(self, texts, **kwargs)):
+            if n == 1:
+                raise KeyboardInterrupt
+            yield window
+
+    monkeypatch.setattr(SpladeEncoder, "iter_encode", interrupted)
+    result = run_encode(runner, tiny_bert_dir, tmp_path, "--batch-size", "1")
+    assert result.exit_code == 130  # interrupted, not 1 ("some lines dead-lettered")
+    assert (tmp_path / "out.jsonl").read_text() == "the previous run\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+def test_encode_warns_about_an_empty_input(runner, tiny_bert_dir, tmp_path):
+    (tmp_path / "in.jsonl").write_text("\n")
+    result = run_encode(runner, tiny_bert_dir, tmp_path)
+    assert result.exit_code == 0
+    assert "holds no documents" in result.output
+    assert (tmp_path / "out.jsonl").read_text() == ""
+
+
+def test_help_lists_the_exit_statuses(runner):
+    result = runner.invoke(main, ["--help"])
+    for line in ("0    done", "1    done, but", "2    stopped by an error", "130  interrupted"):
+        assert line in result.output
+
+
+# ---------------------------------------------------------------------- rich output is literal
+ENGINE_ERROR = (
+    "creating search pipeline x: no handler found for uri [/_search/pipeline/x] and method "
+    "[PUT]; index [name] [bold]not[/bold] found"
+)
+
+
+def test_errors_are_printed_as_is_not_as_rich_markup(runner, monkeypatch):
+    from splade_es.cli import indexing
+    from splade_es.exceptions import ClusterError
+
+    def refuse(config):
+        raise ClusterError(ENGINE_ERROR)
+
+    monkeypatch.setattr(indexing, "connect", refuse)
+    result = runner.invoke(main, ["create-index", "--url", "http://localhost:9200", "--index", "i"])
+    assert result.exit_code == 2, result.output
+    assert "MarkupError" not in result.output
+    # Brackets survive (markup would drop "[name]" and crash on "[/_search/...]").
+    assert "error: " + ENGINE_ERROR in " ".join(result.output.split())
+
+
+def test_progress_descriptions_and_tables_are_literal():
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from splade_es.cli.app import print_table, progress_display
+
+    progress = progress_display(quiet=True)
+    task_id = progress.add_task("copy [name] [/x]", total=3)
+    task = progress.tasks[task_id]
+    assert progress.columns[0].render(task).plain == "copy [name] [/x]"
+
+    out = Console(file=io.StringIO(), width=80, markup=False)
+    table = Table(title="[bold]idx[/]")
+    table.add_column("token")
+    table.add_row("[unused0]")
+    print_table(table, out)
+    assert "[bold]idx[/]" in out.file.getvalue() and "[unused0]" in out.file.getvalue()
+
+
+def test_progress_rate_is_the_run_average_in_the_task_unit():
+    from rich.progress import Progress
+
+    from splade_es.cli.app import RateColumn
+
+    now = [0.0]
+    column = RateColumn()
+    progress = Progress(column, get_time=lambda: now[0], disable=True)
+    task_id = progress.add_task("evaluate", total=100, unit="queries")
+    now[0] = 1.0
+    progress.advance(task_id, 10)
+    now[0] = 10.0
+    progress.advance(task_id, 40)  # a burst, as bulk responses come
+    # 50 queries in 10 s: what a summary (count / elapsed) says; rich's moving-window speed
+    # would say 40 / 9 = 4.4 here.
+    assert column.render(progress.tasks[task_id]).plain == "5.0 queries/s"
+
+    resumed = progress.add_task("copy", total=100, completed=80, already=80)
+    now[0] = 14.0
+    progress.advance(resumed, 8)
+    assert column.render(progress.tasks[resumed]).plain == "2.0 docs/s"  # 8 new in 4 s

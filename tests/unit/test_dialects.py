@@ -124,7 +124,10 @@ def test_opensearch_neural_sparse_query_tokens_from_2_14():
     )
     assert ann == {
         "neural_sparse": {
-            "sp": {"query_tokens": {"101": 1.0}, "method_parameters": {"k": 10, "top_n": 6}}
+            "sp": {
+                "query_tokens": {"101": 1.0},
+                "method_parameters": {"k": 10, "top_n": 6, "heap_factor": 1.0},
+            }
         }
     }
 
@@ -193,7 +196,7 @@ def test_opensearch_hybrid_query_runs_through_a_named_pipeline():
     rrf = dialect.hybrid_pipeline_body(Hybrid(method="rrf"))
     assert rrf["phase_results_processors"][0]["score-ranker-processor"]["combination"] == {
         "technique": "rrf",
-        "rank_constant": 60,
+        "parameters": {"rank_constant": 60},  # 2.19 (see test_conformance.py)
     }
     assert dialect_for("opensearch", "2.18.0").hybrid_methods() == ("sum", "linear")
     assert dialect.hybrid_pipeline_body(Hybrid(method="sum")) is None

@@ -162,6 +162,36 @@ def test_missing_local_folder_and_unreachable_hub_id_are_model_load_errors(tmp_p
         SpladeEncoder.from_pretrained("some-org/not-cached-model")
 
 
+@pytest.mark.parametrize("content", [{}, {"notes.txt": "hello", "vocab.txt": "[PAD]\n"}])
+def test_a_folder_that_is_not_a_model_says_so(tmp_path, content):
+    for name, text in content.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ModelLoadError, match=r"no config\.json: not a model folder"):
+        SpladeEncoder.from_pretrained(str(tmp_path))
+
+
+def test_sentence_transformers_folder_without_model_config_says_so(tmp_path):
+    modules = [
+        {"path": "0_MLMTransformer", "type": "sentence_transformers.models.MLMTransformer"},
+        {"path": "1_SpladePooling", "type": "sentence_transformers.sparse_encoder.SpladePooling"},
+    ]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "0_MLMTransformer").mkdir()
+    (tmp_path / "1_SpladePooling").mkdir()
+    (tmp_path / "1_SpladePooling" / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match=r"0_MLMTransformer: no config\.json: not a model"):
+        SpladeEncoder.from_pretrained(str(tmp_path))
+
+
+def test_real_checkpoint_defaults_to_the_shared_folder(monkeypatch):
+    from tests.conftest import REPO_ROOT, real_model_path
+
+    monkeypatch.delenv("SPLADE_ES_TEST_MODEL", raising=False)
+    # The folder the README's main job uses, so a fresh clone's test command finds it.
+    expected = REPO_ROOT / ".." / "shared" / "models" / "splade-tiny"
+    assert real_model_path().resolve() == expected.resolve()
+
+
 def test_folder_without_mlm_head_is_a_model_load_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelLoadError):
@@ -232,3 +262,13 @@ def test_real_checkpoint_single_queries_match_reference(real_model_dir):
         one = dense(encoder.encode_queries([text]))[0]
         assert np.abs(one - ref[i]).max() <= 1e-5
         assert ((one > 0) == (ref[i] > 0)).all()
+
+
+def test_loading_prints_no_progress_bar_and_keeps_the_setting(tiny_bert_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    SpladeEncoder.from_pretrained(str(tiny_bert_dir))
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert hf_logging.is_progress_bar_enabled()  # the application's setting is restored

@@ -85,7 +85,7 @@ def test_prepare_keeps_fields_moves_metadata_ids_and_names_bad_fields():
     assert kept.source == {"year": 2020, "id": "d7"}
     with pytest.raises(InputError) as missing:
         prepare(Record(3, {"text": "x"}), id_field="_id", text_fields=("text",))
-    assert missing.value.field == "_id" and "line 3" in str(missing.value)
+    assert missing.value.field == "_id" and "record 3" in str(missing.value)
     with pytest.raises(InputError) as not_text:
         prepare(Record(4, {"_id": "a", "text": ["x"]}), id_field="_id", text_fields=("text",))
     assert not_text.value.field == "text"

@@ -120,3 +120,38 @@ def test_parquet_input(encoder, tmp_path):
         config=IngestConfig(index="ix"),
     )
     assert report.indexed == 2 and sorted(client.stored) == ["p1", "p2"]
+
+
+def test_dead_letters_of_in_memory_records_keep_their_id_and_say_record(encoder, tmp_path):
+    import json
+
+    docs = [
+        {"_id": "a", "text": "tax"},
+        {"_id": "b", "title": 7},  # the id is read, the text is not
+        "not a dict",
+        {"_id": "d", "text": "code", "splade": {}},
+    ]
+    report = ingest(
+        SlowClient(),
+        docs,
+        encoder=encoder,
+        config=IngestConfig(index="ix", dead_letter=str(tmp_path / "dead.jsonl")),
+    )
+    assert report.dead_letter == str(tmp_path / "dead.jsonl") and report.dead_lettered == 3
+    dead = {
+        d["position"]: d
+        for d in map(json.loads, (tmp_path / "dead.jsonl").read_text().splitlines())
+    }
+    assert dead[2]["id"] == "b" and dead[2]["reason"].startswith("record 2: field 'title' is int")
+    assert dead[3]["id"] is None and dead[3]["reason"].startswith("record 3: expected a dict")
+    assert dead[4]["id"] == "d" and dead[4]["reason"].startswith("record 4: the document already")
+    assert all("line" not in d["reason"] for d in dead.values())
+
+
+def test_records_not_kept_anywhere_are_announced(encoder, caplog):
+    with caplog.at_level("WARNING"):
+        report = ingest(
+            SlowClient(), [{"_id": "a"}], encoder=encoder, config=IngestConfig(index="ix")
+        )
+    assert report.dead_lettered == 1 and report.dead_letter is None
+    assert "1 records were not indexed and are not kept anywhere" in caplog.text

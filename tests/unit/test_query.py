@@ -62,9 +62,8 @@ def test_builder_for_integer_keys_needs_the_vocabulary():
         "opensearch", version="3.3.0", field="sp", field_type="sparse_vector"
     )
     assert builder.style == "neural_sparse"
-    assert builder.sparse_query(_query_batch()) == {
-        "neural_sparse": {"sp": {"query_tokens": {"1": 2.0, "2": 0.5}}}
-    }
+    query = builder.sparse_query(_query_batch())
+    assert query["neural_sparse"]["sp"]["query_tokens"] == {"1": 2.0, "2": 0.5}
     with pytest.raises(ConfigurationError, match="token ids"):
         builder.sparse_query({"tax": 1.0})
 
@@ -100,3 +99,37 @@ def test_stored_precision_truncates_to_nine_significant_bits():
     rel = (values - stored) / values
     assert (rel >= 0).all() and (rel < 2**-8).all()
     assert stored_precision([0.7]).tolist() == [0.69921875]
+
+
+# ---------------------------------------------------------------------- empty queries
+@pytest.mark.parametrize("engine", ["elasticsearch", "opensearch"])
+def test_a_query_pruned_to_nothing_is_an_error_not_a_match_all(engine):
+    from splade_es.exceptions import EmptyQueryError
+
+    builder = QueryBuilder.for_engine(engine, pruning=QueryPruning(min_weight=100.0))
+    for build in (
+        lambda: builder.sparse_query(FEATURES),
+        lambda: builder.search_request(FEATURES, k=10),
+    ):
+        with pytest.raises(EmptyQueryError) as caught:
+            build()
+        message = str(caught.value)
+        assert "minimum weight 100" in message and "all 4 query tokens" in message
+        assert "min_weight" not in message and "empty=" not in message  # no Python names
+    with pytest.raises(EmptyQueryError, match="no tokens"):
+        QueryBuilder.for_engine(engine).sparse_query({})
+
+
+@pytest.mark.parametrize("engine", ["elasticsearch", "opensearch"])
+def test_an_empty_hybrid_query_ranks_by_bm25_alone(engine):
+    builder = QueryBuilder.for_engine(engine, pruning=QueryPruning(min_weight=100.0))
+    prepared = builder.search_request(
+        FEATURES, k=10, text="tax code", hybrid=Hybrid(bm25_weight=0.3)
+    )
+    assert prepared.prune.empty
+    body = repr(prepared.request.body)
+    # match_none: MatchNoDocsQuery on both engines (elastic/elasticsearch and
+    # opensearch-project/OpenSearch, main: server/src/main/java/org/{elasticsearch,opensearch}/
+    # index/query/MatchNoneQueryBuilder.java); an empty bool would match every document.
+    assert "{'match_none': {}}" in body and "multi_match" in body
+    assert "'should': []" not in body

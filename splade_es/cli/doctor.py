@@ -1,0 +1,82 @@
+"""``splade-es doctor``: check every capability splade-es claims for a cluster, on it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..connect import connect
+from .app import connection_config, connection_options, err_console, fail_cleanly, main
+
+_STYLES = {"ok": "green", "unsupported": "yellow", "FAILED": "bold red"}
+
+
+@main.command()
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@fail_cleanly
+def doctor(**opts: Any) -> None:
+    """Prove on this cluster that SPLADE scores are exact: the first thing to run against a
+    new cluster.
+
+    Detects engine, version, license, plugins and the clause limit; in temporary indices
+    (deleted afterwards) checks that every field type, query style and hybrid method
+    splade-es offers for this version scores the exact dot product and returns exactly the
+    matching documents.
+
+    Exit status: 0 when everything offered works (capabilities the cluster lacks are
+    reported as unsupported), 1 when something offered fails, 2 on errors.
+    """
+    from ..doctor import doctor as run_doctor
+
+    as_json = opts.pop("as_json")
+    cluster = connect(connection_config(opts))
+    try:
+        report = run_doctor(cluster)
+    finally:
+        cluster.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        facts = report.facts
+        plugins = "unreadable" if facts.plugins is None else ", ".join(facts.plugins) or "none"
+        lines = [
+            f"{facts.engine} {facts.version} ({facts.distribution})",
+            *([f"license: {facts.license}"] if facts.license else []),
+            f"plugins: {plugins}",
+            f"clause limit: splade-es uses {facts.clause_limit}"
+            + (
+                f", the engine enforces {facts.clause_limit_probed}"
+                if facts.clause_limit_probed
+                else ""
+            ),
+        ]
+        for line in lines:
+            err_console.print(escape(line), highlight=False)
+        Console().print(doctor_table(report))
+        for leftover in report.left_behind:
+            err_console.print(f"[yellow]warning:[/] not deleted: {escape(leftover)}")
+        verdict = "every capability offered works" if report.ok else "some checks FAILED"
+        err_console.print(verdict, style="green" if report.ok else "bold red", highlight=False)
+    if not report.ok:
+        sys.exit(1)
+
+
+def doctor_table(report: Any) -> Table:
+    table = Table(title="splade-es doctor", title_justify="left")
+    for column in ("capability", "status", "detail", "engine error"):
+        table.add_column(column, overflow="fold")
+    for check in report.checks:
+        table.add_row(
+            escape(check.capability),
+            f"[{_STYLES[check.status]}]{check.status}[/]",
+            escape(check.detail),
+            escape(check.engine_error or ""),
+        )
+    return table
