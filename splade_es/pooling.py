@@ -34,9 +34,15 @@ Activation = Literal["relu", "log1p_relu"]
 _BF16_UNIT_ROUNDOFF = 2.0**-8
 _SCREEN_MARGIN = 5 * _BF16_UNIT_ROUNDOFF
 
-# Logits blocks up to this many entries (16 MB in fp32: one short query against a BERT
-# vocabulary is ~0.4M) are computed in one pass; larger ones chunk by chunk.
-SINGLE_PASS_ELEMENTS = 4 * 1024 * 1024
+# Logits blocks up to this many entries are computed in one pass over the whole vocabulary
+# (one query against a BERT vocabulary is ~0.4M; a micro-batch of 32 queries ~15M, 30 MB in
+# bf16); larger ones chunk by chunk.
+SINGLE_PASS_ELEMENTS = 24 * 1024 * 1024
+# A packed block's logits stay about this size (2 MB in bf16: cache-resident).
+_PACKED_BLOCK_ELEMENTS = 1024 * 1024
+# What one small op costs in dispatch overhead, in FLOPs of a CPU matmul (~10 us at
+# ~50 GFLOP/s): the per-row recompute pays a handful of them for every row.
+_ROW_OVERHEAD_FLOPS = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,10 @@ class SpladeHead:
         """``hidden`` [B, L, H] (after the MLM transform), ``mask`` [B, L] bool."""
         hidden = hidden.to(self.dtype)
         if self.pooling == "max":
+            lengths = mask.sum(dim=1)
+            tokens = int(lengths.sum())
+            if tokens * self.vocab_size <= self.single_pass_elements and bool(lengths.all()):
+                return self._packed_max(hidden[mask], lengths.tolist())
             # Pad positions become copies of position 0 (always a real token).
             hidden = torch.where(mask.unsqueeze(-1), hidden, hidden[:, :1, :])
         bounds = self.bounds_for(hidden.shape[0], hidden.shape[1])
@@ -136,6 +146,42 @@ class SpladeHead:
             cols=torch.cat([p[1] for p in parts]),
             values=torch.cat([p[2] for p in parts]),
         )
+
+    def _packed_max(self, packed: torch.Tensor, lengths: list[int]) -> SparseRows:
+        """Max pooling over the real tokens only: ``packed`` [T, H] holds the rows' tokens
+        one row after another, so a micro-batch of short queries of mixed lengths does not
+        pay for its longest one in every row. Columns go in blocks whose logits stay
+        cache-sized (the whole vocabulary at once for one query)."""
+
+        def row_max(x: torch.Tensor) -> torch.Tensor:  # [T, N] -> [B, N]
+            if len(lengths) == 1:
+                return x.amax(dim=0, keepdim=True)
+            return torch.stack([part.amax(dim=0) for part in torch.split(x, lengths)])
+
+        width = max(2048, _PACKED_BLOCK_ELEMENTS // packed.shape[0])
+        norms = row_max(packed.norm(dim=-1, keepdim=True)) if self.screen else None
+        parts = []
+        for start in range(0, self.vocab_size, width):
+            end = min(start + width, self.vocab_size)
+            if not self.screen:
+                logits = row_max(packed @ self.matrix[:, start:end]).float()
+                pooled = activate(logits + self.bias[start:end], self.activation)
+                rows, cols = pooled.nonzero(as_tuple=True)
+                parts.append((rows, cols + start, pooled[rows, cols]))
+                continue
+            approx = row_max(packed.to(torch.bfloat16) @ self.matrix_bf16[:, start:end])
+            threshold = torch.addcmul(
+                self.neg_bias[start:end], norms, self.margin_norms[start:end], value=-1.0
+            )
+            candidate = approx.float() > threshold  # [B, Vc]
+            union = candidate.any(dim=0).nonzero(as_tuple=True)[0] + start
+            exact = row_max(packed @ self.matrix[:, union]) + self.bias[union]  # fp32
+            values = activate(exact, self.activation)
+            rows, at = (candidate[:, union - start] & (values > 0)).nonzero(as_tuple=True)
+            parts.append((rows, union[at], values[rows, at]))
+        if len(parts) == 1:
+            return SparseRows(*parts[0])
+        return SparseRows(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
     def _chunk(
         self, hidden: torch.Tensor, mask: torch.Tensor, start: int, end: int
@@ -167,8 +213,18 @@ class SpladeHead:
             value=-1.0,
         )
         candidate = approx.float() > threshold  # [B, Vc]
+        batch, length, hidden_size = hidden.shape
+        union = candidate.any(dim=0).nonzero(as_tuple=True)[0]
+        # Recompute the candidates exactly, whichever way is cheaper: all rows against the
+        # union of their candidate columns in one product (few ops: short inputs, where
+        # per-op overhead dominates), or each row against its own columns (fewest FLOPs:
+        # long documents, whose candidate sets differ). Both are the same fp32 dot products.
+        union_flops = batch * length * hidden_size * union.numel()
+        row_flops = length * hidden_size * int(candidate.sum())
+        if union_flops <= row_flops + batch * _ROW_OVERHEAD_FLOPS:
+            return self._exact_union(hidden, candidate, union, start)
         parts = []
-        for b in range(hidden.shape[0]):
+        for b in range(batch):
             cols = candidate[b].nonzero(as_tuple=True)[0] + start
             if cols.numel():
                 exact = (hidden[b] @ self.matrix[:, cols]).amax(dim=0) + self.bias[cols]
@@ -182,3 +238,12 @@ class SpladeHead:
         if len(parts) == 1:
             return parts[0]
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+
+    def _exact_union(
+        self, hidden: torch.Tensor, candidate: torch.Tensor, union: torch.Tensor, start: int
+    ) -> tuple[torch.Tensor, ...]:
+        cols = union + start
+        exact = (hidden @ self.matrix[:, cols]).amax(dim=1) + self.bias[cols]  # [B, n]
+        values = activate(exact, self.activation)
+        rows, at = (candidate[:, union] & (values > 0)).nonzero(as_tuple=True)
+        return rows, cols[at], values[rows, at]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import click
@@ -66,6 +67,13 @@ def parse_listen(value: str) -> tuple[str, int]:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
 @click.option(
+    "--threads",
+    default=0,
+    type=click.IntRange(0),
+    help="torch threads for encoding [default: CPU cores - 1, at least 1; the event loop "
+    "keeps a core].",
+)
+@click.option(
     "--facts-ttl",
     default=60.0,
     show_default=True,
@@ -107,6 +115,7 @@ def serve(**opts: Any) -> None:
         cache_size=opts["cache_size"],
         max_body_bytes=opts["max_body_mb"] * 1024 * 1024,
         facts_ttl=opts["facts_ttl"],
+        threads=opts["threads"] or max(1, (os.cpu_count() or 2) - 1),
     )
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -92,3 +92,26 @@ def test_screened_single_pass_equals_chunked():
     assert torch.equal(dense[0] > 0, dense[1] > 0)
     assert torch.allclose(dense[0], dense[1], rtol=1e-6, atol=0)
     assert int((dense[0] > 0).sum()) > 0
+
+
+@pytest.mark.parametrize("screen", [False, True])
+def test_packed_path_in_several_blocks_equals_brute_force(screen):
+    """A micro-batch of mixed lengths, packed without padding, columns in cache-sized blocks."""
+    gen = torch.Generator().manual_seed(5)
+    batch, length, hidden_size, vocab = 4, 200, 8, 5000
+    hidden = torch.randn(batch, length, hidden_size, generator=gen) * 3
+    weight = torch.randn(vocab, hidden_size, generator=gen)
+    bias = torch.randn(vocab, generator=gen) * 4 - 12
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[0, 150:] = False
+    mask[2, 3:] = False
+    hidden[~mask] = 50.0
+    head = SpladeHead(weight, bias, screen=screen)
+    tokens = int(mask.sum())
+    assert tokens * vocab <= head.single_pass_elements  # packed...
+    assert 1024 * 1024 // tokens < vocab  # ...and more than one block of columns
+    got = to_dense(head(hidden, mask), batch, vocab)
+    expected = brute_force(hidden, mask, weight, bias, "max", "relu")
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert ((got > 0) == (expected > 0)).all()
+    assert int((expected > 0).sum()) > 0
