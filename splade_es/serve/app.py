@@ -347,7 +347,8 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
         if isinstance(exc, UpstreamUnavailable):
             service.metrics.upstream_errors.inc()
             return failure(HttpError(502, "upstream_unavailable_exception", str(exc)))
-        raise exc
+        log.exception("internal error")  # the details go to the log, not to the client
+        return failure(HttpError(500, "internal_error", "internal error in splade-es serve"))
 
     async def proxy(request: Request) -> Response:
         started = time.perf_counter()
