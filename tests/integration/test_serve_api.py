@@ -210,3 +210,44 @@ def test_elasticsearch_upstream_gets_the_elasticsearch_dialect(encoder):
     assert expected["sparse_vector"]["prune"] is False
     content_type = dict((k.lower(), v) for k, v in request.headers)["content-type"]
     assert content_type.startswith("application/vnd.elasticsearch+json")
+
+
+def test_mapping_changed_behind_the_proxy_is_noticed(encoder):
+    """The field is changed directly on the cluster (not through the proxy) from
+    rank_features to sparse_vector: the cached facts are stale, the cluster refuses the
+    rewritten search with a 400, the proxy re-reads the mapping and sends the query for the
+    new type. (A stub engine: the emulator accepts either query on either field; on real
+    engines a rank_feature query on a sparse_vector field fails to create the query.)"""
+    state = {"type": "rank_features"}
+    product = [("Content-Type", "application/json")]
+    searches = []
+
+    def handler(request):
+        path = request.target.split("?")[0]
+        if path == "/":
+            info = {"version": {"number": "3.3.0", "distribution": "opensearch"}}
+            return 200, product, json.dumps(info).encode()
+        if path == "/docs/_mapping":
+            mapping = {"docs": {"mappings": {"properties": {"emb": {"type": state["type"]}}}}}
+            return 200, product, json.dumps(mapping).encode()
+        if path == "/_cluster/settings":
+            return 200, product, b'{"persistent":{},"transient":{},"defaults":{}}'
+        if path == "/docs/_search":
+            body = json.loads(request.body)
+            searches.append(body)
+            wants = "neural_sparse" if state["type"] == "sparse_vector" else "rank_feature"
+            if wants not in json.dumps(body):
+                error = {"type": "query_shard_exception", "reason": "failed to create query"}
+                return 400, product, json.dumps({"error": error, "status": 400}).encode()
+            return 200, product, b'{"took":1,"hits":{"hits":[]}}'
+        return 404, product, b"{}"
+
+    body = {"query": {"splade": {"emb": TEXT}}}
+    with StubServer(handler) as stub, running_proxy(stub.url, encoder) as app:
+        assert post(app, "/docs/_search", body)[0] == 200
+        state["type"] = "sparse_vector"
+        status, out = post(app, "/docs/_search", body)
+    assert status == 200, out
+    assert len(searches) == 3  # rank_feature (ok), rank_feature (refused), neural_sparse
+    assert "rank_feature" in json.dumps(searches[1])
+    assert "neural_sparse" in json.dumps(searches[2])
