@@ -5,6 +5,7 @@
             anything else                       forwarded unchanged
 
     app.py        ASGI routes and wiring (Starlette)
+    service.py    the process: model + batcher, upstream, facts; rewriting and translating
     rewrite.py    pure: locate ``splade`` clauses in search / msearch bodies, replace them
     facts.py      per-index engine, version, field type and clause limit, cached
     batcher.py    micro-batching in front of the encoder, off the event loop; LRU cache
@@ -14,6 +15,7 @@
 ``serve`` needs the ``serve`` extra: ``pip install 'splade-es[serve]'``.
 """
 
-from .app import ServeConfig, create_app
+from .app import create_app
+from .service import ServeConfig
 
 __all__ = ["ServeConfig", "create_app"]
