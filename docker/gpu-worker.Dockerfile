@@ -13,6 +13,7 @@ RUN apt-get update \
 RUN pip install torch --index-url https://download.pytorch.org/whl/cu128
 COPY pyproject.toml README.md /src/
 COPY splade_es /src/splade_es
-RUN pip install /src
+# The serve extra too, so the same image runs `splade-es serve` (docker/serve-gpu.yml).
+RUN pip install "/src[serve]"
 USER 1000:1000
 ENTRYPOINT ["splade-es"]

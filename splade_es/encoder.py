@@ -154,6 +154,14 @@ class SpladeEncoder:
         progress: ProgressCallback | None = None,
     ) -> SparseBatch:
         """Encode a sequence of texts; row ``i`` of the result belongs to ``texts[i]``."""
+        if isinstance(texts, Sequence) and 0 < len(texts) <= batch_size:
+            # One batch (a query, a micro-batch): no tokenizer thread to start and join, which
+            # costs more than the tokenizing itself at this size.
+            tokenized = self._tokenize(list(texts), 0, empty)
+            batch = self._encode_window(tokenized, len(texts), batch_size)
+            if progress:
+                progress(len(texts))
+            return batch.prune(top_k=top_k, min_weight=min_weight)
         windows = list(
             self.iter_encode(texts, batch_size=batch_size, empty=empty, progress=progress)
         )
@@ -260,15 +268,21 @@ class SpladeEncoder:
 
     @torch.inference_mode()
     def _encode_batch(self, ids: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        length = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), length), dtype=torch.bool)
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        input_ids = input_ids.to(self.device, non_blocking=True)
-        mask = mask.to(self.device, non_blocking=True)
-        out = self.model(input_ids=input_ids, attention_mask=mask.long())
+        if len(ids) == 1:
+            # One text has no padding: no mask to build, and the model skips its own.
+            input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+            mask = torch.ones_like(input_ids, dtype=torch.bool)
+            out = self.model(input_ids=input_ids)
+        else:
+            length = max(len(x) for x in ids)
+            input_ids = torch.full((len(ids), length), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(ids), length), dtype=torch.bool)
+            for i, row in enumerate(ids):
+                input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+                mask[i, : len(row)] = True
+            input_ids = input_ids.to(self.device, non_blocking=True)
+            mask = mask.to(self.device, non_blocking=True)
+            out = self.model(input_ids=input_ids, attention_mask=mask.long())
         hidden = out.logits if hasattr(out, "logits") else out[0]
         sparse = self.head(hidden, mask)
         rows = sparse.rows.cpu().numpy()

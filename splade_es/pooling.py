@@ -34,6 +34,16 @@ Activation = Literal["relu", "log1p_relu"]
 _BF16_UNIT_ROUNDOFF = 2.0**-8
 _SCREEN_MARGIN = 5 * _BF16_UNIT_ROUNDOFF
 
+# Logits blocks up to this many entries are computed in one pass over the whole vocabulary
+# (one query against a BERT vocabulary is ~0.4M; a micro-batch of 32 queries ~15M, 30 MB in
+# bf16); larger ones chunk by chunk.
+SINGLE_PASS_ELEMENTS = 24 * 1024 * 1024
+# A packed block's logits stay about this size (2 MB in bf16: cache-resident).
+_PACKED_BLOCK_ELEMENTS = 1024 * 1024
+# What one small op costs in dispatch overhead, in FLOPs of a CPU matmul (~10 us at
+# ~50 GFLOP/s): the per-row recompute pays a handful of them for every row.
+_ROW_OVERHEAD_FLOPS = 5_000_000
+
 
 @dataclass(frozen=True)
 class SparseRows:
@@ -52,6 +62,12 @@ def activate(x: torch.Tensor, activation: Activation) -> torch.Tensor:
 class SpladeHead:
     """The MLM output projection plus SPLADE pooling, evaluated chunk by chunk.
 
+    The chunk width is chosen per call by size: a short input (a query) is done in one pass
+    over the whole vocabulary, which saves the per-chunk overhead that dominates at that
+    size; a long batch goes ``vocab_chunk`` columns at a time so the logits block stays small.
+    Both compute every entry as the same fp32 dot product (chunks are views of one weight
+    matrix), so they agree up to float32 rounding.
+
     >>> head = SpladeHead(torch.randn(50, 8), torch.zeros(50), vocab_chunk=16)
     >>> out = head(torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool))
     >>> bool((out.values > 0).all())
@@ -67,6 +83,7 @@ class SpladeHead:
         activation: Activation = "relu",
         vocab_chunk: int = 4096,
         screen: bool = False,
+        single_pass_elements: int = SINGLE_PASS_ELEMENTS,
     ) -> None:
         if pooling not in ("max", "sum"):
             raise ValueError(f"pooling must be 'max' or 'sum', not {pooling!r}")
@@ -77,67 +94,156 @@ class SpladeHead:
         self.pooling = pooling
         self.activation = activation
         self.screen = screen and pooling == "max"
+        self.single_pass_elements = single_pass_elements
         self.bias = (
             bias.detach().float()
             if bias is not None
             else weight.new_zeros(vocab_size, dtype=torch.float32)
         )
-        # [H, Vc] contiguous slices: x @ W^T in chunks, the layout BLAS is fastest with.
+        # One contiguous [H, V] matrix (x @ W^T is the layout BLAS is fastest with); chunks
+        # are column views of it, so the single-pass path costs no extra memory.
+        self.matrix = weight.t().contiguous()
         self.bounds = [
             (s, min(s + vocab_chunk, vocab_size)) for s in range(0, vocab_size, vocab_chunk)
         ]
-        self.chunks = [weight[s:e].t().contiguous() for s, e in self.bounds]
         if self.screen:
-            self.chunks_bf16 = [c.to(torch.bfloat16) for c in self.chunks]
-            self.weight_norms = weight.float().norm(dim=1)
+            self.matrix_bf16 = self.matrix.to(torch.bfloat16)
+            self.neg_bias = -self.bias
+            self.margin_norms = _SCREEN_MARGIN * weight.float().norm(dim=1)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.chunks[0].dtype
+        return self.matrix.dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self.matrix.shape[1]
+
+    def bounds_for(self, batch: int, length: int) -> list[tuple[int, int]]:
+        """The column ranges to evaluate: the whole vocabulary at once when the
+        ``batch x length x vocab`` logits block is small, else ``vocab_chunk`` at a time."""
+        if batch * length * self.vocab_size <= self.single_pass_elements:
+            return [(0, self.vocab_size)]
+        return self.bounds
 
     def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> SparseRows:
         """``hidden`` [B, L, H] (after the MLM transform), ``mask`` [B, L] bool."""
         hidden = hidden.to(self.dtype)
         if self.pooling == "max":
+            lengths = mask.sum(dim=1)
+            tokens = int(lengths.sum())
+            if tokens * self.vocab_size <= self.single_pass_elements and bool(lengths.all()):
+                return self._packed_max(hidden[mask], lengths.tolist())
             # Pad positions become copies of position 0 (always a real token).
             hidden = torch.where(mask.unsqueeze(-1), hidden, hidden[:, :1, :])
-        parts = [self._chunk(hidden, mask, i) for i in range(len(self.chunks))]
+        bounds = self.bounds_for(hidden.shape[0], hidden.shape[1])
+        parts = [self._chunk(hidden, mask, start, end) for start, end in bounds]
+        if len(parts) == 1:
+            rows, cols, values = parts[0]
+            return SparseRows(rows=rows, cols=cols, values=values)
         return SparseRows(
             rows=torch.cat([p[0] for p in parts]),
             cols=torch.cat([p[1] for p in parts]),
             values=torch.cat([p[2] for p in parts]),
         )
 
-    def _chunk(self, hidden: torch.Tensor, mask: torch.Tensor, i: int) -> tuple[torch.Tensor, ...]:
-        start, end = self.bounds[i]
+    def _packed_max(self, packed: torch.Tensor, lengths: list[int]) -> SparseRows:
+        """Max pooling over the real tokens only: ``packed`` [T, H] holds the rows' tokens
+        one row after another, so a micro-batch of short queries of mixed lengths does not
+        pay for its longest one in every row. Columns go in blocks whose logits stay
+        cache-sized (the whole vocabulary at once for one query)."""
+
+        def row_max(x: torch.Tensor) -> torch.Tensor:  # [T, N] -> [B, N]
+            if len(lengths) == 1:
+                return x.amax(dim=0, keepdim=True)
+            return torch.stack([part.amax(dim=0) for part in torch.split(x, lengths)])
+
+        width = max(2048, _PACKED_BLOCK_ELEMENTS // packed.shape[0])
+        norms = row_max(packed.norm(dim=-1, keepdim=True)) if self.screen else None
+        parts = []
+        for start in range(0, self.vocab_size, width):
+            end = min(start + width, self.vocab_size)
+            if not self.screen:
+                logits = row_max(packed @ self.matrix[:, start:end]).float()
+                pooled = activate(logits + self.bias[start:end], self.activation)
+                rows, cols = pooled.nonzero(as_tuple=True)
+                parts.append((rows, cols + start, pooled[rows, cols]))
+                continue
+            approx = row_max(packed.to(torch.bfloat16) @ self.matrix_bf16[:, start:end])
+            threshold = torch.addcmul(
+                self.neg_bias[start:end], norms, self.margin_norms[start:end], value=-1.0
+            )
+            candidate = approx.float() > threshold  # [B, Vc]
+            union = candidate.any(dim=0).nonzero(as_tuple=True)[0] + start
+            exact = row_max(packed @ self.matrix[:, union]) + self.bias[union]  # fp32
+            values = activate(exact, self.activation)
+            rows, at = (candidate[:, union - start] & (values > 0)).nonzero(as_tuple=True)
+            parts.append((rows, union[at], values[rows, at]))
+        if len(parts) == 1:
+            return SparseRows(*parts[0])
+        return SparseRows(*(torch.cat(column) for column in zip(*parts, strict=True)))
+
+    def _chunk(
+        self, hidden: torch.Tensor, mask: torch.Tensor, start: int, end: int
+    ) -> tuple[torch.Tensor, ...]:
         if self.screen:
-            pooled = self._screened_max(hidden, i)
-        elif self.pooling == "max":
+            return self._screened_max(hidden, start, end)
+        if self.pooling == "max":
             pooled = activate(
-                (hidden @ self.chunks[i]).amax(dim=1).float() + self.bias[start:end],
+                (hidden @ self.matrix[:, start:end]).amax(dim=1).float() + self.bias[start:end],
                 self.activation,
             )
         else:
-            logits = (hidden @ self.chunks[i]).float() + self.bias[start:end]
+            logits = (hidden @ self.matrix[:, start:end]).float() + self.bias[start:end]
             pooled = (activate(logits, self.activation) * mask.unsqueeze(-1)).sum(dim=1)
         rows, cols = pooled.nonzero(as_tuple=True)
         return rows, cols + start, pooled[rows, cols].float()
 
-    def _screened_max(self, hidden: torch.Tensor, i: int) -> torch.Tensor:
-        """Max pooling where a bf16 pass rules out entries that cannot be positive."""
-        start, end = self.bounds[i]
-        bias = self.bias[start:end]
-        approx = (hidden.to(torch.bfloat16) @ self.chunks_bf16[i]).amax(dim=1).float()
-        margin = (
-            _SCREEN_MARGIN
-            * hidden.norm(dim=-1).amax(dim=1, keepdim=True)
-            * self.weight_norms[start:end]
+    def _screened_max(self, hidden: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, ...]:
+        """Max pooling where a bf16 pass rules out entries that cannot be positive; the
+        candidates left are recomputed in fp32. Returns (rows, cols, values) of the non-zeros.
+        """
+        approx = (hidden.to(torch.bfloat16) @ self.matrix_bf16[:, start:end]).amax(dim=1)
+        # (b, v) can be positive only if approx + margin + bias > 0, i.e.
+        # approx > -bias - |h_b| * (5u |w_v|), with the constant parts precomputed.
+        threshold = torch.addcmul(
+            self.neg_bias[start:end],
+            hidden.norm(dim=-1).amax(dim=1, keepdim=True),
+            self.margin_norms[start:end],
+            value=-1.0,
         )
-        candidate = approx + margin + bias > 0  # [B, Vc]
-        pooled = torch.zeros_like(approx)
-        for b in range(hidden.shape[0]):
-            cols = candidate[b].nonzero(as_tuple=True)[0]
+        candidate = approx.float() > threshold  # [B, Vc]
+        batch, length, hidden_size = hidden.shape
+        union = candidate.any(dim=0).nonzero(as_tuple=True)[0]
+        # Recompute the candidates exactly, whichever way is cheaper: all rows against the
+        # union of their candidate columns in one product (few ops: short inputs, where
+        # per-op overhead dominates), or each row against its own columns (fewest FLOPs:
+        # long documents, whose candidate sets differ). Both are the same fp32 dot products.
+        union_flops = batch * length * hidden_size * union.numel()
+        row_flops = length * hidden_size * int(candidate.sum())
+        if union_flops <= row_flops + batch * _ROW_OVERHEAD_FLOPS:
+            return self._exact_union(hidden, candidate, union, start)
+        parts = []
+        for b in range(batch):
+            cols = candidate[b].nonzero(as_tuple=True)[0] + start
             if cols.numel():
-                exact = (hidden[b] @ self.chunks[i][:, cols]).amax(dim=0) + bias[cols]
-                pooled[b, cols] = activate(exact, self.activation)
-        return pooled
+                exact = (hidden[b] @ self.matrix[:, cols]).amax(dim=0) + self.bias[cols]
+                values = activate(exact, self.activation)
+                keep = values > 0
+                cols = cols[keep]
+                parts.append((torch.full_like(cols, b), cols, values[keep]))
+        if not parts:
+            empty = torch.zeros(0, dtype=torch.long, device=hidden.device)
+            return empty, empty, torch.zeros(0, device=hidden.device)
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+
+    def _exact_union(
+        self, hidden: torch.Tensor, candidate: torch.Tensor, union: torch.Tensor, start: int
+    ) -> tuple[torch.Tensor, ...]:
+        cols = union + start
+        exact = (hidden @ self.matrix[:, cols]).amax(dim=1) + self.bias[cols]  # [B, n]
+        values = activate(exact, self.activation)
+        rows, at = (candidate[:, union] & (values > 0)).nonzero(as_tuple=True)
+        return rows, cols[at], values[rows, at]

@@ -215,11 +215,14 @@ class QueryBuilder:
         }
 
     def prune(
-        self, vector: QueryVector, *, reserve: int = 0
+        self, vector: QueryVector, *, reserve: int = 0, pruning: QueryPruning | None = None
     ) -> tuple[dict[str, float], PruneReport]:
-        """Pruned features of ``vector``; ``reserve`` clauses are left for other query parts."""
+        """Pruned features of ``vector``; ``reserve`` clauses are left for other query parts.
+        ``pruning`` replaces the builder's own for this call."""
         limit = None if self.max_clauses is None else max(1, self.max_clauses - reserve)
-        kept, report = prune_features(self.features(vector), self.pruning, max_clauses=limit)
+        kept, report = prune_features(
+            self.features(vector), pruning or self.pruning, max_clauses=limit
+        )
         if report.clause_limited:
             log.warning(
                 "query pruned to %d tokens (cluster clause limit %s); kept %.1f%% of its weight",
@@ -230,10 +233,17 @@ class QueryBuilder:
         return kept, report
 
     # ------------------------------------------------------------------ queries
-    def sparse_query(self, vector: QueryVector, *, filters: Sequence[dict] = ()) -> dict:
+    def sparse_query(
+        self,
+        vector: QueryVector,
+        *,
+        filters: Sequence[dict] = (),
+        reserve: int = 0,
+        pruning: QueryPruning | None = None,
+    ) -> dict:
         """The query clause: its score is the dot product of ``vector`` with each document.
         ``EmptyQueryError`` when no token is left to search for."""
-        kept, report = self.prune(vector)
+        kept, report = self.prune(vector, reserve=reserve, pruning=pruning)
         self._require_tokens(report)
         query = self._clause(kept)
         return with_filters(query, filters)
@@ -267,6 +277,7 @@ class QueryBuilder:
         filters: Sequence[dict] = (),
         hybrid: Hybrid | None = None,
         source: Any = True,
+        pruning: QueryPruning | None = None,
     ) -> PreparedSearch:
         """A whole search request (body + URL params), with the features and pruning report.
 
@@ -280,7 +291,7 @@ class QueryBuilder:
             lexical = self.dialect.lexical_query(text, hybrid.text_fields)
             # multi_match expands to about one clause per term and field.
             reserve = len(text.split()) * len(hybrid.text_fields) + 1
-        kept, report = self.prune(vector, reserve=reserve)
+        kept, report = self.prune(vector, reserve=reserve, pruning=pruning)
         if hybrid is None:
             self._require_tokens(report)
         if report.empty:
@@ -301,19 +312,39 @@ class QueryBuilder:
 
 # ---------------------------------------------------------------------- cluster reads
 def field_type_of(client: Any, index: str, field: str) -> FieldType:
-    """The sparse field's type in ``index``'s mapping (the first index, for an alias)."""
+    """The sparse field's type in ``index``'s mapping (``field_type_from_mapping``)."""
     client = client_of(client)
     mappings = call(lambda: client.indices.get_mapping(index=index), f"reading {index} mapping")
-    for body in dict(mappings).values():
-        props = body.get("mappings", {}).get("properties", {})
-        kind = props.get(field, {}).get("type")
-        if kind in ("rank_features", "sparse_vector"):
-            return kind
+    return field_type_from_mapping(dict(mappings), index, field)
+
+
+def field_type_from_mapping(mappings: Mapping[str, Any], index: str, field: str) -> FieldType:
+    """The sparse field's type from a ``GET <index>/_mapping`` response (several indices for
+    an alias or pattern: those without the field are skipped, the others must agree). Pure.
+
+    >>> m = {"a": {"mappings": {"properties": {"splade": {"type": "rank_features"}}}}}
+    >>> field_type_from_mapping(m, "a", "splade")
+    'rank_features'
+    """
+    if not mappings:
+        raise ConfigurationError(f"index {index!r} not found")
+    kinds = {
+        name: body.get("mappings", {}).get("properties", {}).get(field, {}).get("type")
+        for name, body in mappings.items()
+    }
+    sparse = {kind for kind in kinds.values() if kind in ("rank_features", "sparse_vector")}
+    if len(sparse) == 1:
+        return sparse.pop()
+    if len(sparse) > 1:
+        listing = ", ".join(f"{name}: {kind}" for name, kind in sorted(kinds.items()) if kind)
         raise ConfigurationError(
-            f"index {index!r} has no rank_features or sparse_vector field {field!r}"
-            + (f" (it is {kind!r})" if kind else "")
+            f"the indices of {index!r} disagree on the type of field {field!r} ({listing})"
         )
-    raise ConfigurationError(f"index {index!r} not found")
+    other = sorted({kind for kind in kinds.values() if kind})
+    raise ConfigurationError(
+        f"index {index!r} has no rank_features or sparse_vector field {field!r}"
+        + (f" (it is {', '.join(other)})" if other else "")
+    )
 
 
 def clause_limit_of(client: Any, dialect: Dialect) -> int:

@@ -249,13 +249,29 @@ def explain(
     (non-hybrid) query ``builder`` makes of ``vector``, which is read too (``engine_score``).
     ``EmptyQueryError`` when the query has no tokens."""
     client = client_of(client)
-    query, _ = builder.prune(vector)
-    body = {
+    response = call(
+        lambda: client.search(index=index, body=explain_body(builder, doc_id)),
+        f"reading {doc_id}",
+    )
+    document = stored_vector(response, builder, doc_id, index)
+    scored = score_request(builder, vector, doc_id)
+    return explanation(builder, vector, doc_id, document, send(client, index, scored)[0])
+
+
+# Pure pieces of ``explain``, shared with ``splade_es.aio``.
+def explain_body(builder: QueryBuilder, doc_id: str) -> dict[str, Any]:
+    """The search that reads document ``doc_id`` with its stored vector."""
+    return {
         "query": {"ids": {"values": [doc_id]}},
         "_source": builder.dialect.source_with_vectors([builder.field]),
         "size": 1,
     }
-    response = call(lambda: client.search(index=index, body=body), f"reading {doc_id}")
+
+
+def stored_vector(
+    response: Mapping[str, Any], builder: QueryBuilder, doc_id: str, index: str
+) -> Mapping[str, float]:
+    """The document's stored vector from the ``explain_body`` response."""
     hits = hits_of(response)
     if not hits:
         raise InputError(f"document {doc_id!r} not found in {index!r}")
@@ -264,9 +280,25 @@ def explain(
         raise InputError(
             f"document {doc_id!r} has no {builder.field!r} vector in _source", field=builder.field
         )
-    # The same query, restricted to the document (a filter does not change scores).
-    scored = builder.search_request(vector, k=1, filters=[{"ids": {"values": [doc_id]}}])
-    scored_hits = hits_of(send(client, index, scored.request)[0])
+    return document
+
+
+def score_request(builder: QueryBuilder, vector: QueryVector, doc_id: str) -> SearchRequest:
+    """The same query, restricted to the document (a filter does not change scores)."""
+    return builder.search_request(vector, k=1, filters=[{"ids": {"values": [doc_id]}}]).request
+
+
+def explanation(
+    builder: QueryBuilder,
+    vector: QueryVector,
+    doc_id: str,
+    document: Mapping[str, float],
+    scored_response: Mapping[str, Any],
+) -> Explanation:
+    """``Explanation`` from the stored vector and the ``score_request`` response.
+    ``EmptyQueryError`` when the query has no tokens."""
+    query, _ = builder.prune(vector)
+    scored_hits = hits_of(scored_response)
     return Explanation(
         doc_id=doc_id,
         contributions=contributions(

@@ -8,11 +8,19 @@ the library (``SpladeEsError``) become a one-line message and exit status 2; Ctr
     encode.py     encode
     indexing.py   create-index, ingest
     searching.py  search, explain, evaluate
+    serve.py      serve (query translation proxy)
     migration.py  migrate
     doctor.py     doctor
 """
 
-from . import doctor, encode, indexing, migration, searching  # noqa: F401  (registers the commands)
+from . import (  # noqa: F401  (registers the commands)
+    doctor,
+    encode,
+    indexing,
+    migration,
+    searching,
+    serve,
+)
 from .app import main
 
 __all__ = ["main"]

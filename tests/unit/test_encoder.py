@@ -237,6 +237,33 @@ def test_half_precision_keeps_the_seed_ranking(real_model_dir, dtype):
     assert np.max(np.abs(got - expected) / expected) < 0.02
 
 
+@pytest.mark.parametrize("screen", [False, True], ids=["plain", "screened"])
+def test_single_query_fast_path_matches_reference_without_threads(
+    tiny_model_dir, screen, monkeypatch
+):
+    encoder = SpladeEncoder.from_pretrained(str(tiny_model_dir), device="cpu", screen=screen)
+    ref = reference_vectors(tiny_model_dir, TEXTS, max_length=encoder.max_length)
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("the single-query path must not start a thread pool")
+
+    monkeypatch.setattr("splade_es.encoder.ThreadPoolExecutor", no_pool)
+    for i, text in enumerate(TEXTS):
+        one = dense(encoder.encode_queries([text]))[0]
+        assert np.abs(one - ref[i]).max() <= 1e-5
+        assert ((one > 0) == (ref[i] > 0)).all()
+
+
+def test_real_checkpoint_single_queries_match_reference(real_model_dir):
+    encoder = SpladeEncoder.from_pretrained(str(real_model_dir), device="cpu")
+    texts = ["what is the tax depreciation of a rental property", "garlic", *SEED_PASSAGES]
+    ref = reference_vectors(real_model_dir, texts, max_length=encoder.max_length)
+    for i, text in enumerate(texts):
+        one = dense(encoder.encode_queries([text]))[0]
+        assert np.abs(one - ref[i]).max() <= 1e-5
+        assert ((one > 0) == (ref[i] > 0)).all()
+
+
 def test_loading_prints_no_progress_bar_and_keeps_the_setting(tiny_bert_dir, capfd):
     from transformers.utils import logging as hf_logging
 

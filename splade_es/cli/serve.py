@@ -1,0 +1,138 @@
+"""``splade-es serve``: the query-translation service and search proxy (``splade_es.serve``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import click
+
+from ..exceptions import ConfigurationError
+from .app import (
+    connection_config,
+    connection_options,
+    err_console,
+    fail_cleanly,
+    main,
+    model_option,
+)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``127.0.0.1:9280`` / ``[::1]:9280`` / ``:9280`` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"--listen expects HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@main.command()
+@connection_options
+@model_option()
+@click.option(
+    "--listen",
+    default="127.0.0.1:9280",
+    show_default=True,
+    envvar="SPLADE_ES_LISTEN",
+    help="HOST:PORT to serve on. [env: SPLADE_ES_LISTEN]",
+)
+@click.option(
+    "--max-batch",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Texts per encoded batch; 1 turns micro-batching off.",
+)
+@click.option(
+    "--max-wait-ms",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="How long a batch may wait for more texts under load.",
+)
+@click.option(
+    "--cache-size",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Query vectors kept in the LRU cache (0: none).",
+)
+@click.option(
+    "--max-body-mb",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Larger request bodies are refused with 413.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
+@click.option(
+    "--threads",
+    default=0,
+    type=click.IntRange(0),
+    help="torch threads for encoding [default: CPU cores - 1, at least 1; the event loop "
+    "keeps a core].",
+)
+@click.option(
+    "--facts-ttl",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds an index's field type and clause limit are cached.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@fail_cleanly
+def serve(**opts: Any) -> None:
+    """Serve SPLADE query translation in front of a cluster.
+
+    Apps point their Elasticsearch/OpenSearch client at --listen instead of the cluster and
+    write {"splade": {"<field>": "text"}} wherever a query may stand; everything else is
+    forwarded unchanged. Also: POST /_splade/query, /_splade/encode, /embed_sparse (TEI),
+    GET /_splade/health, /_splade/metrics.
+    """
+    try:
+        import uvicorn
+
+        from ..serve import ServeConfig, create_app
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"serve needs the serve extra: pip install 'splade-es[serve]' ({exc.name} missing)"
+        ) from None
+
+    host, port = parse_listen(opts.pop("listen"))
+    level = opts.pop("log_level")
+    config = ServeConfig(
+        connection=connection_config(opts),
+        model=opts["model"],
+        device=opts["device"],
+        max_batch=opts["max_batch"],
+        max_wait_ms=opts["max_wait_ms"],
+        cache_size=opts["cache_size"],
+        max_body_bytes=opts["max_body_mb"] * 1024 * 1024,
+        facts_ttl=opts["facts_ttl"],
+        threads=opts["threads"] or max(1, (os.cpu_count() or 2) - 1),
+    )
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    err_console.print(
+        f"splade-es serve on http://{host}:{port} -> {config.connection.redacted_hosts}",
+        highlight=False,
+        markup=False,
+    )
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_level=level,
+        access_log=False,  # ours leaves out query strings and headers
+        timeout_graceful_shutdown=30,
+        lifespan="on",
+        server_header=False,
+        date_header=False,
+    )

@@ -1,0 +1,21 @@
+"""``splade-es serve``: query translation for any search app, in front of the cluster.
+
+    app (any language, official client) --> splade-es serve --> cluster
+            search with a ``splade`` clause     rewrite: clause -> QueryBuilder body (pure)
+            anything else                       forwarded unchanged
+
+    app.py        ASGI routes and wiring (Starlette)
+    service.py    the process: model + batcher, upstream, facts; rewriting and translating
+    rewrite.py    pure: locate ``splade`` clauses in search / msearch bodies, replace them
+    facts.py      per-index engine, version, field type and clause limit, cached
+    batcher.py    micro-batching in front of the encoder, off the event loop; LRU cache
+    upstream.py   the one async HTTP client to the cluster (aiohttp)
+    metrics.py    Prometheus metrics
+
+``serve`` needs the ``serve`` extra: ``pip install 'splade-es[serve]'``.
+"""
+
+from .app import create_app
+from .service import ServeConfig
+
+__all__ = ["ServeConfig", "create_app"]

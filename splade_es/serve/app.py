@@ -1,0 +1,316 @@
+"""The ASGI app of ``splade-es serve`` (Starlette): routes and wiring only.
+
+    /_splade/health    200 when the model is loaded and the cluster answers, else 503
+    /_splade/metrics   Prometheus text format
+    /_splade/query     text -> the search body and URL params for an index or engine
+    /_splade/encode    texts -> token/weight dicts and feature keys
+    /embed_sparse      text-embeddings-inference's sparse-embedding API
+    everything else    forwarded to the cluster unchanged, except ``_search``/``_msearch``
+                       bodies with a ``splade`` clause, which is replaced (``rewrite``)
+
+Errors look like the cluster's own (``{"error": {"type", "reason"}, "status"}``), so every
+client raises its usual exception: 400 for a malformed clause, 413 for a body over the limit,
+502 when the cluster cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..encoder import SpladeEncoder
+from ..exceptions import ConfigurationError, InputError, SpladeEsError
+from ..sparse import SparseBatch
+from ..tokens import TokenCodec
+from . import rewrite
+from .facts import UpstreamAnswered, changes_mappings
+from .metrics import CONTENT_TYPE
+from .service import HttpError, ServeConfig, Service, field_of, texts_of
+from .upstream import Headers, UpstreamResponse, UpstreamUnavailable, forwardable
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("splade_es.serve.access")
+
+
+def error_body(status: int, error_type: str, reason: str) -> bytes:
+    """Elasticsearch's error shape; clients turn it into their usual exceptions."""
+    cause = {"type": error_type, "reason": reason}
+    return json.dumps({"error": {"root_cause": [cause], **cause}, "status": status}).encode()
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data), status, media_type="application/json")
+
+
+class RawResponse(Response):
+    """A response with the upstream's headers as they came, in order with repeats (the
+    server writes names in lower case, which HTTP treats as the same names)."""
+
+    def __init__(self, upstream: UpstreamResponse, method: str = "GET") -> None:
+        super().__init__(upstream.body, upstream.status)
+        self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers]
+        # A HEAD answer declares (or not) the length a GET would have; 204/304 have none.
+        length = upstream.content_length if method == "HEAD" else str(len(upstream.body))
+        if length is not None and upstream.status not in (204, 304):
+            self.raw_headers.append((b"content-length", length.encode()))
+
+
+# ---------------------------------------------------------------------- request helpers
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, "content_too_long_exception", _too_long(int(declared), limit))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "content_too_long_exception", _too_long(size, limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_long(size: int, limit: int) -> str:
+    return f"request body of {size} bytes or more exceeds the proxy's limit of {limit} bytes"
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip/deflate request body, inflated (at most ``limit`` bytes)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise HttpError(
+            415, "illegal_argument_exception", f"unsupported Content-Encoding {encoding!r}"
+        )
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HttpError(400, "parse_exception", f"request body: bad {encoding} data") from exc
+    if len(out) > limit:
+        raise HttpError(413, "content_too_long_exception", _too_long(len(out), limit))
+    return out
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    return next((v for k, v in headers if k.lower() == name), None)
+
+
+def _without(headers: Headers, name: str) -> Headers:
+    return [(k, v) for k, v in headers if k.lower() != name]
+
+
+# ---------------------------------------------------------------------- the app
+def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> Starlette:
+    """The ASGI app; ``encoder`` skips loading ``config.model`` (tests, embedding)."""
+    service = Service(config, encoder)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    def answered(route: str, started: float, request: Request, response: Response) -> Response:
+        elapsed = time.perf_counter() - started
+        service.metrics.requests.labels(route, f"{response.status_code // 100}xx").inc()
+        service.metrics.request_seconds.labels(route).observe(elapsed)
+        # Method, path and status only: never headers (credentials) or query strings.
+        access_log.info(
+            "%s %s %s -> %d %.2fms",
+            request.client.host if request.client else "-",
+            request.method,
+            request.url.path,
+            response.status_code,
+            elapsed * 1000,
+        )
+        return response
+
+    def failure(exc: Exception) -> Response:
+        if isinstance(exc, HttpError):
+            return Response(
+                error_body(exc.status, exc.error_type, exc.reason),
+                exc.status,
+                media_type="application/json",
+            )
+        if isinstance(exc, rewrite.RewriteError):
+            return failure(HttpError(400, exc.error_type, str(exc)))
+        if isinstance(exc, ConfigurationError | InputError | SpladeEsError):
+            return failure(HttpError(400, "illegal_argument_exception", str(exc)))
+        if isinstance(exc, UpstreamAnswered):
+            return RawResponse(exc.response)
+        if isinstance(exc, UpstreamUnavailable):
+            service.metrics.upstream_errors.inc()
+            return failure(HttpError(502, "upstream_unavailable_exception", str(exc)))
+        log.exception("internal error")  # the details go to the log, not to the client
+        return failure(HttpError(500, "internal_error", "internal error in splade-es serve"))
+
+    async def proxy(request: Request) -> Response:
+        started = time.perf_counter()
+        route = "passthrough"
+        try:
+            body = await read_body(request, config.max_body_bytes)
+            method = request.method
+            path = request.url.path
+            target = request.scope["raw_path"].decode("latin-1")
+            if request.scope["query_string"]:
+                target += "?" + request.scope["query_string"].decode("latin-1")
+            headers = forwardable(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+            )
+            sp = rewrite.search_path(path) if method in ("GET", "POST") and body else None
+            if sp is not None:
+                route = sp.api.lstrip("_")
+                response = await search(sp, method, target, headers, body)
+            else:
+                response = await forward(method, target, headers, body)
+            if changes_mappings(method, path):
+                service.facts.forget()
+            result: Response = RawResponse(response, method)
+        except Exception as exc:
+            result = failure(exc)
+        return answered(route, started, request, result)
+
+    async def forward(method: str, target: str, headers: Headers, body: bytes) -> UpstreamResponse:
+        started = time.perf_counter()
+        response = await service.upstream.request(method, target, headers, body)
+        service.metrics.upstream_seconds.observe(time.perf_counter() - started)
+        return response
+
+    async def search(
+        sp: rewrite.SearchPath, method: str, target: str, headers: Headers, body: bytes
+    ) -> UpstreamResponse:
+        encoding = _header(headers, "content-encoding")
+        plain = decompress(body, encoding, config.max_body_bytes) if encoding else body
+        authorization = _header(headers, "authorization")
+        rewritten = await service.rewrite(sp, plain, authorization)
+        if rewritten is None:
+            return await forward(method, target, headers, body)  # untouched, bytes as they came
+        new_body, used = rewritten
+        sent_headers = _without(headers, "content-encoding")
+        response = await forward(method, target, sent_headers, new_body)
+        if response.status == 400:
+            # The mapping may have changed behind the proxy: re-read the facts this body
+            # used, and try once more if they differ.
+            before = [service.facts.forget_index(index, field) for index, field in used]
+            rewritten = await service.rewrite(sp, plain, authorization)
+            assert rewritten is not None
+            after = [await service.facts.facts(i, f, authorization) for i, f in used]
+            if any(
+                b is None or b.signature != a.signature for b, a in zip(before, after, strict=True)
+            ):
+                response = await forward(method, target, sent_headers, rewritten[0])
+        return response
+
+    async def health(request: Request) -> Response:
+        started = time.perf_counter()
+        model_loaded = service.encoder is not None and service.batcher is not None
+        cluster: dict[str, Any] = {"url": service.upstream.description}
+        try:
+            answer, _ = await service.upstream.get_json("/")
+            cluster.update(reachable=answer.status < 500, status=answer.status)
+        except UpstreamUnavailable as exc:
+            cluster.update(reachable=False, reason=str(exc))
+        ok = model_loaded and cluster["reachable"]
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "model": service.encoder.name if service.encoder else None,
+            "model_loaded": model_loaded,
+            "cluster": cluster,
+        }
+        return answered("health", started, request, _json(body, 200 if ok else 503))
+
+    async def metrics(request: Request) -> Response:
+        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    async def query(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            spec = await _json_object(request, config.max_body_bytes)
+            result = await service.translation(spec, request.headers.get("authorization"))
+            response = _json(result)
+        except Exception as exc:
+            response = failure(exc)
+        return answered("query", started, request, response)
+
+    async def encode(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            spec = await _json_object(request, config.max_body_bytes)
+            texts = texts_of(field_of(spec, "texts", list))
+            kind = field_of(spec, "kind", str, "query")
+            scheme = field_of(spec, "key_scheme", str, "token")
+            if kind not in ("query", "document"):
+                raise HttpError(400, "illegal_argument_exception", "[kind] is query or document")
+            if kind == "query":
+                vectors = await service.query_vectors(texts)
+                batch = SparseBatch.concat(vectors)
+            else:
+                assert service.batcher is not None and service.encoder is not None
+                batch = await service.batcher.run(service.encoder.encode_documents, texts)
+            codec = TokenCodec(batch.vocab, scheme=scheme)  # type: ignore[arg-type]
+            vectors_out = [
+                {"tokens": batch.to_dict(i), "features": codec.encode(batch, i)}
+                for i in range(len(batch))
+            ]
+            response = _json({"model": service.encoder.name, "kind": kind, "vectors": vectors_out})
+        except ValueError as exc:
+            response = failure(HttpError(400, "illegal_argument_exception", str(exc)))
+        except Exception as exc:
+            response = failure(exc)
+        return answered("encode", started, request, response)
+
+    async def embed_sparse(request: Request) -> Response:
+        """text-embeddings-inference's ``POST /embed_sparse``: ``{"inputs": str | [str]}`` ->
+        ``[[{"index": id, "value": weight}]]``; errors as TEI gives them (422 + error_type)."""
+        started = time.perf_counter()
+        try:
+            spec = await _json_object(request, config.max_body_bytes)
+            inputs = spec.get("inputs")
+            texts = texts_of([inputs] if isinstance(inputs, str) else inputs, name="inputs")
+            vectors = await service.query_vectors(texts)
+            out = [
+                [{"index": int(i), "value": float(w)} for i, w in zip(*v.row(0), strict=True)]
+                for v in vectors
+            ]
+            response = _json(out)
+        except HttpError as exc:
+            response = _json({"error": exc.reason, "error_type": "Validation"}, 422)
+        except Exception as exc:
+            response = failure(exc)
+        return answered("embed_sparse", started, request, response)
+
+    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]
+    routes = [
+        Route("/_splade/health", health, methods=["GET"]),
+        Route("/_splade/metrics", metrics, methods=["GET"]),
+        Route("/_splade/query", query, methods=["POST"]),
+        Route("/_splade/encode", encode, methods=["POST"]),
+        Route("/embed_sparse", embed_sparse, methods=["POST"]),
+        Route("/{path:path}", proxy, methods=methods),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    return app
+
+
+# ---------------------------------------------------------------------- JSON input helpers
+async def _json_object(request: Request, limit: int) -> dict[str, Any]:
+    body = rewrite.parse_json_body(await read_body(request, limit))
+    if not isinstance(body, dict):
+        raise HttpError(400, "parse_exception", "request body: expected a JSON object")
+    return body

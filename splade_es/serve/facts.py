@@ -1,0 +1,153 @@
+"""What the proxy must know about an index to build its queries: engine and version, the
+sparse field's type, the clause limit. Read once per (index, field) and cached; forgotten
+when a request through the proxy changes mappings or aliases, when a rewritten search is
+refused (the mapping may have changed behind the proxy), and after ``ttl`` seconds.
+
+Reads go through ``Upstream.get_json`` and are parsed by the same pure functions the
+library uses (``engine_from_info``, ``field_type_from_mapping``, ``Dialect.clause_limit``),
+into the same ``QueryBuilder``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from ..connect import engine_from_info
+from ..engines import Dialect, dialect_for
+from ..engines.base import DEFAULT_CLAUSE_LIMIT
+from ..query import QueryBuilder, field_type_from_mapping
+from .upstream import Upstream, UpstreamResponse
+
+T = TypeVar("T")
+
+# Requests that can change what a search on some index means: mappings, index creation and
+# deletion, aliases, templates, settings. Matched on method + path.
+_CHANGES_MAPPINGS = re.compile(
+    r"/_mapping|/_mappings|/_alias|/_aliases|/_index_template|/_template|/_settings"
+    r"|/_rollover|/_data_stream|/_reindex|/_clone|/_split|/_shrink|^/[^_/][^/]*/?$"
+)
+
+
+class UpstreamAnswered(Exception):
+    """The cluster refused a read the proxy needed (no such index, 401, 403): its answer is
+    relayed to the app unchanged."""
+
+    def __init__(self, response: UpstreamResponse) -> None:
+        super().__init__(f"cluster answered {response.status}")
+        self.response = response
+
+
+@dataclass(frozen=True)
+class IndexFacts:
+    builder: QueryBuilder
+    read_at: float
+
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        b = self.builder
+        return (b.dialect.engine, b.dialect.version, b.field_type, b.max_clauses)
+
+
+def changes_mappings(method: str, path: str) -> bool:
+    """Whether a forwarded request may change index mappings or aliases.
+
+    >>> changes_mappings("PUT", "/docs/_mapping"), changes_mappings("GET", "/docs/_mapping")
+    (True, False)
+    >>> changes_mappings("DELETE", "/docs"), changes_mappings("POST", "/docs/_doc")
+    (True, False)
+    """
+    return method in ("PUT", "POST", "DELETE") and bool(_CHANGES_MAPPINGS.search(path))
+
+
+class FactsCache:
+    def __init__(self, upstream: Upstream, *, ttl: float = 60.0) -> None:
+        self.upstream = upstream
+        self.ttl = ttl
+        self._dialect: tuple[Dialect, float] | None = None
+        self._clause_limit: tuple[int, float] | None = None
+        self._facts: dict[tuple[str | None, str], IndexFacts] = {}
+        self._inflight: dict[Any, asyncio.Task] = {}
+        self.reads = 0  # cluster reads made, for tests and metrics
+
+    def forget(self) -> None:
+        """Forget everything (a mapping or alias may have changed)."""
+        self._facts.clear()
+        self._dialect = None
+        self._clause_limit = None
+
+    def forget_index(self, index: str | None, field: str) -> IndexFacts | None:
+        return self._facts.pop((index, field), None)
+
+    async def builder(
+        self, index: str | None, field: str, authorization: str | None = None
+    ) -> QueryBuilder:
+        """The QueryBuilder for ``field`` on ``index`` (None: every index)."""
+        return (await self.facts(index, field, authorization)).builder
+
+    async def facts(
+        self, index: str | None, field: str, authorization: str | None = None
+    ) -> IndexFacts:
+        key = (index, field)
+        cached = self._facts.get(key)
+        if cached is not None and time.monotonic() - cached.read_at < self.ttl:
+            return cached
+        facts = await self._single_flight(key, lambda: self._read(index, field, authorization))
+        self._facts[key] = facts
+        return facts
+
+    async def dialect(self, authorization: str | None = None) -> Dialect:
+        if self._dialect is None or time.monotonic() - self._dialect[1] >= self.ttl:
+            self._dialect = (
+                await self._single_flight("info", lambda: self._read_dialect(authorization)),
+                time.monotonic(),
+            )
+        return self._dialect[0]
+
+    async def _read(self, index: str | None, field: str, authorization: str | None) -> IndexFacts:
+        dialect = await self.dialect(authorization)
+        target = "/" + (quote(index, safe=",*") if index else "_all") + "/_mapping"
+        mapping = await self._get(target, authorization)
+        field_type = field_type_from_mapping(mapping, index or "_all", field)
+        limit = await self._limit(dialect, authorization)
+        builder = QueryBuilder(dialect, field=field, field_type=field_type, max_clauses=limit)
+        return IndexFacts(builder=builder, read_at=time.monotonic())
+
+    async def _read_dialect(self, authorization: str | None) -> Dialect:
+        info = await self._get("/", authorization)
+        engine, version = engine_from_info(info)
+        return dialect_for(engine, version)
+
+    async def _limit(self, dialect: Dialect, authorization: str | None) -> int:
+        if self._clause_limit is not None and time.monotonic() - self._clause_limit[1] < self.ttl:
+            return self._clause_limit[0]
+        try:
+            settings = await self._get(
+                "/_cluster/settings?include_defaults=true&flat_settings=true", authorization
+            )
+            limit = dialect.clause_limit(settings)
+        except UpstreamAnswered:  # reading settings needs a privilege searching does not
+            limit = DEFAULT_CLAUSE_LIMIT
+        self._clause_limit = (limit, time.monotonic())
+        return limit
+
+    async def _get(self, target: str, authorization: str | None) -> Any:
+        self.reads += 1
+        response, body = await self.upstream.get_json(target, authorization)
+        if response.status != 200 or not isinstance(body, dict):
+            raise UpstreamAnswered(response)
+        return body
+
+    async def _single_flight(self, key: Any, make: Callable[[], Awaitable[T]]) -> T:
+        """Concurrent requests for the same facts share one read."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(make())
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)

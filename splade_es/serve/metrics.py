@@ -1,0 +1,102 @@
+"""Prometheus metrics of one ``splade-es serve`` process (prometheus-client), in a registry
+of their own so that several apps (tests) never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Sub-millisecond to seconds: encode of one query is ~1-3 ms on a CPU, a big batch 100s of ms.
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._hits = self._lookups = 0
+        r = self.registry
+        self.requests = Counter(
+            "splade_es_requests",
+            "Requests served, by route (passthrough, search, msearch, query, encode, "
+            "embed_sparse, ...) and status class.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "splade_es_request_seconds",
+            "Time from request to response, by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.encode_seconds = Histogram(
+            "splade_es_encode_seconds",
+            "Model time per encoded batch (off the event loop).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "splade_es_upstream_seconds",
+            "Round trip to the cluster per forwarded request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "splade_es_batch_size",
+            "Texts per encoded batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "splade_es_query_cache_hits", "Query vectors served from the LRU cache.", registry=r
+        )
+        self.cache_misses = Counter(
+            "splade_es_query_cache_misses", "Query vectors that had to be encoded.", registry=r
+        )
+        self.cache_hit_ratio = Gauge(
+            "splade_es_query_cache_hit_ratio",
+            "Cache hits / lookups since start.",
+            registry=r,
+        )
+        self.cache_hit_ratio.set_function(self._hit_ratio)
+        self.upstream_errors = Counter(
+            "splade_es_upstream_errors",
+            "Forwarded requests the cluster did not answer (connection refused, timeout).",
+            registry=r,
+        )
+        self.rewrites = Counter(
+            "splade_es_rewritten_clauses",
+            "splade clauses replaced by the dialect's query.",
+            registry=r,
+        )
+
+    def cache_lookups(self, hits: int, misses: int) -> None:
+        self.cache_hits.inc(hits)
+        self.cache_misses.inc(misses)
+        self._hits += hits
+        self._lookups += hits + misses
+
+    def _hit_ratio(self) -> float:
+        return self._hits / self._lookups if self._lookups else 0.0
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
