@@ -4,6 +4,7 @@ document vectors against sentence-transformers, and the errors a bad layout give
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -277,3 +278,27 @@ def test_router_with_a_different_query_vocabulary_is_refused(router_layout, tmp_
     tokenizer.save_pretrained(str(query_dir))
     with pytest.raises(ModelLoadError, match="query tokenizer's vocabulary differs"):
         SpladeEncoder.from_pretrained(str(folder), device="cpu")
+
+
+def test_encode_command_reports_the_mode(opensearch_layout, tiny_bert_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from splade_es.cli import main
+
+    (tmp_path / "in.jsonl").write_text(json.dumps({"_id": "d1", "text": "tax code"}) + "\n")
+    for folder, mode in ((opensearch_layout[0], "inference-free"), (tiny_bert_dir, "siamese")):
+        result = CliRunner().invoke(
+            main,
+            [
+                "encode",
+                "-m",
+                str(folder),
+                "--input",
+                str(tmp_path / "in.jsonl"),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+                "-q",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        assert re.search(rf"\bmode\W+{mode} \(", result.output), result.output
