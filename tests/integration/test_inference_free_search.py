@@ -1,6 +1,6 @@
-"""Issue 16 end to end: an inference-free model goes through create_index, bulk indexing and
-search() unchanged; the engine's _score is the dot product of the IDF-weighted query tokens
-with the masked-LM document vectors."""
+"""Issue 16 end to end: an inference-free model goes through create_index, bulk indexing,
+search() and evaluate's query runner unchanged; the engine's _score is the dot product of the
+IDF-weighted query tokens with the masked-LM document vectors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from splade_es import QueryBuilder, SpladeEncoder, create_index, search
+from splade_es.evaluate import run_queries
 from splade_es.sparse import stored_precision
 from splade_es.static_query import StaticQueryEncoder
 from tests.conftest import WORDS
@@ -45,7 +46,11 @@ def test_search_with_an_inference_free_encoder(cluster, index_name, inference_fr
     codec = builder.codec(vectors.vocab)
     bulk_index(cluster.client, index_name, docs, vectors, codec)
     query_only = StaticQueryEncoder.from_pretrained(str(folder))
-    for text in QUERIES:
+    # evaluate's query runner takes the encoder as search() does.
+    ran = run_queries(
+        cluster.client, index_name, dict(enumerate(QUERIES)), encoder=encoder, k=N_DOCS
+    ).run
+    for n, text in enumerate(QUERIES):
         query = encoder.encode_queries([text])
         assert query.to_dict(0) == {w: idf[w] for w in text.split() if w in idf}
         result = search(
@@ -69,3 +74,4 @@ def test_search_with_an_inference_free_encoder(cluster, index_name, inference_fr
             cluster.client, index_name, text, encoder=query_only, builder=builder, k=N_DOCS
         )
         assert [(h.id, h.score) for h in alone.hits] == [(h.id, h.score) for h in result.hits]
+        assert ran[n] == {h.id: h.score for h in result.hits}
