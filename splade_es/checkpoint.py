@@ -133,7 +133,7 @@ def _read_router(root: Path, router_dir: Path) -> CheckpointLayout:
         if name not in structure:
             raise ModelLoadError(f"{config_file}: no route for {task} texts")
         try:
-            return [(types[module], router_dir / module) for module in structure[name]]
+            return [(types[module], _module_dir(router_dir, module)) for module in structure[name]]
         except KeyError as exc:
             raise ModelLoadError(f"{config_file}: route {name!r} names unknown {exc}") from exc
 
@@ -148,6 +148,17 @@ def _read_router(root: Path, router_dir: Path) -> CheckpointLayout:
             "different networks are not supported"
         )
     return _document_side(root, document, _static_files(static[0]))
+
+
+def _module_dir(router_dir: Path, module: str) -> Path:
+    """A Router module's folder. OpenSearch's doc-only repositories keep the document
+    masked-LM at the repository root (config.json, sentence_bert_config.json there, no
+    ``document_0_*`` folder; e.g. opensearch-neural-sparse-encoding-doc-v1's sentence-
+    transformers support, discussion #5): then the root is the module's folder."""
+    folder = router_dir / module
+    if not folder.is_dir() and (router_dir / "config.json").is_file():
+        return router_dir
+    return folder
 
 
 def _route_name(config: dict, task: str) -> str | None:

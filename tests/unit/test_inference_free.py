@@ -302,3 +302,20 @@ def test_encode_command_reports_the_mode(opensearch_layout, tiny_bert_dir, tmp_p
         )
         assert result.exit_code == 0, result.output
         assert re.search(rf"\bmode\W+{mode} \(", result.output), result.output
+
+
+def test_router_with_the_masked_lm_at_the_root(router_layout, tmp_path):
+    """The OpenSearch repositories' variant: no document_0 folder, the masked-LM files at the
+    root beside router_config.json."""
+    folder = tmp_path / "root-mlm"
+    shutil.copytree(router_layout[0], folder)
+    for item in (folder / "document_0_MLMTransformer").iterdir():
+        shutil.move(str(item), folder / item.name)
+    (folder / "document_0_MLMTransformer").rmdir()
+    original = SpladeEncoder.from_pretrained(str(router_layout[0]), device="cpu")
+    moved = SpladeEncoder.from_pretrained(str(folder), device="cpu")
+    assert moved.mode == "inference-free" and moved.head.activation == "log1p_relu"
+    for encode in ("encode_documents", "encode_queries"):
+        np.testing.assert_array_equal(
+            dense(getattr(moved, encode)(DOCUMENTS)), dense(getattr(original, encode)(DOCUMENTS))
+        )
