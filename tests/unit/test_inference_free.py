@@ -319,3 +319,12 @@ def test_router_with_the_masked_lm_at_the_root(router_layout, tmp_path):
         np.testing.assert_array_equal(
             dense(getattr(moved, encode)(DOCUMENTS)), dense(getattr(original, encode)(DOCUMENTS))
         )
+
+
+def test_module_docstring_example_runs():
+    import doctest
+
+    import splade_es.static_query
+
+    result = doctest.testmod(splade_es.static_query)
+    assert result.attempted > 0 and result.failed == 0
