@@ -89,7 +89,7 @@ class SpladeEncoder:
 
     @property
     def mode(self) -> Mode:
-        """ "siamese" (queries go through the model) or "inference-free" (a weight lookup)."""
+        """How queries are encoded: "siamese" (by the model) or "inference-free" (a lookup)."""
         return "siamese" if self.query_encoder is None else "inference-free"
 
     # ------------------------------------------------------------------ loading
