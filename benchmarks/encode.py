@@ -7,10 +7,16 @@ between the two sets of vectors, and peak RSS (and peak GPU memory on CUDA).
     python benchmarks/encode.py --model ../shared/models/splade-tiny --data ../shared/data/scifact
     python benchmarks/encode.py ... --families mini,small,distilbert   # random-weight models
     python benchmarks/encode.py ... --stream 20000                     # memory over a long stream
+    python benchmarks/encode.py ... --queries 300    # one-query latency: inference-free vs siamese
 
 Random-weight models of the larger families get their output bias shifted so that about 200
 vocabulary entries are active per document, as with trained SPLADE models (with zero bias,
 half the vocabulary would be active and the comparison would measure something else).
+
+The query latency table (``--queries N``) times ``encode_queries([q])``, one query per call as
+a search does, in one process: the checkpoint itself (siamese: a forward pass per query), and
+the same checkpoint in OpenSearch's document-only layout (``idf.json`` beside it, IDF weights
+computed from the corpus): a token weight lookup, no forward pass.
 """
 
 from __future__ import annotations
@@ -134,6 +140,65 @@ def stream_worker(args: argparse.Namespace) -> None:
     print(json.dumps({"samples": samples, "docs_per_s": done / (time.perf_counter() - start)}))
 
 
+def load_queries(data_dir: Path, n: int) -> list[str]:
+    with open(data_dir / "queries.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line, _ in zip(handle, range(n), strict=False)]
+
+
+def corpus_idf(model: str, texts: list[str]) -> dict[str, float]:
+    """log(N / df) per token of the corpus: the kind of table document-only models ship."""
+    import math
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    df = Counter()
+    for ids in tokenizer(texts, add_special_tokens=False, truncation=True)["input_ids"]:
+        df.update(set(ids))
+    tokens = tokenizer.convert_ids_to_tokens(list(df))
+    return {t: math.log(len(texts) / df[i]) + 1.0 for t, i in zip(tokens, df, strict=True)}
+
+
+def query_latency(args: argparse.Namespace, tmp: Path) -> list[tuple[str, dict]]:
+    """p50 / p95 / mean milliseconds of ``encode_queries([q])``, siamese vs inference-free."""
+    import shutil
+    import statistics
+
+    from splade_es import SpladeEncoder
+
+    queries = load_queries(Path(args.data), args.queries)
+    doc_only = tmp / "doc-only"
+    shutil.copytree(args.model, doc_only)
+    idf = corpus_idf(args.model, load_texts(Path(args.data), 5000))
+    (doc_only / "idf.json").write_text(json.dumps(idf))
+    rows = []
+    for label, path in (("siamese", args.model), ("inference-free", str(doc_only))):
+        encoder = SpladeEncoder.from_pretrained(path, device=args.device)
+        assert encoder.mode == label, (encoder.mode, label)
+        for q in queries[:20]:
+            encoder.encode_queries([q])  # warm-up
+        times, nnz = [], 0
+        for q in queries:
+            start = time.perf_counter()
+            batch = encoder.encode_queries([q])
+            times.append((time.perf_counter() - start) * 1000)
+            nnz += int(batch.nnz_per_row[0])
+        times.sort()
+        rows.append(
+            (
+                label,
+                {
+                    "p50": statistics.median(times),
+                    "p95": times[int(0.95 * (len(times) - 1))],
+                    "mean": statistics.fmean(times),
+                    "nnz": nnz / len(queries),
+                },
+            )
+        )
+    return rows
+
+
 def run_child(extra: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--worker", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -211,6 +276,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--stream", type=int, default=0, help="also stream N docs, sampling RSS")
+    parser.add_argument(
+        "--queries", type=int, default=0, help="also time N one-query encodes (queries.jsonl)"
+    )
+    parser.add_argument("--queries-only", action="store_true", help="only the query latency table")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stream-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
@@ -225,6 +294,31 @@ def main() -> None:
 
     from rich.console import Console
     from rich.table import Table
+
+    console = Console(width=150)
+    if args.queries:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = query_latency(args, Path(tmp))
+        latency = Table(
+            title=f"query encoding, one query per call, {args.queries} scifact queries, "
+            f"{args.device}, torch threads {_threads()}"
+        )
+        for col in ("model", "mode", "p50 ms", "p95 ms", "mean ms", "tokens/query", "p50 ratio"):
+            latency.add_column(col, justify="right")
+        base = rows[0][1]["p50"]
+        for label, res in rows:
+            latency.add_row(
+                Path(args.model).name,
+                label,
+                f"{res['p50']:.3f}",
+                f"{res['p95']:.3f}",
+                f"{res['mean']:.3f}",
+                f"{res['nnz']:.1f}",
+                f"{base / res['p50']:.0f}x faster" if label != "siamese" else "1x",
+            )
+        console.print(latency)
+        if args.queries_only:
+            return
 
     table = Table(
         title=f"SPLADE document encoding on {args.device} ({args.dtype}), batch {args.batch_size}"
@@ -290,7 +384,6 @@ def main() -> None:
                     f"{res['peak_rss_mb']:.0f}",
                     f"{res.get('peak_gpu_mb', float('nan')):.0f}",
                 )
-    console = Console(width=150)
     console.print(table)
     if args.stream:
         res = run_child(
@@ -317,6 +410,12 @@ def main() -> None:
             stream.add_row(f"{done:,}", f"{rss:.0f}")
         console.print(stream)
         console.print(f"stream throughput: {res['docs_per_s']:.1f} docs/s")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 if __name__ == "__main__":

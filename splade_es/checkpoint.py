@@ -1,14 +1,26 @@
-"""Find and read a SPLADE checkpoint: a Hub id or a local folder, plain Hugging Face masked-LM
-layout or a sentence-transformers ``SparseEncoder`` folder (``modules.json``)."""
+"""Find and read a SPLADE checkpoint: a Hub id or a local folder, in one of four layouts.
+
+* a plain Hugging Face masked-LM folder: siamese (the same network for queries and documents);
+* the same plus ``idf.json`` (OpenSearch's document-only models): inference-free;
+* a sentence-transformers ``SparseEncoder`` folder (``modules.json``: MLMTransformer +
+  SpladePooling): siamese;
+* a sentence-transformers ``Router`` folder (``router_config.json``; a ``SparseStaticEmbedding``
+  on the query route, MLMTransformer + SpladePooling on the document route): inference-free.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .exceptions import ModelLoadError
 from .pooling import Activation, Pooling
+from .static_query import StaticQueryFiles
+
+Mode = Literal["siamese", "inference-free"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,6 +33,11 @@ class CheckpointLayout:
     activation: Activation = "relu"
     max_seq_length: int | None = None
     sentence_transformers: bool = False
+    query_files: StaticQueryFiles | None = None  # inference-free models: the query table
+
+    @property
+    def mode(self) -> Mode:
+        return "siamese" if self.query_files is None else "inference-free"
 
 
 def resolve_checkpoint(name_or_path: str, *, revision: str | None = None) -> Path:
@@ -48,23 +65,38 @@ def read_layout(root: Path) -> CheckpointLayout:
     modules_file = root / "modules.json"
     if not modules_file.exists():
         _require_model_config(root)
-        return CheckpointLayout(root=root, mlm_dir=root)
+        idf = root / "idf.json"
+        # OpenSearch's document-only layout: the card's reference code tokenizes queries with
+        # the special tokens, so they take their places in the truncation budget.
+        query = StaticQueryFiles(root, idf, add_special_tokens=True) if idf.is_file() else None
+        return CheckpointLayout(root=root, mlm_dir=root, query_files=query)
     try:
         modules = json.loads(modules_file.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"unreadable {modules_file}: {exc}") from exc
+    entries = [(m.get("type", ""), root / m.get("path", "")) for m in modules]
+    routers = [sub for kind, sub in entries if kind.endswith(".Router")]
+    if routers:
+        if len(entries) != 1:
+            raise ModelLoadError(f"{root}: modules.json has a Router among other modules")
+        return _read_router(root, routers[0])
+    return _document_side(root, entries)
+
+
+def _document_side(
+    root: Path, entries: list[tuple[str, Path]], query: StaticQueryFiles | None = None
+) -> CheckpointLayout:
+    """The MLMTransformer + SpladePooling pair among ``entries`` (type, folder)."""
     mlm_dir, pooling_cfg = None, None
-    for module in modules:
-        kind = module.get("type", "")
-        sub = root / module.get("path", "")
+    for kind, sub in entries:
         if kind.endswith(("MLMTransformer", ".Transformer")) and mlm_dir is None:
             mlm_dir = sub
         elif kind.endswith("SpladePooling"):
             pooling_cfg = _read_json(sub / "config.json")
-        elif kind.endswith(("Router", "SparseStaticEmbedding")):
+        elif _is_static(kind):
             raise ModelLoadError(
-                f"{root}: inference-free (Router/SparseStaticEmbedding) SparseEncoder models are "
-                "not supported yet"
+                f"{root}: a SparseStaticEmbedding outside a Router's query route is not "
+                "supported (documents need the masked-LM)"
             )
     if mlm_dir is None or pooling_cfg is None:
         raise ModelLoadError(f"{root}: modules.json has no MLM transformer + SpladePooling pair")
@@ -81,7 +113,84 @@ def read_layout(root: Path) -> CheckpointLayout:
         activation=pooling_cfg.get("activation_function", "relu"),
         max_seq_length=st_config.get("max_seq_length"),
         sentence_transformers=True,
+        query_files=query,
     )
+
+
+def _read_router(root: Path, router_dir: Path) -> CheckpointLayout:
+    """A sentence-transformers Router: its query and document routes, resolved the way
+    ``Router._resolve_route`` does for text (sentence_transformers/base/modules/router.py)."""
+    config_file = router_dir / "router_config.json"
+    if not config_file.is_file():
+        config_file = router_dir / "config.json"  # the Router's older file name
+    config = _read_json(config_file)
+    types, structure = config.get("types"), config.get("structure")
+    if not isinstance(types, dict) or not isinstance(structure, dict):
+        raise ModelLoadError(f"{config_file}: no 'types' and 'structure' (not a Router config)")
+
+    def route(task: str) -> list[tuple[str, Path]]:
+        name = _route_name(config, task)
+        if name not in structure:
+            raise ModelLoadError(f"{config_file}: no route for {task} texts")
+        try:
+            return [(types[module], _module_dir(router_dir, module)) for module in structure[name]]
+        except KeyError as exc:
+            raise ModelLoadError(f"{config_file}: route {name!r} names unknown {exc}") from exc
+
+    query, document = route("query"), route("document")
+    if query == document:
+        return _document_side(root, document)
+    static = [sub for kind, sub in query if _is_static(kind)]
+    if len(query) != 1 or not static:
+        raise ModelLoadError(
+            f"{root}: the query route must be one SparseStaticEmbedding (found "
+            f"{', '.join(kind.rsplit('.', 1)[-1] for kind, _ in query)}): models with two "
+            "different networks are not supported"
+        )
+    return _document_side(root, document, _static_files(static[0]))
+
+
+def _module_dir(router_dir: Path, module: str) -> Path:
+    """A Router module's folder. OpenSearch's doc-only repositories keep the document
+    masked-LM at the repository root (config.json, sentence_bert_config.json there, no
+    ``document_0_*`` folder; e.g. opensearch-neural-sparse-encoding-doc-v1's sentence-
+    transformers support, discussion #5): then the root is the module's folder."""
+    folder = router_dir / module
+    if not folder.is_dir() and (router_dir / "config.json").is_file():
+        return router_dir
+    return folder
+
+
+def _route_name(config: dict, task: str) -> str | None:
+    parameters = config.get("parameters") or {}
+    mappings = {}
+    for key, value in (parameters.get("route_mappings") or {}).items():
+        try:
+            mappings[tuple(ast.literal_eval(key))] = value
+        except (ValueError, SyntaxError, TypeError):
+            continue  # sentence-transformers skips unparsable keys too
+    for key in ((task, "text"), (task, None), (None, "text"), (None, None)):
+        if key in mappings:
+            return mappings[key]
+    if task in config["structure"]:
+        return task
+    return parameters.get("default_route")
+
+
+def _is_static(kind: str) -> bool:
+    # "IDF" is the module's name in sentence-transformers releases before SparseStaticEmbedding.
+    return kind.endswith(("SparseStaticEmbedding", ".IDF"))
+
+
+def _static_files(folder: Path) -> StaticQueryFiles:
+    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    path = config.get("path")
+    candidates = [folder / path] if isinstance(path, str) and path.endswith(".json") else []
+    candidates += [folder / "model.safetensors", folder / "pytorch_model.bin"]
+    for weights in candidates:
+        if weights.is_file():
+            return StaticQueryFiles(folder, weights, add_special_tokens=False)
+    raise ModelLoadError(f"{folder}: no token weight table (model.safetensors or idf.json)")
 
 
 def _require_model_config(folder: Path) -> None:

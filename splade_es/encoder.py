@@ -8,6 +8,10 @@
 Texts are tokenized in a background thread, grouped by length inside a bounded window (so
 padding is small and memory does not grow with the input), and pooled by ``SpladeHead``,
 which never materialises the batch x length x vocabulary logits.
+
+Inference-free models (``mode == "inference-free"``: OpenSearch's document-only models, a
+sentence-transformers Router with a ``SparseStaticEmbedding`` query route) encode documents the
+same way and queries with ``StaticQueryEncoder``: a token weight lookup, no forward pass.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointLayout, read_layout, resolve_checkpoint
+from .checkpoint import CheckpointLayout, Mode, read_layout, resolve_checkpoint
 from .exceptions import EmptyTextError, InputError, ModelLoadError
 from .pooling import SpladeHead
 from .sparse import SparseBatch, Vocabulary
+from .static_query import StaticQueryEncoder
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ class SpladeEncoder:
         max_length: int,
         name: str = "",
         max_batch_tokens: int = 16384,
+        query_encoder: StaticQueryEncoder | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -79,6 +85,12 @@ class SpladeEncoder:
                 names[i] = token
         self.vocab = Vocabulary(names, special_ids=tokenizer.all_special_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.query_encoder = query_encoder
+
+    @property
+    def mode(self) -> Mode:
+        """How queries are encoded: "siamese" (by the model) or "inference-free" (a lookup)."""
+        return "siamese" if self.query_encoder is None else "inference-free"
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -132,7 +144,7 @@ class SpladeEncoder:
         model = model.to(torch_device, torch_dtype).eval()
         if compile:
             model = torch.compile(model, dynamic=True)
-        return cls(
+        encoder = cls(
             model,
             tokenizer,
             head,
@@ -141,6 +153,12 @@ class SpladeEncoder:
             name=name_or_path,
             max_batch_tokens=_default_batch_tokens(torch_device),
         )
+        if layout.query_files is not None:
+            encoder.query_encoder = StaticQueryEncoder.from_files(
+                layout.query_files, vocab=encoder.vocab, name=name_or_path
+            )
+            _require_same_vocabulary(encoder.query_encoder, tokenizer, name_or_path)
+        return encoder
 
     # ------------------------------------------------------------------ encoding
     def encode_documents(
@@ -178,7 +196,12 @@ class SpladeEncoder:
         min_weight: float | None = None,
         empty: EmptyPolicy = "error",
     ) -> SparseBatch:
-        """Encode queries. The models supported so far are symmetric: same network as documents."""
+        """Encode queries: through the model (siamese), or by weight lookup (inference-free;
+        ``max_length`` does not apply there: the model's query truncation does)."""
+        if self.query_encoder is not None:
+            return self.query_encoder.encode_queries(
+                texts, top_k=top_k, min_weight=min_weight, empty=empty
+            )
         return self.encode_documents(
             texts, batch_size=batch_size, top_k=top_k, min_weight=min_weight, empty=empty
         )
@@ -326,6 +349,15 @@ def _length_batches(
         batch.append(k)
     if batch:
         yield batch
+
+
+def _require_same_vocabulary(query: StaticQueryEncoder, tokenizer: Any, name: str) -> None:
+    """Query and document ids must name the same tokens, or scores would be meaningless."""
+    document_vocab = tokenizer.get_vocab()
+    if query.backend.get_vocab(with_added_tokens=True) != document_vocab:
+        raise ModelLoadError(
+            f"{name}: the query tokenizer's vocabulary differs from the document model's"
+        )
 
 
 def _detach_vocab_projection(model: nn.Module, name: str) -> nn.Linear:

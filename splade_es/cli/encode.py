@@ -33,6 +33,11 @@ from .app import (
     warn,
 )
 
+_MODE_NOTES = {
+    "siamese": "siamese (queries and documents both go through the model)",
+    "inference-free": "inference-free (documents by the model; queries by a token weight table)",
+}
+
 
 @main.command()
 @model_option()
@@ -155,6 +160,7 @@ def encode(**opts: Any) -> None:
                 write_vectors(out)
     elapsed = time.perf_counter() - started
     table = Table(title=f"encoded with {opts['model']}", show_header=False)
+    table.add_row("mode", _MODE_NOTES[encoder.mode])
     table.add_row("documents", f"{stats['documents']:,}")
     table.add_row(
         "truncated documents", f"{stats['truncated']:,} (max {encoder.max_length} tokens)"
