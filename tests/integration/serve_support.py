@@ -149,8 +149,10 @@ class StubServer:
 def forward_to(upstream: str, *, require: str | None = None, plain_json: bool = False) -> Handler:
     """A handler that relays to ``upstream``; with ``require``, only requests whose
     ``Authorization`` is exactly that (like a cluster with security on) get through.
-    ``plain_json`` reads Elasticsearch's versioned media types as plain JSON, as
-    Elasticsearch does (the emulator refuses them)."""
+    ``plain_json`` lets the official Elasticsearch clients talk to an OpenSearch cluster: it
+    reads their versioned media types as plain JSON, as Elasticsearch does (OpenSearch and the
+    emulator refuse them), and answers with the ``X-Elastic-Product: Elasticsearch`` header
+    their product check requires (a real OpenSearch does not send it)."""
     target = urlsplit(upstream)
 
     def handle(request: Recorded) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -178,6 +180,8 @@ def forward_to(upstream: str, *, require: str | None = None, plain_json: bool = 
                 for k, v in response.getheaders()
                 if k.lower() not in ("content-length", "transfer-encoding", "connection")
             ]
+            if plain_json and not any(k.lower() == "x-elastic-product" for k, _ in out):
+                out.append(("X-Elastic-Product", "Elasticsearch"))
             return response.status, out, response.read()
         finally:
             conn.close()
