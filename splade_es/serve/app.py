@@ -261,7 +261,8 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
                 batch = SparseBatch.concat(vectors)
             else:
                 assert service.batcher is not None and service.encoder is not None
-                batch = await service.batcher.run(service.encoder.encode_documents, texts)
+                document_encoder = await service.document_encoder()
+                batch = await service.batcher.run(document_encoder.encode_documents, texts)
             codec = TokenCodec(batch.vocab, scheme=scheme)  # type: ignore[arg-type]
             vectors_out = [
                 {"tokens": batch.to_dict(i), "features": codec.encode(batch, i)}

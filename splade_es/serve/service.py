@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..checkpoint import read_layout, resolve_checkpoint
 from ..connect import ConnectionConfig
 from ..encoder import SpladeEncoder
 from ..engines import FieldType, Hybrid, dialect_for
 from ..exceptions import ConfigurationError
 from ..query import QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
+from ..static_query import StaticQueryEncoder
 from . import rewrite
 from .batcher import MicroBatcher
 from .facts import FactsCache
@@ -65,12 +67,24 @@ class HttpError(Exception):
         self.reason = reason
 
 
+def load_query_encoder(model: str, device: str = "auto") -> SpladeEncoder | StaticQueryEncoder:
+    """What the query path needs: an inference-free model's token weight table alone (no torch
+    model, microseconds a query), or the whole model for a siamese one."""
+    layout = read_layout(resolve_checkpoint(model))
+    if layout.query_files is not None:
+        return StaticQueryEncoder.from_files(layout.query_files, name=model)
+    return SpladeEncoder.from_pretrained(model, device=device)
+
+
 class Service:
     """Everything one serve process holds: model, batcher, upstream, cached index facts."""
 
-    def __init__(self, config: ServeConfig, encoder: SpladeEncoder | None = None) -> None:
+    def __init__(
+        self, config: ServeConfig, encoder: SpladeEncoder | StaticQueryEncoder | None = None
+    ) -> None:
         self.config = config
         self.encoder = encoder
+        self._document_encoder: SpladeEncoder | None = None
         self.metrics = Metrics()
         self.upstream = Upstream(config.connection, max_connections=config.max_connections)
         self.facts = FactsCache(self.upstream, ttl=config.facts_ttl)
@@ -78,14 +92,14 @@ class Service:
         self._engine_builders: dict[tuple[Any, ...], QueryBuilder] = {}
 
     async def start(self) -> None:
-        if self.config.threads:
+        if self.encoder is None:
+            self.encoder = await asyncio.to_thread(
+                load_query_encoder, self.config.model, self.config.device
+            )
+        if self.config.threads and isinstance(self.encoder, SpladeEncoder):
             import torch
 
             torch.set_num_threads(self.config.threads)
-        if self.encoder is None:
-            self.encoder = await asyncio.to_thread(
-                SpladeEncoder.from_pretrained, self.config.model, device=self.config.device
-            )
         encoder = self.encoder
         self.batcher = MicroBatcher(
             lambda texts: encoder.encode_queries(texts, batch_size=max(1, len(texts))),
@@ -129,6 +143,17 @@ class Service:
         return builder
 
     # ------------------------------------------------------------------ encoding
+    async def document_encoder(self) -> SpladeEncoder:
+        """The masked-LM document side. For an inference-free model it is loaded on the first
+        document request only: a proxy that translates queries never loads it."""
+        if isinstance(self.encoder, SpladeEncoder):
+            return self.encoder
+        if self._document_encoder is None:
+            self._document_encoder = await asyncio.to_thread(
+                SpladeEncoder.from_pretrained, self.config.model, device=self.config.device
+            )
+        return self._document_encoder
+
     async def query_vectors(self, texts: Sequence[str]) -> list[SparseBatch]:
         assert self.batcher is not None
         return await self.batcher.encode(texts)

@@ -75,3 +75,55 @@ def test_search_with_an_inference_free_encoder(cluster, index_name, inference_fr
         )
         assert [(h.id, h.score) for h in alone.hits] == [(h.id, h.score) for h in result.hits]
         assert ran[n] == {h.id: h.score for h in result.hits}
+
+
+def test_serve_translates_inference_free_queries_without_loading_the_model(
+    cluster, inference_free_dir, monkeypatch
+):
+    """The proxy loads only the weight table for queries; the masked-LM is loaded on the first
+    document request, and never for query translation."""
+    from splade_es.serve import service as service_module
+    from tests.integration.serve_support import raw_request, running_proxy
+
+    folder, _ = inference_free_dir
+    loads = []
+    real_load = SpladeEncoder.from_pretrained
+
+    def counted(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(service_module.SpladeEncoder, "from_pretrained", counted)
+
+    def post(app, path, payload):
+        headers = {"Content-Type": "application/json"}
+        status, _, body = raw_request(
+            app.state.url, "POST", path, json.dumps(payload).encode(), headers
+        )
+        return status, json.loads(body)
+
+    with running_proxy(cluster.url, None, model=str(folder), device="cpu") as app:
+        assert isinstance(app.state.service.encoder, StaticQueryEncoder)
+        status, out = post(
+            app,
+            "/_splade/query",
+            {
+                "text": QUERIES[0],
+                "engine": cluster.engine,
+                "version": ".".join(map(str, cluster.version)),
+                "field_type": "rank_features",
+                "field": "splade",
+            },
+        )
+        assert status == 200, out
+        clauses = json.dumps(out["body"])
+        for word in QUERIES[0].split():
+            assert f"splade.{word}" in clauses
+        assert loads == []  # no model for queries
+        status, out = post(app, "/_splade/encode", {"texts": ["tax code"], "kind": "document"})
+        assert status == 200, out
+        assert len(loads) == 1  # the document side, loaded on demand
+        expected = SpladeEncoder.from_pretrained(str(folder), device="cpu")
+        assert out["vectors"][0]["tokens"] == pytest.approx(
+            expected.encode_documents(["tax code"]).to_dict(0), rel=1e-5
+        )
