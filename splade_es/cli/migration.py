@@ -55,6 +55,20 @@ from .app import (
 @click.option("--min-ndcg-gain", type=float, help="Gate: nDCG@10 gain over BM25 (needs qrels).")
 @click.option("--min-overlap", type=click.FloatRange(0, 1), help="Gate: overlap@10 with BM25.")
 @click.option("--hybrid-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option(
+    "--max-delta",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Catch-up passes repeat until one finds fewer changes than this.",
+)
+@click.option("--max-passes", default=10, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--no-write-block",
+    is_flag=True,
+    help="Do not block writes to --source during the final pass and the switch (writes "
+    "acknowledged in between can be missing from the target).",
+)
 @click.option("--switch", "mode", flag_value="switch", help="Switch the alias if the gate passes.")
 @click.option(
     "--dry-run", "mode", flag_value="dry-run", default=True, help="Do not switch (default)."
@@ -114,6 +128,9 @@ def migrate(**opts: Any) -> None:
         or str(default_dead_letter(opts["target"], opts["checkpoint"])),
         gate=gate,
         switch=opts["mode"] == "switch",
+        max_delta=opts["max_delta"],
+        max_passes=opts["max_passes"],
+        write_block=not opts["no_write_block"],
     )
     from ..encoder import SpladeEncoder
 
@@ -154,7 +171,7 @@ def migrate(**opts: Any) -> None:
         if report.gate:
             print_table(gate_table(report))
         for line in summary_lines(report):
-            err_console.print(line)
+            err_console.print(Text(line))
     failed = not report.verification.ok or (report.gate is not None and not report.gate.passed)
     if failed:
         sys.exit(EXIT_PARTIAL)
