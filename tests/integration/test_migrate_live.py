@@ -18,8 +18,13 @@ operations per shard nor block writes):
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -202,4 +207,84 @@ def test_live_writes_during_migrate_switch_are_all_in_the_target(cluster, index_
         client.index(index=index_name, id="after", body={"title": "a", "text": "b"})
     finally:
         writer.stop.set()
+        client.indices.delete(index=target, ignore_unavailable=True)
+
+
+def write_blocked(client, index) -> bool:
+    settings = client.indices.get_settings(index=index)[index]["settings"]["index"]
+    return str(settings.get("blocks", {}).get("write", "false")) == "true"
+
+
+def test_killed_during_the_final_sync_resumes_lifts_the_block_and_loses_nothing(
+    cluster, index_name, encoder, search_model_dir, tmp_path
+):
+    """kill -9 while the source is write-blocked: nothing can lift the block then, so the
+    resumed run must (its state file says it blocked), and still end with target == what
+    the writer was told."""
+    client = cluster.client
+    docs = make_documents(600, seed=37)
+    alias, target = create_bm25_index(client, index_name, docs)
+    codec = TokenCodec(encoder.vocab, scheme=dialect_of(client).key_scheme("rank_features"))
+    queries, qrels = gate_data(docs)
+    (tmp_path / "q.jsonl").write_text(
+        "\n".join(json.dumps({"_id": k, "text": v}) for k, v in queries.items())
+    )
+    (tmp_path / "qrels.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n"
+        + "".join(f"{q}\t{next(iter(d))}\t1\n" for q, d in qrels.items())
+    )
+    command = [
+        sys.executable, "-m", "splade_es.cli", "migrate", "--url", cluster.url,
+        "--source", index_name, "--target", target, "--alias", alias,
+        "--model", str(search_model_dir), "--batch-size", "16", "--workers", "1",
+        "--gate-queries", str(tmp_path / "q.jsonl"), "--gate-qrels", str(tmp_path / "qrels.tsv"),
+        "--min-ndcg-gain", "-1", "--switch", "--max-passes", "2",
+        "--checkpoint", str(tmp_path / "state.json"), "--json", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    writer = Writer(client, alias, target, docs, encoder, codec)
+    try:
+        writer.start()
+        victim = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 300
+        while (
+            time.time() < deadline
+            and victim.poll() is None
+            and not write_blocked(client, index_name)
+        ):
+            time.sleep(0.01)
+        assert victim.poll() is None, victim.communicate()[1][-2000:]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert write_blocked(client, index_name), "killed outside the final sync"
+        assert json.loads((tmp_path / "state.json").read_text())["write_block"] is True
+
+        resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        report = json.loads(resumed.stdout)
+        writer.stop.set()
+        writer.join(timeout=60)
+        assert writer.error is None, writer.error
+        assert report["switched"] and report["verification"]["written_after"] == []
+        assert report["passes"][-1]["under_write_block"]
+        assert alias_indices(client, alias) == (target,)
+        assert not write_blocked(client, index_name)
+        assert writer.rejected >= 1
+        print(
+            f"\nresumed: writes blocked {report['write_blocked_seconds']:.2f} s; "
+            f"writer: {writer.acknowledged} acknowledged, {writer.rejected} rejected tries"
+        )
+
+        copied = read_all(client, target)
+        assert sorted(copied) == sorted(writer.model)
+        for doc_id, source in copied.items():
+            assert {k: v for k, v in source.items() if k != "splade"} == writer.model[doc_id]
+        ids = sorted(copied)
+        batch = encoder.encode_documents([document_text(copied[i]) for i in ids])
+        vectors = {i: codec.encode(batch, row) for row, i in enumerate(ids)}
+        assert [i for i in ids if cosine(copied[i]["splade"], vectors[i]) < 0.99] == []
+    finally:
+        writer.stop.set()
+        if write_blocked(client, index_name):
+            client.indices.put_settings(index=index_name, body={"index.blocks.write": None})
         client.indices.delete(index=target, ignore_unavailable=True)
