@@ -30,7 +30,6 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +49,11 @@ from .migrate_sync import (
     initial_watermarks,
     lift_write_block,
     read_checkpoints,
-    read_ids,
     read_max_seq_nos,
     take_watermarks,
     write_block,
 )
+from .migrate_verify import Verification, verify
 from .query import QueryBuilder
 
 log = logging.getLogger(__name__)
@@ -113,28 +112,6 @@ class MigrationConfig:
             raise ConfigurationError(
                 "switching the alias needs a relevance gate (gate queries and a threshold)"
             )
-
-
-@dataclass(frozen=True)
-class Verification:
-    source_count: int
-    target_count: int
-    missing: tuple[str, ...]  # ids in the source but not the target (first few)
-    extra: tuple[str, ...]  # ids in the target but not the source (first few)
-    sampled: int
-    mismatches: tuple[tuple[str, str], ...]  # (id, field) that differ
-    # Shards of the source written after the final pass (only possible without a write
-    # block): the target can miss those writes.
-    written_after: tuple[int, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.source_count == self.target_count
-            and not self.missing
-            and not self.extra
-            and not self.mismatches
-        )
 
 
 @dataclass(frozen=True)
@@ -225,61 +202,6 @@ def rollback(client: Any, alias: str, source: str) -> tuple[str, ...]:
     if not call(lambda: client.indices.exists(index=source), f"checking {source}"):
         raise ConfigurationError(f"cannot roll back: index {source!r} does not exist")
     return switch_alias(client, alias, source)
-
-
-def verify(
-    client: Any,
-    source: str,
-    target: str,
-    *,
-    dialect: Dialect,
-    sparse_field: str,
-    sample: int = 20,
-    synced_at: Watermarks | None = None,
-) -> Verification:
-    """Counts, the id sets of both indices, ``sample`` documents compared field by field (the
-    target's minus the sparse field must equal the source's) and, with ``synced_at`` (the
-    source's max sequence numbers when the final pass began), the shards written since."""
-    written_after: tuple[int, ...] = ()
-    if synced_at is not None:
-        now = read_max_seq_nos(client, source)
-        written_after = tuple(s for s in sorted(now) if now[s] != synced_at.get(s))
-    source_ids = read_ids(client, source, dialect=dialect)
-    target_ids = read_ids(client, target, dialect=dialect)
-    source_count = _count(client, source)
-    target_count = _count(client, target)
-    missing = tuple(sorted(source_ids - target_ids)[:20])
-    extra = tuple(sorted(target_ids - source_ids)[:20])
-    records = list(
-        islice(read_index(client, source, dialect=dialect, page_size=max(sample, 1)), sample)
-    )
-    mismatches: list[tuple[str, str]] = []
-    if records:
-        source = dialect.full_source()  # vector fields too, or a lost one goes unnoticed
-        docs = [{"_id": str(r.doc["_id"]), "_source": source} for r in records]
-        response = call(lambda: client.mget(index=target, body={"docs": docs}), f"reading {target}")
-        copies = {d["_id"]: d.get("_source") for d in response["docs"] if d.get("found")}
-        for record in records:
-            doc_id = str(record.doc["_id"])
-            original = {k: v for k, v in record.doc.items() if k != "_id"}
-            copied = copies.get(doc_id)
-            if copied is None:
-                continue  # counted as missing above
-            copied = {k: v for k, v in copied.items() if k != sparse_field}
-            for name in sorted(set(original) | set(copied)):
-                if original.get(name) != copied.get(name):
-                    mismatches.append((doc_id, name))
-            if sparse_field not in copies[doc_id]:
-                mismatches.append((doc_id, sparse_field))
-    return Verification(
-        source_count,
-        target_count,
-        missing,
-        extra,
-        len(records),
-        tuple(mismatches),
-        written_after,
-    )
 
 
 def run_gate(
@@ -594,10 +516,6 @@ def _refused(passes: list[SyncPass], notes: list[str]) -> bool:
 def _note_block(config: MigrationConfig, state: dict[str, Any]) -> None:
     state["write_block"] = True
     _save_state(config, state)
-
-
-def _count(client: Any, index: str) -> int:
-    return int(call(lambda: client.count(index=index), f"counting {index}")["count"])
 
 
 def _size(client: Any, index: str) -> int:
