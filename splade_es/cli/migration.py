@@ -88,7 +88,11 @@ def migrate(**opts: Any) -> None:
     """Move a BM25 index to SPLADE behind an alias, with a relevance gate before the switch.
 
     Exit status: 0 when done (switched, or a dry run whose checks passed), 1 when the gate or
-    the verification failed, 2 on errors.
+    the verification failed or --switch did not switch, 2 on errors.
+
+    The application may keep writing through the alias: catch-up passes copy its writes and
+    deletes, and the final pass and the switch run with writes to --source blocked (a few
+    seconds; --no-write-block to skip, at the risk of missing writes made meanwhile).
     """
     from ..ingest.checkpoint import default_dead_letter
     from ..migrate import Gate, MigrationConfig, report_json, rollback
@@ -172,7 +176,12 @@ def migrate(**opts: Any) -> None:
             print_table(gate_table(report))
         for line in summary_lines(report):
             err_console.print(Text(line))
-    failed = not report.verification.ok or (report.gate is not None and not report.gate.passed)
+    failed = (
+        not report.verification.ok
+        or (report.gate is not None and not report.gate.passed)
+        # e.g. documents refused during a catch-up pass: asked to switch, did not
+        or (opts["mode"] == "switch" and not report.switched)
+    )
     if failed:
         sys.exit(EXIT_PARTIAL)
 

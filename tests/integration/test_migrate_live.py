@@ -288,3 +288,44 @@ def test_killed_during_the_final_sync_resumes_lifts_the_block_and_loses_nothing(
         if write_blocked(client, index_name):
             client.indices.put_settings(index=index_name, body={"index.blocks.write": None})
         client.indices.delete(index=target, ignore_unavailable=True)
+
+
+def test_no_write_block_switches_without_ever_blocking_the_source(cluster, index_name, encoder):
+    client = cluster.client
+    docs = make_documents(120, seed=41)
+    alias, target = create_bm25_index(client, index_name, docs)
+    queries, qrels = gate_data(docs)
+    blocked_seen = threading.Event()
+    watching = threading.Event()
+
+    def watch() -> None:  # the source must accept writes throughout
+        while not watching.is_set():
+            if write_blocked(client, index_name):
+                blocked_seen.set()
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        report = migrate(
+            client,
+            MigrationConfig(
+                source=index_name,
+                target=target,
+                alias=alias,
+                switch=True,
+                write_block=False,
+                gate=Gate(queries=queries, qrels=qrels, min_ndcg_gain=-1.0),
+            ),
+            encoder=encoder,
+        )
+        watching.set()
+        watcher.join()
+        assert report.switched and report.verification.ok
+        assert report.write_blocked_seconds is None
+        assert not any(p.under_write_block for p in report.passes)
+        assert not blocked_seen.is_set()
+        assert alias_indices(client, alias) == (target,)
+    finally:
+        watching.set()
+        client.indices.delete(index=target, ignore_unavailable=True)
