@@ -329,3 +329,37 @@ def test_no_write_block_switches_without_ever_blocking_the_source(cluster, index
     finally:
         watching.set()
         client.indices.delete(index=target, ignore_unavailable=True)
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_final_sync_lifts_the_block_and_leaves_the_alias(
+    cluster, index_name, encoder, interruption
+):
+    """Ctrl-C (or any error) while writes are blocked: the block goes, the alias stays."""
+    client = cluster.client
+    docs = make_documents(60, seed=43)
+    alias, target = create_bm25_index(client, index_name, docs)
+    queries, qrels = gate_data(docs, n=4)
+    seen_blocked = []
+
+    def on_step(message: str) -> None:
+        if "blocked for the final pass" in message:
+            seen_blocked.append(write_blocked(client, index_name))
+            raise interruption("stopped by the user")
+
+    config = MigrationConfig(
+        source=index_name,
+        target=target,
+        alias=alias,
+        switch=True,
+        gate=Gate(queries=queries, qrels=qrels, min_ndcg_gain=-1.0),
+    )
+    try:
+        with pytest.raises(interruption):
+            migrate(client, config, encoder=encoder, on_step=on_step)
+        assert seen_blocked == [True]
+        assert not write_blocked(client, index_name)
+        assert alias_indices(client, alias) == (index_name,)
+        client.index(index=index_name, id="after", body={"title": "a", "text": "b"})
+    finally:
+        client.indices.delete(index=target, ignore_unavailable=True)

@@ -27,12 +27,14 @@ import pytest
 from splade_es.engines import dialect_for
 from splade_es.exceptions import ClusterError
 from splade_es.ingest import IngestReport
+from splade_es.ingest.index_source import read_shard_changes
 from splade_es.migrate_sync import (
     catch_up,
     decode_watermarks,
     delete_body,
     delete_failures,
     encode_watermarks,
+    read_ids,
     shard_checkpoints,
     take_watermarks,
     write_block,
@@ -124,6 +126,7 @@ class FakeCluster:
         self.calls: list[tuple[str, str]] = []
         self.after_stats: list[Any] = []
         self.fail_unblock = 0
+        self.searches: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self._scrolls: dict[str, list[list[dict[str, Any]]]] = {}
 
     def create(self, name: str, shards: int = 2) -> FakeIndex:
@@ -132,6 +135,7 @@ class FakeCluster:
 
     def search(self, index: str, scroll: str, body: dict[str, Any], **params: Any) -> dict:
         self.calls.append(("search", index))
+        self.searches.append((body, params))
         fake = self.indices_[index]
         after = body.get("query", {}).get("range", {}).get("_seq_no", {}).get("gt", -2)
         only = params.get("preference", "")
@@ -386,3 +390,24 @@ def test_an_index_blocked_before_stays_blocked():
         pass
     assert source.blocked and not block.added
     assert ("add_block", "src") not in cluster.calls
+
+
+def test_change_reads_keep_vector_fields_on_elasticsearch_9_2_and_id_reads_skip_sources():
+    """elastic/elasticsearch 9.2 leaves vector fields out of ``_source`` unless asked
+    (``exclude_vectors``, see tests/unit/test_conformance.py): a re-copied document must keep
+    them, and id-only reads need no source at all."""
+    cluster = FakeCluster()
+    source = cluster.create("src")
+    source.write("a", {"text": "x", "emb": [0.5, 1.0]})
+    es92 = dialect_for("elasticsearch", "9.2.0")
+    shard = source.shard_of("a")
+    records = list(read_shard_changes(cluster, "src", shard, -1, dialect=es92))
+    assert [r.doc for r in records] == [{"text": "x", "emb": [0.5, 1.0], "_id": "a"}]
+    body, params = cluster.searches[-1]
+    assert body["_source"] == {"exclude_vectors": False}
+    assert body["query"] == {"range": {"_seq_no": {"gt": -1}}}
+    assert params == {"preference": f"_shards:{shard}"}
+    assert list(read_shard_changes(cluster, "src", shard, 0, dialect=es92)) == []
+
+    assert read_ids(cluster, "src", dialect=DIALECT) == {"a"}
+    assert cluster.searches[-1][0]["_source"] is False
