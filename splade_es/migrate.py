@@ -403,20 +403,27 @@ def migrate(
     alias_after = alias_before
     blocked_seconds: float | None = None
     want_switch = config.switch and gate is not None and gate.passed
+
+    def may_switch(verification: Verification) -> bool:
+        # A refused document's target copy is stale or absent: ids alone may not show it.
+        return want_switch and verification.ok and not any(p.refused for p in passes)
+
     if want_switch and config.write_block:
         with write_block(
-            client, config.source, dialect=dialect, on_added=lambda: _note_block(config, state)
+            client,
+            config.source,
+            dialect=dialect,
+            on_added=lambda: _note_block(config, state, blocked=True),
+            on_lifted=lambda: _note_block(config, state, blocked=False),
         ) as block:
             step(f"writes to {config.source} blocked for the final pass and the switch")
             synced_at = read_max_seq_nos(client, config.source)
             passes.append(run_pass(len(passes) + 1, blocked=True))
             verification = _verify(client, config, dialect, synced_at)
-            if verification.ok and not _refused(passes, notes):
+            if may_switch(verification):
                 step(f"switching alias {config.alias} -> {config.target}")
                 alias_after = switch_alias(client, config.alias, config.target)
                 switched = True
-        state.pop("write_block", None)
-        _save_state(config, state)
         if block.added:
             blocked_seconds = block.seconds
             step(f"writes to {config.source} unblocked after {block.seconds:.2f} s")
@@ -426,10 +433,16 @@ def migrate(
         synced_at = read_max_seq_nos(client, config.source)
         passes.append(run_pass(len(passes) + 1))
         verification = _verify(client, config, dialect, synced_at)
-        if want_switch and verification.ok and not _refused(passes, notes):
+        if may_switch(verification):
             step(f"switching alias {config.alias} -> {config.target} (no write block)")
             alias_after = switch_alias(client, config.alias, config.target)
             switched = True
+    refused = sum(p.refused for p in passes)
+    if refused:
+        notes.append(
+            f"{refused} documents were refused during the catch-up passes (see the .passN "
+            "dead-letter files)" + ("; alias not switched" if want_switch else "")
+        )
     if verification.written_after:
         notes.append(
             f"{config.source} was written after the final pass (shards "
@@ -501,20 +514,12 @@ def _verify(
     )
 
 
-def _refused(passes: list[SyncPass], notes: list[str]) -> bool:
-    """True (with a note) when a pass could not copy some documents: their target copies are
-    stale or absent, which the id comparison alone would not show for an update."""
-    refused = sum(p.refused for p in passes)
-    if refused:
-        notes.append(
-            f"alias not switched: {refused} documents were refused during the catch-up passes "
-            "(see the .passN dead-letter files)"
-        )
-    return bool(refused)
-
-
-def _note_block(config: MigrationConfig, state: dict[str, Any]) -> None:
-    state["write_block"] = True
+def _note_block(config: MigrationConfig, state: dict[str, Any], *, blocked: bool) -> None:
+    """Record in the state file whether this run holds a write block on the source."""
+    if blocked:
+        state["write_block"] = True
+    else:
+        state.pop("write_block", None)
     _save_state(config, state)
 
 

@@ -212,12 +212,14 @@ def write_block(
     *,
     dialect: Dialect,
     on_added: Callable[[], None] | None = None,
+    on_lifted: Callable[[], None] | None = None,
     attempts: int = 5,
 ) -> Iterator[WriteBlock]:
     """Refuse writes to ``index`` for the duration of the ``with`` body, and lift the block
     in every outcome (an exception, Ctrl-C). An index that was blocked before is left
-    blocked. ``on_added`` runs once the block is in place (the caller records it, so a
-    migration killed with -9 lifts it when resumed)."""
+    blocked. ``on_added`` runs just before the block is added and ``on_lifted`` once it is
+    lifted (the caller records the block in between, so a migration killed with -9, or
+    whose lifting failed, lifts it when resumed)."""
     if blocked_already(client, index):
         yield WriteBlock(index, added=False)
         return
@@ -231,6 +233,8 @@ def write_block(
     finally:
         block.seconds = time.perf_counter() - started
         lift_write_block(client, index, dialect=dialect, attempts=attempts)
+        if on_lifted:
+            on_lifted()
 
 
 def lift_write_block(client: Any, index: str, *, dialect: Dialect, attempts: int = 5) -> None:

@@ -353,11 +353,17 @@ def test_write_block_is_lifted_after_success_failure_and_ctrl_c():
     cluster = FakeCluster()
     source = cluster.create("src")
     noted = []
-    with write_block(cluster, "src", dialect=DIALECT, on_added=lambda: noted.append(1)) as b:
-        assert source.blocked
+    with write_block(
+        cluster,
+        "src",
+        dialect=DIALECT,
+        on_added=lambda: noted.append("added"),
+        on_lifted=lambda: noted.append("lifted"),
+    ) as b:
+        assert source.blocked and noted == ["added"]
         with pytest.raises(Blocked):
             source.write("x", {"text": "refused while blocked"})
-    assert not source.blocked and b.added and b.seconds >= 0 and noted == [1]
+    assert not source.blocked and b.added and b.seconds >= 0 and noted == ["added", "lifted"]
 
     for interruption in (RuntimeError("the final pass failed"), KeyboardInterrupt()):
         with pytest.raises(type(interruption)), write_block(cluster, "src", dialect=DIALECT):
@@ -377,9 +383,16 @@ def test_write_block_lift_is_retried_and_a_failure_says_how_to_lift_it():
     assert [c for c in cluster.calls if c[0] == "put_settings"] == [("put_settings", "src")] * 3
 
     cluster.fail_unblock = 10
+    lifted = []
     refused = pytest.raises(ClusterError, match=r"src still refuses writes.*index.blocks.write")
-    with refused, write_block(cluster, "src", dialect=DIALECT, attempts=2):
+    with (
+        refused,
+        write_block(
+            cluster, "src", dialect=DIALECT, attempts=2, on_lifted=lambda: lifted.append(1)
+        ),
+    ):
         pass
+    assert source.blocked and lifted == []  # the caller keeps the block recorded, to retry
 
 
 def test_an_index_blocked_before_stays_blocked():
