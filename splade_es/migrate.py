@@ -2,16 +2,19 @@
 
 ::
 
-    plan ──► create target ──► copy (index source -> ingestion pipeline) ──► verify ──► gate
-    (source settings        (PIT + search_after, sliced;       (counts, sampled   (old BM25 vs new
-     + mapping + sparse      resumable: what the target         documents field    SPLADE / hybrid:
-     field)                  already holds is skipped)          by field)          quality, latency,
-                                                                                   size)
-                                                      ──► switch: one atomic _aliases call
-                                                          (only if verified and the gate passed)
+    plan ──► create target ──► copy (index source -> ingestion pipeline) ──► gate
+    (source settings        (PIT + search_after, sliced;       (old BM25 vs new SPLADE /
+     + mapping + sparse      resumable: what the target         hybrid: quality, latency,
+     field)                  already holds is skipped)          size)
+      ──► catch-up passes ──► [write block] final pass ──► verify ──► switch [block lifted]
+          (writes made meanwhile, (nothing can be written   (ids, shard      one atomic
+          until fewer than         between it and the       sequence         _aliases call
+          max_delta: migrate_sync) switch)                  numbers, fields)
 
 The alias keeps pointing at the source until the switch, so searches never see a half-built
-index; ``rollback`` points it back in one call.
+index; ``rollback`` points it back in one call. The application may keep writing through the
+alias: the catch-up passes (``migrate_sync``) bring its writes and deletes over, and the
+final pass runs under a write block on the source, lifted in every outcome.
 
 >>> config = MigrationConfig(                                          # doctest: +SKIP
 ...     source="docs-bm25", target="docs-splade", alias="docs", switch=True,
@@ -25,9 +28,8 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,21 @@ from .evaluate import Latency, overlap_at, run_queries, score_run
 from .exceptions import ConfigurationError
 from .ingest import IngestConfig, IngestReport, ingest
 from .ingest.index_source import read_index, skip_existing
+from .ingest.sources import Record
+from .migrate_sync import (
+    SyncPass,
+    Watermarks,
+    catch_up,
+    decode_watermarks,
+    encode_watermarks,
+    initial_watermarks,
+    lift_write_block,
+    read_checkpoints,
+    read_max_seq_nos,
+    take_watermarks,
+    write_block,
+)
+from .migrate_verify import Verification, verify
 from .query import QueryBuilder
 
 log = logging.getLogger(__name__)
@@ -79,28 +96,22 @@ class MigrationConfig:
     gate: Gate | None = None
     switch: bool = False  # False: dry run, everything but the alias switch
     verify_sample: int = 20
+    # Catch-up passes repeat until one finds fewer changes than this (or max_passes ran).
+    max_delta: int = 10
+    max_passes: int = 10
+    # Run the final pass and the switch with the source refusing writes. False: a write
+    # acknowledged between the final pass and the switch can be missing from the target.
+    write_block: bool = True
 
     def __post_init__(self) -> None:
+        if self.max_delta < 1 or self.max_passes < 1:
+            raise ConfigurationError("max_delta and max_passes must be >= 1")
         if len({self.source, self.target, self.alias}) != 3:
             raise ConfigurationError("source, target and alias must be three different names")
         if self.switch and self.gate is None:
             raise ConfigurationError(
                 "switching the alias needs a relevance gate (gate queries and a threshold)"
             )
-
-
-@dataclass(frozen=True)
-class Verification:
-    source_count: int
-    target_count: int
-    missing: tuple[str, ...]  # ids in the source but not the target (first few)
-    extra: tuple[str, ...]  # ids in the target but not the source (first few)
-    sampled: int
-    mismatches: tuple[tuple[str, str], ...]  # (id, field) that differ
-
-    @property
-    def ok(self) -> bool:
-        return self.source_count == self.target_count and not self.mismatches
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,8 @@ class MigrationReport:
     alias_after: tuple[str, ...]
     engine: str = ""
     notes: tuple[str, ...] = field(default=())
+    passes: tuple[SyncPass, ...] = ()  # catch-up passes, the final one last
+    write_blocked_seconds: float | None = None  # None: the source was never blocked
 
 
 # ---------------------------------------------------------------------- steps
@@ -189,46 +202,6 @@ def rollback(client: Any, alias: str, source: str) -> tuple[str, ...]:
     if not call(lambda: client.indices.exists(index=source), f"checking {source}"):
         raise ConfigurationError(f"cannot roll back: index {source!r} does not exist")
     return switch_alias(client, alias, source)
-
-
-def verify(
-    client: Any, source: str, target: str, *, dialect: Dialect, sparse_field: str, sample: int = 20
-) -> Verification:
-    """Counts, missing/extra ids when they differ, and ``sample`` documents compared field
-    by field (the target's minus the sparse field must equal the source's)."""
-    for index in (source, target):
-        call(lambda index=index: client.indices.refresh(index=index), f"refreshing {index}")
-    source_count = _count(client, source)
-    target_count = _count(client, target)
-    missing: tuple[str, ...] = ()
-    extra: tuple[str, ...] = ()
-    if source_count != target_count:
-        source_ids = {str(r.doc["_id"]) for r in read_index(client, source, dialect=dialect)}
-        target_ids = {str(r.doc["_id"]) for r in read_index(client, target, dialect=dialect)}
-        missing = tuple(sorted(source_ids - target_ids)[:20])
-        extra = tuple(sorted(target_ids - source_ids)[:20])
-    records = list(
-        islice(read_index(client, source, dialect=dialect, page_size=max(sample, 1)), sample)
-    )
-    mismatches: list[tuple[str, str]] = []
-    if records:
-        source = dialect.full_source()  # vector fields too, or a lost one goes unnoticed
-        docs = [{"_id": str(r.doc["_id"]), "_source": source} for r in records]
-        response = call(lambda: client.mget(index=target, body={"docs": docs}), f"reading {target}")
-        copies = {d["_id"]: d.get("_source") for d in response["docs"] if d.get("found")}
-        for record in records:
-            doc_id = str(record.doc["_id"])
-            original = {k: v for k, v in record.doc.items() if k != "_id"}
-            copied = copies.get(doc_id)
-            if copied is None:
-                continue  # counted as missing above
-            copied = {k: v for k, v in copied.items() if k != sparse_field}
-            for name in sorted(set(original) | set(copied)):
-                if original.get(name) != copied.get(name):
-                    mismatches.append((doc_id, name))
-            if sparse_field not in copies[doc_id]:
-                mismatches.append((doc_id, sparse_field))
-    return Verification(source_count, target_count, missing, extra, len(records), tuple(mismatches))
 
 
 def run_gate(
@@ -324,6 +297,11 @@ def migrate(
         notes.append(f"alias {config.alias} pointed at {', '.join(alias_before)}")
 
     state = _load_state(config)
+    if state.pop("write_block", False):
+        # A run killed inside its final pass left the source refusing writes.
+        step(f"lifting the write block a stopped migration left on {config.source}")
+        lift_write_block(client, config.source, dialect=dialect)
+        _save_state(config, state)
     resuming = call(lambda: client.indices.exists(index=config.target), "checking the target")
     if not resuming:
         step(f"creating {config.target} from {config.source}'s settings and mapping")
@@ -338,6 +316,17 @@ def migrate(
         state = {"phase": "copying"}
         _save_state(config, state)
 
+    if "watermarks" in state:
+        watermarks = decode_watermarks(state["watermarks"])
+    elif resuming:
+        # What the target holds came from an unknown moment: the first pass re-copies all.
+        watermarks = initial_watermarks(read_checkpoints(client, config.source))
+    else:
+        # Taken before the copy's reader opens: every write after it reaches a pass.
+        watermarks = take_watermarks(client, config.source)
+    state["watermarks"] = encode_watermarks(watermarks)
+    _save_state(config, state)
+
     copy_report: IngestReport | None = None
     skipped: list[int] = []
     if state.get("phase") != "copied":
@@ -351,39 +340,17 @@ def migrate(
         if resuming:
             records = skip_existing(client, config.target, records, skipped=skipped)
         copy_report = ingest(
-            client,
-            records,
-            encoder=encoder,
-            config=IngestConfig(
-                index=config.target,
-                id_field="_id",
-                text_fields=config.text_fields,
-                sparse_field=config.sparse_field,
-                batch_size=config.batch_size,
-                workers=config.workers,
-                dead_letter=config.dead_letter,
-                add_id_field=False,
-                input_name=f"index:{config.source}",
-            ),
-            progress=progress,
+            client, records, encoder=encoder, config=_ingest_config(config), progress=progress
         )
         state = {
             "phase": "copied",
             "indexed": copy_report.indexed,
             "dead_lettered": copy_report.dead_lettered,
             "skipped_existing": len(skipped),
+            "watermarks": state["watermarks"],
         }
         _save_state(config, state)
 
-    step("verifying counts and sampled documents")
-    verification = verify(
-        client,
-        config.source,
-        config.target,
-        dialect=dialect,
-        sparse_field=config.sparse_field,
-        sample=config.verify_sample,
-    )
     gate = None
     if config.gate is not None:
         step("running the relevance gate")
@@ -397,18 +364,97 @@ def migrate(
             sparse_field=config.sparse_field,
             progress=lambda label: step(f"gate: {label}"),
         )
+
+    def copier(records: Iterable[Record], number: int) -> IngestReport:
+        return ingest(client, records, encoder=encoder, config=_ingest_config(config, number))
+
+    def run_pass(number: int, *, blocked: bool = False) -> SyncPass:
+        done, after = catch_up(
+            client,
+            config.source,
+            config.target,
+            decode_watermarks(state["watermarks"]),
+            dialect=dialect,
+            copy=copier,
+            number=number,
+            under_write_block=blocked,
+        )
+        state["watermarks"] = encode_watermarks(after)
+        _save_state(config, state)
+        step(
+            f"catch-up pass {number}{' (writes blocked)' if blocked else ''}: "
+            f"{done.changed:,} changed, {done.deleted:,} deleted, {done.refused:,} refused, "
+            f"{done.missing:,} still missing ({done.seconds:.1f} s)"
+        )
+        return done
+
+    passes: list[SyncPass] = []
+    while len(passes) < config.max_passes:
+        passes.append(run_pass(len(passes) + 1))
+        if passes[-1].changes < config.max_delta:
+            break
+    else:
+        notes.append(
+            f"writes kept coming: {config.max_passes} catch-up passes did not converge below "
+            f"{config.max_delta} changes; the final pass took the rest"
+        )
+
     switched = False
     alias_after = alias_before
-    if config.switch:
+    blocked_seconds: float | None = None
+    want_switch = config.switch and gate is not None and gate.passed
+
+    def may_switch(verification: Verification) -> bool:
+        # A refused document's target copy is stale or absent: ids alone may not show it.
+        return want_switch and verification.ok and not any(p.refused for p in passes)
+
+    if want_switch and config.write_block:
+        with write_block(
+            client,
+            config.source,
+            dialect=dialect,
+            on_added=lambda: _note_block(config, state, blocked=True),
+            on_lifted=lambda: _note_block(config, state, blocked=False),
+        ) as block:
+            step(f"writes to {config.source} blocked for the final pass and the switch")
+            synced_at = read_max_seq_nos(client, config.source)
+            passes.append(run_pass(len(passes) + 1, blocked=True))
+            verification = _verify(client, config, dialect, synced_at)
+            if may_switch(verification):
+                step(f"switching alias {config.alias} -> {config.target}")
+                alias_after = switch_alias(client, config.alias, config.target)
+                switched = True
+        if block.added:
+            blocked_seconds = block.seconds
+            step(f"writes to {config.source} unblocked after {block.seconds:.2f} s")
+        else:
+            notes.append(f"{config.source} was write-blocked before the migration; left so")
+    else:
+        synced_at = read_max_seq_nos(client, config.source)
+        passes.append(run_pass(len(passes) + 1))
+        verification = _verify(client, config, dialect, synced_at)
+        if may_switch(verification):
+            step(f"switching alias {config.alias} -> {config.target} (no write block)")
+            alias_after = switch_alias(client, config.alias, config.target)
+            switched = True
+    refused = sum(p.refused for p in passes)
+    if refused:
+        notes.append(
+            f"{refused} documents were refused during the catch-up passes (see the .passN "
+            "dead-letter files)" + ("; alias not switched" if want_switch else "")
+        )
+    if verification.written_after:
+        notes.append(
+            f"{config.source} was written after the final pass (shards "
+            f"{', '.join(map(str, verification.written_after))}): without a write block those "
+            "writes can be missing from the target"
+        )
+    if config.switch and not switched:
         if not verification.ok:
             notes.append("alias not switched: verification failed")
         elif gate is None or not gate.passed:
             notes.append("alias not switched: the relevance gate did not pass")
-        else:
-            step(f"switching alias {config.alias} -> {config.target}")
-            alias_after = switch_alias(client, config.alias, config.target)
-            switched = True
-    else:
+    elif not config.switch:
         notes.append("dry run: alias left as it was (use --switch)")
     return MigrationReport(
         source=config.source,
@@ -423,6 +469,8 @@ def migrate(
         alias_after=alias_after,
         engine=cluster.description,
         notes=tuple(notes),
+        passes=tuple(passes),
+        write_blocked_seconds=blocked_seconds,
     )
 
 
@@ -432,8 +480,47 @@ def report_json(report: MigrationReport) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- helpers
-def _count(client: Any, index: str) -> int:
-    return int(call(lambda: client.count(index=index), f"counting {index}")["count"])
+def _ingest_config(config: MigrationConfig, catch_up_pass: int | None = None) -> IngestConfig:
+    """The copy's ingestion settings; a catch-up pass keeps its refusals in a file of its
+    own (each ingest run starts its dead-letter file afresh)."""
+    dead_letter = config.dead_letter
+    if dead_letter and catch_up_pass is not None:
+        path = Path(dead_letter)
+        dead_letter = str(path.with_name(f"{path.stem}.pass{catch_up_pass}{path.suffix}"))
+    return IngestConfig(
+        index=config.target,
+        id_field="_id",
+        text_fields=config.text_fields,
+        sparse_field=config.sparse_field,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        dead_letter=dead_letter,
+        add_id_field=False,
+        input_name=f"index:{config.source}",
+    )
+
+
+def _verify(
+    client: Any, config: MigrationConfig, dialect: Dialect, synced_at: Watermarks
+) -> Verification:
+    return verify(
+        client,
+        config.source,
+        config.target,
+        dialect=dialect,
+        sparse_field=config.sparse_field,
+        sample=config.verify_sample,
+        synced_at=synced_at,
+    )
+
+
+def _note_block(config: MigrationConfig, state: dict[str, Any], *, blocked: bool) -> None:
+    """Record in the state file whether this run holds a write block on the source."""
+    if blocked:
+        state["write_block"] = True
+    else:
+        state.pop("write_block", None)
+    _save_state(config, state)
 
 
 def _size(client: Any, index: str) -> int:

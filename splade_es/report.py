@@ -42,6 +42,14 @@ def summary_lines(report: MigrationReport) -> list[str]:
             + (f" (in {report.copy.dead_letter})" if report.copy.dead_lettered else "")
             + (f", {report.skipped_existing:,} already there" if report.skipped_existing else "")
         )
+    for done in report.passes:
+        lines.append(
+            f"catch-up pass {done.number}{' (writes blocked)' if done.under_write_block else ''}"
+            f": {done.changed:,} changed, {done.deleted:,} deleted, {done.refused:,} refused, "
+            f"{done.missing:,} missing"
+        )
+    if report.write_blocked_seconds is not None:
+        lines.append(f"writes to {report.source} blocked for {report.write_blocked_seconds:.2f} s")
     lines.append(
         f"verification: {'OK' if v.ok else 'FAILED'}: {v.source_count:,} source / "
         f"{v.target_count:,} target documents, {v.sampled} sampled, "

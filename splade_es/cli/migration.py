@@ -55,6 +55,20 @@ from .app import (
 @click.option("--min-ndcg-gain", type=float, help="Gate: nDCG@10 gain over BM25 (needs qrels).")
 @click.option("--min-overlap", type=click.FloatRange(0, 1), help="Gate: overlap@10 with BM25.")
 @click.option("--hybrid-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option(
+    "--max-delta",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Catch-up passes repeat until one finds fewer changes than this.",
+)
+@click.option("--max-passes", default=10, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--no-write-block",
+    is_flag=True,
+    help="Do not block writes to --source during the final pass and the switch (writes "
+    "acknowledged in between can be missing from the target).",
+)
 @click.option("--switch", "mode", flag_value="switch", help="Switch the alias if the gate passes.")
 @click.option(
     "--dry-run", "mode", flag_value="dry-run", default=True, help="Do not switch (default)."
@@ -74,7 +88,11 @@ def migrate(**opts: Any) -> None:
     """Move a BM25 index to SPLADE behind an alias, with a relevance gate before the switch.
 
     Exit status: 0 when done (switched, or a dry run whose checks passed), 1 when the gate or
-    the verification failed, 2 on errors.
+    the verification failed or --switch did not switch, 2 on errors.
+
+    The application may keep writing through the alias: catch-up passes copy its writes and
+    deletes, and the final pass and the switch run with writes to --source blocked (a few
+    seconds; --no-write-block to skip, at the risk of missing writes made meanwhile).
     """
     from ..ingest.checkpoint import default_dead_letter
     from ..migrate import Gate, MigrationConfig, report_json, rollback
@@ -114,6 +132,9 @@ def migrate(**opts: Any) -> None:
         or str(default_dead_letter(opts["target"], opts["checkpoint"])),
         gate=gate,
         switch=opts["mode"] == "switch",
+        max_delta=opts["max_delta"],
+        max_passes=opts["max_passes"],
+        write_block=not opts["no_write_block"],
     )
     from ..encoder import SpladeEncoder
 
@@ -154,8 +175,13 @@ def migrate(**opts: Any) -> None:
         if report.gate:
             print_table(gate_table(report))
         for line in summary_lines(report):
-            err_console.print(line)
-    failed = not report.verification.ok or (report.gate is not None and not report.gate.passed)
+            err_console.print(Text(line))
+    failed = (
+        not report.verification.ok
+        or (report.gate is not None and not report.gate.passed)
+        # e.g. documents refused during a catch-up pass: asked to switch, did not
+        or (opts["mode"] == "switch" and not report.switched)
+    )
     if failed:
         sys.exit(EXIT_PARTIAL)
 

@@ -338,6 +338,17 @@ class Dialect(ABC):
     @abstractmethod
     def close_pit(self, client: Any, pit_id: str) -> None: ...
 
+    def add_write_block(self, client: Any, index: str) -> None:
+        """Refuse writes to ``index`` with the add-index-block API, which (unlike setting
+        ``index.blocks.write`` directly) returns only once every shard has finished the
+        writes already in flight, so nothing acknowledged lands after it (ES 7.9+, and every
+        OpenSearch: ``TransportVerifyShardIndexBlockAction``)."""
+        client.indices.add_block(index=index, block="write")
+
+    def remove_write_block(self, client: Any, index: str) -> None:
+        """Lift the write block (``index.blocks.write`` back to its default)."""
+        client.indices.put_settings(index=index, body={"index.blocks.write": None})
+
     def read_license(self, client: Any) -> str | None:
         """The cluster's license (type and status), where the engine has licenses."""
         return None

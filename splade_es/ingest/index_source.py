@@ -5,6 +5,10 @@ where the engine has one, a scroll otherwise; ``slices`` readers run in parallel
 Each hit becomes a ``Record`` whose document is the whole ``_source`` (vector fields included,
 ``Dialect.full_source``) plus its ``_id``.
 
+``source=False`` reads ids only (the catch-up passes of a live migration compare id sets).
+``read_shard_changes`` reads one shard's documents written after a sequence number: what a
+catch-up pass re-copies.
+
 ``skip_existing`` drops the records whose ``_id`` is already in a target index: a resumed
 migration re-reads the source but encodes and writes only what is missing.
 """
@@ -34,15 +38,18 @@ def read_index(
     page_size: int = 500,
     keep_alive: str = "5m",
     method: ReadMethod = "auto",
+    source: Any = None,
 ) -> Iterator[Record]:
     """Records of every document in ``index`` (positions 1, 2, ... in arrival order).
+    ``source``: the ``_source`` spec (default: every field, ``Dialect.full_source``; ``False``
+    reads ids only, each record's document is then ``{"_id": ...}``).
 
     ``method="pit"`` on a version without the ``_shard_doc`` tiebreaker is refused: paging a
     point in time by ``_doc`` alone can skip or repeat documents across shards.
     """
     sort = dialect.check_pit_reader() if method == "pit" else dialect.pit_sort()
     use_pit = method == "pit" or (method == "auto" and sort is not None)
-    source = dialect.full_source()
+    source = dialect.full_source() if source is None else source
     pages: queue.Queue[Any] = queue.Queue(maxsize=max(2, slices * 2))
     pit_id = (
         call(lambda: dialect.open_pit(client, index, keep_alive), f"opening {index}")
@@ -58,7 +65,11 @@ def read_index(
                     client, pit_id, sort, source, slice_id, slices, page_size, keep_alive, pages
                 )
             else:
-                _read_scroll(client, index, source, slice_id, slices, page_size, keep_alive, pages)
+                body = {"size": page_size, "sort": ["_doc"], "_source": source}
+                if slices > 1:
+                    body["slice"] = {"id": slice_id, "max": slices}
+                for page in _scroll_pages(client, index, body, keep_alive):
+                    pages.put(page)
             pages.put(_DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             pages.put(exc)
@@ -107,20 +118,56 @@ def _read_pit(client, pit_id, sort, source, slice_id, slices, page_size, keep_al
         search_after = hits[-1]["sort"]
 
 
-def _read_scroll(client, index, source, slice_id, slices, page_size, keep_alive, out) -> None:  # noqa: ANN001
-    body: dict[str, Any] = {"size": page_size, "sort": ["_doc"], "_source": source}
-    if slices > 1:
-        body["slice"] = {"id": slice_id, "max": slices}
+def read_shard_changes(
+    client: Any,
+    index: str,
+    shard: int,
+    after: int,
+    *,
+    dialect: Dialect,
+    page_size: int = 500,
+    keep_alive: str = "5m",
+) -> Iterator[Record]:
+    """Whole documents of shard ``shard`` whose ``_seq_no`` is above ``after``: every document
+    written (created or updated) there since that sequence number was reached.
+
+    Sequence numbers are per shard, hence one scroll per shard, pinned with the
+    ``_shards:<n>`` preference (a point in time cannot take a preference). ``_seq_no`` is an
+    indexed metadata field that range queries accept on both engines.
+    """
+    body = {
+        "size": page_size,
+        "sort": ["_doc"],
+        "_source": dialect.full_source(),
+        "query": changed_since(after),
+    }
+    position = 0
+    for page in _scroll_pages(client, index, body, keep_alive, preference=f"_shards:{shard}"):
+        for hit in page:
+            position += 1
+            yield Record(position, {**(hit.get("_source") or {}), "_id": hit["_id"]})
+
+
+def changed_since(after: int) -> dict[str, Any]:
+    """The query for documents written after sequence number ``after`` (-1: all). Pure."""
+    return {"range": {"_seq_no": {"gt": after}}}
+
+
+def _scroll_pages(
+    client: Any, index: str, body: dict[str, Any], keep_alive: str, *, preference: str | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    params: dict[str, Any] = {"preference": preference} if preference else {}
     response = call(
-        lambda: client.search(index=index, scroll=keep_alive, body=body), "reading the source index"
+        lambda: client.search(index=index, scroll=keep_alive, body=body, **params),
+        f"reading {index}",
     )
     scroll_id = response.get("_scroll_id")
     try:
         while response["hits"]["hits"]:
-            out.put(response["hits"]["hits"])
+            yield response["hits"]["hits"]
             response = call(
                 lambda sid=scroll_id: client.scroll(scroll_id=sid, scroll=keep_alive),
-                "reading the source index",
+                f"reading {index}",
             )
             scroll_id = response.get("_scroll_id", scroll_id)
     finally:

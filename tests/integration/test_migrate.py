@@ -66,6 +66,9 @@ def gate_data(docs, n=12):
     return queries, qrels
 
 
+@pytest.mark.emulator_lacks(
+    "the add-index-block API the final sync uses (PUT /<index>/_block/write)"
+)
 def test_migrate_gate_switch_search_and_rollback(cluster, bm25_index, encoder, tmp_path):
     source, target, alias, docs = bm25_index
     client = cluster.client
@@ -145,6 +148,9 @@ def test_dry_run_never_touches_the_alias(cluster, bm25_index, encoder):
     assert alias_indices(cluster.client, alias) == (source,)
 
 
+@pytest.mark.emulator_lacks(
+    "the add-index-block API the final sync uses (PUT /<index>/_block/write)"
+)
 def test_killed_migration_resumes_and_the_alias_never_sees_a_half_built_index(
     cluster, index_name, search_model_dir, tmp_path
 ):

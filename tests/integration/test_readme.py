@@ -58,6 +58,12 @@ def model_dir(search_model_dir) -> Path:
 
 @pytest.mark.parametrize(("language", "code"), [b[:2] for b in BLOCKS], ids=[b[2] for b in BLOCKS])
 def test_readme_example_runs_as_written(cluster, model_dir, tmp_path, language, code):
+    if "migrate" in code and "--switch" in code and cluster.spec.is_emulator:
+        # The marker way (emulator_lacks) cannot select one parametrized block.
+        pytest.skip(
+            "the osmem emulator lacks the add-index-block API that migrate --switch uses "
+            "(PUT /<index>/_block/write); runs on real engines"
+        )
     prefix = f"readme-{uuid.uuid4().hex[:10]}"
     # Index names only: "docs..." strings in Python, docs... words in bash.
     name = r"(?<=[\"'])docs\b" if language == "python" else r"(?<=[\s=])docs\b"
