@@ -216,6 +216,10 @@ def run_gate(
     progress: Callable[[str], None] | None = None,
 ) -> GateResult:
     """Old BM25 vs new SPLADE and hybrid on the gate queries: quality, latency, size."""
+    # The gate runs right after the copy: without a refresh a real engine may not yet search
+    # what was just indexed (refresh_interval), and SPLADE would score zero.
+    for index in (source, target):
+        call(lambda index=index: client.indices.refresh(index=index), f"refreshing {index}")
     builder = QueryBuilder.for_index(client, target, field=sparse_field)
     queries = (
         {q: gate.queries[q] for q in gate.qrels if q in gate.queries}
