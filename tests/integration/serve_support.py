@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import re
 import socket
 import threading
@@ -18,8 +19,29 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from splade_es import QueryBuilder, create_index
 from splade_es.connect import ConnectionConfig
 from splade_es.serve import ServeConfig, create_app
+from tests.integration.corpus import bulk_index, document_text, make_documents
+
+
+def index_corpus(cluster: Any, index_name: str, encoder: Any, n_docs: int) -> str:
+    """``n_docs`` test documents with their vectors in a fresh index; returns its name."""
+    docs = make_documents(n_docs)
+    vectors = encoder.encode_documents([document_text(d) for d in docs])
+    create_index(cluster.client, index_name, replicas=0)
+    builder = QueryBuilder.for_index(cluster.client, index_name)
+    bulk_index(cluster.client, index_name, docs, vectors, builder.codec(vectors.vocab))
+    return index_name
+
+
+def post_json(app: Any, path: str, payload: Any) -> tuple[int, Any]:
+    """POST ``payload`` as JSON to the running proxy; status and the decoded answer."""
+    headers = {"Content-Type": "application/json"}
+    status, _, body = raw_request(
+        app.state.url, "POST", path, json.dumps(payload).encode(), headers
+    )
+    return status, json.loads(body)
 
 
 def free_port() -> int:

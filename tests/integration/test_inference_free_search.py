@@ -83,7 +83,7 @@ def test_serve_translates_inference_free_queries_without_loading_the_model(
     """The proxy loads only the weight table for queries; the masked-LM is loaded on the first
     document request, and never for query translation."""
     from splade_es.serve import service as service_module
-    from tests.integration.serve_support import raw_request, running_proxy
+    from tests.integration.serve_support import post_json, running_proxy
 
     folder, _ = inference_free_dir
     loads = []
@@ -95,16 +95,9 @@ def test_serve_translates_inference_free_queries_without_loading_the_model(
 
     monkeypatch.setattr(service_module.SpladeEncoder, "from_pretrained", counted)
 
-    def post(app, path, payload):
-        headers = {"Content-Type": "application/json"}
-        status, _, body = raw_request(
-            app.state.url, "POST", path, json.dumps(payload).encode(), headers
-        )
-        return status, json.loads(body)
-
     with running_proxy(cluster.url, None, model=str(folder), device="cpu") as app:
         assert isinstance(app.state.service.encoder, StaticQueryEncoder)
-        status, out = post(
+        status, out = post_json(
             app,
             "/_splade/query",
             {
@@ -120,7 +113,7 @@ def test_serve_translates_inference_free_queries_without_loading_the_model(
         for word in QUERIES[0].split():
             assert f"splade.{word}" in clauses
         assert loads == []  # no model for queries
-        status, out = post(app, "/_splade/encode", {"texts": ["tax code"], "kind": "document"})
+        status, out = post_json(app, "/_splade/encode", {"texts": ["tax code"], "kind": "document"})
         assert status == 200, out
         assert len(loads) == 1  # the document side, loaded on demand
         expected = SpladeEncoder.from_pretrained(str(folder), device="cpu")

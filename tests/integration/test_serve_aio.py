@@ -9,10 +9,9 @@ import elasticsearch
 import opensearchpy
 import pytest
 
-from splade_es import QueryBuilder, SpladeEncoder, aio, create_index, explain, search
+from splade_es import QueryBuilder, SpladeEncoder, aio, explain, search
 from splade_es.exceptions import ConnectionFailedError, InputError
-from tests.integration.corpus import bulk_index, document_text, make_documents
-from tests.integration.serve_support import StubServer, forward_to
+from tests.integration.serve_support import StubServer, forward_to, index_corpus
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +25,7 @@ def encoder(search_model_dir):
 
 @pytest.fixture
 def indexed(cluster, index_name, encoder):
-    docs = make_documents(20)
-    vectors = encoder.encode_documents([document_text(d) for d in docs])
-    create_index(cluster.client, index_name, replicas=0)
-    builder = QueryBuilder.for_index(cluster.client, index_name)
-    bulk_index(cluster.client, index_name, docs, vectors, builder.codec(vectors.vocab))
-    return index_name
+    return index_corpus(cluster, index_name, encoder, 20)
 
 
 def pairs(result):

@@ -9,16 +9,21 @@ import json
 import elasticsearch
 import pytest
 
-from splade_es import Hybrid, QueryBuilder, QueryPruning, SpladeEncoder, create_index, search
+from splade_es import Hybrid, QueryBuilder, QueryPruning, SpladeEncoder, search
 from splade_es.search import hits_of
 from splade_es.tokens import TokenCodec
-from tests.integration.corpus import bulk_index, document_text, make_documents
-from tests.integration.serve_support import StubServer, forward_to, raw_request, running_proxy
+from tests.integration.serve_support import (
+    StubServer,
+    forward_to,
+    index_corpus,
+    post_json,
+    raw_request,
+    running_proxy,
+)
 
 pytestmark = pytest.mark.integration
 
 TEXT = "depreciation tax deduction"
-JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +33,7 @@ def encoder(search_model_dir):
 
 @pytest.fixture
 def indexed(cluster, index_name, encoder):
-    docs = make_documents(20)
-    vectors = encoder.encode_documents([document_text(d) for d in docs])
-    create_index(cluster.client, index_name, replicas=0)
-    builder = QueryBuilder.for_index(cluster.client, index_name)
-    bulk_index(cluster.client, index_name, docs, vectors, builder.codec(vectors.vocab))
-    return index_name
+    return index_corpus(cluster, index_name, encoder, 20)
 
 
 @pytest.fixture
@@ -42,13 +42,8 @@ def proxy(cluster, encoder):
         yield app
 
 
-def post(app, path: str, payload) -> tuple[int, object]:
-    status, _, body = raw_request(app.state.url, "POST", path, json.dumps(payload).encode(), JSON)
-    return status, json.loads(body)
-
-
 def test_translation_for_an_index_is_the_body_search_sends(cluster, indexed, proxy, encoder):
-    status, out = post(
+    status, out = post_json(
         proxy, "/_splade/query", {"text": TEXT, "index": indexed, "k": 7, "top_k": 5}
     )
     assert status == 200
@@ -64,7 +59,7 @@ def test_translation_for_an_index_is_the_body_search_sends(cluster, indexed, pro
 
 
 def test_translation_for_an_engine_without_a_cluster(proxy, encoder):
-    status, out = post(
+    status, out = post_json(
         proxy,
         "/_splade/query",
         {
@@ -89,25 +84,27 @@ def test_translation_for_an_engine_without_a_cluster(proxy, encoder):
     )
     assert out["body"] == expected.request.body
     assert "retriever" in out["body"]
-    status, err = post(proxy, "/_splade/query", {"text": TEXT})
+    status, err = post_json(proxy, "/_splade/query", {"text": TEXT})
     assert status == 400 and err["error"]["type"] == "illegal_argument_exception"
-    status, err = post(proxy, "/_splade/query", {"text": TEXT, "engine": "solr", "version": "1"})
+    status, err = post_json(
+        proxy, "/_splade/query", {"text": TEXT, "engine": "solr", "version": "1"}
+    )
     assert status == 400 and "unknown engine" in err["error"]["reason"]
 
 
 def test_encode_and_tei_embed_sparse(proxy, encoder):
     texts = ["tax law", "garlic powder."]
-    status, out = post(proxy, "/_splade/encode", {"texts": texts})
+    status, out = post_json(proxy, "/_splade/encode", {"texts": texts})
     assert status == 200
     batch = encoder.encode_queries(texts)
     codec = TokenCodec(batch.vocab)
     for i, vector in enumerate(out["vectors"]):
         assert vector["tokens"] == pytest.approx(batch.to_dict(i))
         assert vector["features"] == pytest.approx(codec.encode(batch, i))
-    status, docs = post(proxy, "/_splade/encode", {"texts": texts, "kind": "document"})
+    status, docs = post_json(proxy, "/_splade/encode", {"texts": texts, "kind": "document"})
     assert status == 200 and docs["vectors"][0]["tokens"] == pytest.approx(batch.to_dict(0))
 
-    status, tei = post(proxy, "/embed_sparse", {"inputs": texts[0]})
+    status, tei = post_json(proxy, "/embed_sparse", {"inputs": texts[0]})
     assert status == 200
     ids, weights = batch.row(0)
     assert tei == [
@@ -116,9 +113,9 @@ def test_encode_and_tei_embed_sparse(proxy, encoder):
             for i, w in zip(ids, weights, strict=True)
         ]
     ]
-    status, tei = post(proxy, "/embed_sparse", {"inputs": texts})
+    status, tei = post_json(proxy, "/embed_sparse", {"inputs": texts})
     assert status == 200 and len(tei) == 2
-    status, err = post(proxy, "/embed_sparse", {"inputs": ["ok", ""]})
+    status, err = post_json(proxy, "/embed_sparse", {"inputs": ["ok", ""]})
     assert status == 422 and err["error_type"] == "Validation"
 
 
@@ -127,7 +124,7 @@ def test_health_and_metrics(indexed, proxy):
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok" and health["cluster"]["reachable"]
     for _ in range(3):
-        post(proxy, f"/{indexed}/_search", {"query": {"splade": {"splade": TEXT}}})
+        post_json(proxy, f"/{indexed}/_search", {"query": {"splade": {"splade": TEXT}}})
     status, headers, body = raw_request(proxy.state.url, "GET", "/_splade/metrics")
     text = body.decode()
     assert status == 200
@@ -143,13 +140,15 @@ def test_health_and_metrics(indexed, proxy):
 def test_facts_are_cached_and_refreshed_when_mappings_change(cluster, indexed, proxy, encoder):
     facts = proxy.state.service.facts
     body = {"query": {"splade": {"splade": TEXT}}, "size": 20}
-    post(proxy, f"/{indexed}/_search", body)
+    post_json(proxy, f"/{indexed}/_search", body)
     reads = facts.reads
-    post(proxy, f"/{indexed}/_search", body)
+    post_json(proxy, f"/{indexed}/_search", body)
     assert facts.reads == reads  # cached: no cluster reads for the second search
-    status, _ = post(proxy, f"/{indexed}/_mapping", {"properties": {"extra": {"type": "keyword"}}})
+    status, _ = post_json(
+        proxy, f"/{indexed}/_mapping", {"properties": {"extra": {"type": "keyword"}}}
+    )
     assert status == 200
-    status, out = post(proxy, f"/{indexed}/_search", body)
+    status, out = post_json(proxy, f"/{indexed}/_search", body)
     assert status == 200 and facts.reads > reads  # re-read after the mapping change
     direct = search(cluster.client, indexed, TEXT, encoder=encoder, k=20)
     assert [(h.id, h.score) for h in hits_of(out)] == [(h.id, h.score) for h in direct.hits]
@@ -244,9 +243,9 @@ def test_mapping_changed_behind_the_proxy_is_noticed(encoder):
 
     body = {"query": {"splade": {"emb": TEXT}}}
     with StubServer(handler) as stub, running_proxy(stub.url, encoder) as app:
-        assert post(app, "/docs/_search", body)[0] == 200
+        assert post_json(app, "/docs/_search", body)[0] == 200
         state["type"] = "sparse_vector"
-        status, out = post(app, "/docs/_search", body)
+        status, out = post_json(app, "/docs/_search", body)
     assert status == 200, out
     assert len(searches) == 3  # rank_feature (ok), rank_feature (refused), neural_sparse
     assert "rank_feature" in json.dumps(searches[1])

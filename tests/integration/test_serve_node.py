@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from splade_es import QueryBuilder, SpladeEncoder, create_index, search
-from tests.integration.corpus import bulk_index, document_text, make_documents
-from tests.integration.serve_support import StubServer, forward_to, running_proxy
+from splade_es import SpladeEncoder, search
+from tests.integration.serve_support import StubServer, forward_to, index_corpus, running_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -45,11 +44,7 @@ def encoder(search_model_dir):
 
 
 def test_node_clients_through_the_proxy_equal_search(cluster, index_name, encoder, node_clients):
-    docs = make_documents(25)
-    vectors = encoder.encode_documents([document_text(d) for d in docs])
-    create_index(cluster.client, index_name, replicas=0)
-    builder = QueryBuilder.for_index(cluster.client, index_name)
-    bulk_index(cluster.client, index_name, docs, vectors, builder.codec(vectors.vocab))
+    index_corpus(cluster, index_name, encoder, 25)
     direct = [
         [h.id, h.score]
         for h in search(cluster.client, index_name, TEXT, encoder=encoder, k=25).hits

@@ -11,12 +11,12 @@ import logging
 import opensearchpy
 import pytest
 
-from splade_es import QueryBuilder, SpladeEncoder, create_index, search
+from splade_es import SpladeEncoder, create_index, search
 from splade_es.search import hits_of
-from tests.integration.corpus import bulk_index, document_text, make_documents
 from tests.integration.serve_support import (
     StubServer,
     forward_to,
+    index_corpus,
     raw_request,
     running_proxy,
 )
@@ -34,12 +34,7 @@ def encoder(search_model_dir):
 
 @pytest.fixture
 def indexed(cluster, index_name, encoder):
-    docs = make_documents(N_DOCS)
-    vectors = encoder.encode_documents([document_text(d) for d in docs])
-    create_index(cluster.client, index_name, replicas=0)
-    builder = QueryBuilder.for_index(cluster.client, index_name)
-    bulk_index(cluster.client, index_name, docs, vectors, builder.codec(vectors.vocab))
-    return index_name
+    return index_corpus(cluster, index_name, encoder, N_DOCS)
 
 
 @pytest.fixture
