@@ -152,12 +152,9 @@ def node_specs() -> list[ClusterSpec]:
         return [ClusterSpec("opensearch-node", "node", "opensearch", "", _no_jdk_reason())]
     if wanted:
         versions = [v for v in versions if any(v.startswith(w) for w in wanted)]
-    if not versions:
-        if wanted and opensearch_node.available_versions():
+        if not versions:
             reason = f"no real OpenSearch node of versions {wanted} on this machine"
-        else:
-            reason = _no_jdk_reason()
-        return [ClusterSpec("opensearch-node", "node", "opensearch", "", reason)]
+            return [ClusterSpec("opensearch-node", "node", "opensearch", "", reason)]
     return [ClusterSpec(f"opensearch-node-{v}", "node", "opensearch", v) for v in versions]
 
 
