@@ -7,12 +7,19 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..connect import connect
-from .app import connection_config, connection_options, err_console, fail_cleanly, main
+from .app import (
+    connection_config,
+    connection_options,
+    err_console,
+    fail_cleanly,
+    main,
+    print_table,
+    warn,
+)
 
 _STYLES = {"ok": "green", "unsupported": "yellow", "FAILED": "bold red"}
 
@@ -57,13 +64,14 @@ def doctor(**opts: Any) -> None:
                 else ""
             ),
         ]
+        # The CLI's consoles print text as is (markup off): engine words need no escaping.
         for line in lines:
-            err_console.print(escape(line), highlight=False)
-        Console().print(doctor_table(report))
+            err_console.print(line)
+        print_table(doctor_table(report))
         for leftover in report.left_behind:
-            err_console.print(f"[yellow]warning:[/] not deleted: {escape(leftover)}")
+            warn(f"not deleted: {leftover}")
         verdict = "every capability offered works" if report.ok else "some checks FAILED"
-        err_console.print(verdict, style="green" if report.ok else "bold red", highlight=False)
+        err_console.print(Text(verdict, style="green" if report.ok else "bold red"))
     if not report.ok:
         sys.exit(1)
 
@@ -74,9 +82,9 @@ def doctor_table(report: Any) -> Table:
         table.add_column(column, overflow="fold")
     for check in report.checks:
         table.add_row(
-            escape(check.capability),
-            f"[{_STYLES[check.status]}]{check.status}[/]",
-            escape(check.detail),
-            escape(check.engine_error or ""),
+            Text(check.capability),
+            Text(check.status, style=_STYLES[check.status]),
+            Text(check.detail),
+            Text(check.engine_error or ""),
         )
     return table

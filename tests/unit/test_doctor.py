@@ -167,8 +167,12 @@ def test_table_escapes_engine_text():
         checks=(Check("hybrid rrf", "FAILED", "the engine refused it", "[bold]boom[/bold] [x]"),),
         index_prefix="p",
     )
-    console = Console(width=200, record=True)
-    console.print(doctor_table(report))
-    text = console.export_text()
-    assert "[bold]boom[/bold] [x]" in text
+    # Literal on any console: one with markup (an application's) and the CLI's, without
+    # (where escaped text would show its backslashes).
+    for markup in (True, False):
+        console = Console(width=200, record=True, markup=markup)
+        console.print(doctor_table(report))
+        text = console.export_text()
+        assert "[bold]boom[/bold] [x]" in text
+        assert "\\[" not in text
     assert not report.ok and report.to_json()["ok"] is False
