@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..documents import parse_fields
 from ..exceptions import ConfigurationError
 from .app import (
     connection_config,
@@ -81,6 +82,48 @@ def parse_listen(value: str) -> tuple[str, int]:
     help="Seconds an index's field type and clause limit are cached.",
 )
 @click.option(
+    "--enrich",
+    "enrich_patterns",
+    multiple=True,
+    metavar="PATTERN[:FIELDS[:SPARSE_FIELD]]",
+    help="Add SPLADE vectors to documents written to indices or aliases matching PATTERN "
+    "(docs*, news-*:headline,body:vec); repeatable. _bulk, _doc, _create and _update.",
+)
+@click.option(
+    "--text-fields",
+    default="title,text",
+    show_default=True,
+    help="Text fields encoded for --enrich patterns that name none (as in ingest).",
+)
+@click.option(
+    "--sparse-field",
+    default="splade",
+    show_default=True,
+    help="The vector field for --enrich patterns that name none.",
+)
+@click.option(
+    "--on-encode-error",
+    default="reject",
+    show_default=True,
+    type=click.Choice(["reject", "passthrough"]),
+    help="A document that cannot be encoded (no text, a text field that is not text): reject "
+    "it with a per-item 400, or index it without a vector.",
+)
+@click.option(
+    "--enrich-queue",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Documents that may wait to be encoded; past that, writes are answered 429.",
+)
+@click.option(
+    "--enrich-batch",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Documents of concurrent write requests encoded in one model call.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -92,19 +135,33 @@ def serve(**opts: Any) -> None:
 
     Apps point their Elasticsearch/OpenSearch client at --listen instead of the cluster and
     write {"splade": {"<field>": "text"}} wherever a query may stand; everything else is
-    forwarded unchanged. Also: POST /_splade/query, /_splade/encode, /embed_sparse (TEI),
+    forwarded unchanged. With --enrich, documents written to matching indices get their SPLADE
+    vector on the way in. Also: POST /_splade/query, /_splade/encode, /embed_sparse (TEI),
     GET /_splade/health, /_splade/metrics.
     """
     try:
         import uvicorn
 
         from ..serve import ServeConfig, create_app
+        from ..serve.enrich import EnrichConfig, parse_rule
     except ImportError as exc:
         raise ConfigurationError(
             f"serve needs the serve extra: pip install 'splade-es[serve]' ({exc.name} missing)"
         ) from None
 
     host, port = parse_listen(opts.pop("listen"))
+    enrich = None
+    if opts["enrich_patterns"]:
+        text_fields = parse_fields(opts["text_fields"])
+        enrich = EnrichConfig(
+            rules=tuple(
+                parse_rule(spec, text_fields=text_fields, sparse_field=opts["sparse_field"])
+                for spec in opts["enrich_patterns"]
+            ),
+            on_encode_error=opts["on_encode_error"],
+            max_queued_documents=opts["enrich_queue"],
+            max_batch_documents=opts["enrich_batch"],
+        )
     level = opts.pop("log_level")
     config = ServeConfig(
         connection=connection_config(opts),
@@ -116,6 +173,7 @@ def serve(**opts: Any) -> None:
         max_body_bytes=opts["max_body_mb"] * 1024 * 1024,
         facts_ttl=opts["facts_ttl"],
         threads=opts["threads"] or max(1, (os.cpu_count() or 2) - 1),
+        enrich=enrich,
     )
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -32,7 +32,8 @@ from ..encoder import SpladeEncoder
 from ..exceptions import ConfigurationError, InputError, SpladeEsError
 from ..sparse import SparseBatch
 from ..tokens import TokenCodec
-from . import rewrite
+from . import rewrite, writes
+from .enrich import TooManyRequests
 from .facts import UpstreamAnswered, changes_mappings
 from .metrics import CONTENT_TYPE
 from .service import HttpError, ServeConfig, Service, field_of, texts_of
@@ -147,8 +148,10 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
                 exc.status,
                 media_type="application/json",
             )
-        if isinstance(exc, rewrite.RewriteError):
+        if isinstance(exc, rewrite.RewriteError | writes.WriteBodyError):
             return failure(HttpError(400, exc.error_type, str(exc)))
+        if isinstance(exc, TooManyRequests):
+            return failure(HttpError(429, "es_rejected_execution_exception", str(exc)))
         if isinstance(exc, ConfigurationError | InputError | SpladeEsError):
             return failure(HttpError(400, "illegal_argument_exception", str(exc)))
         if isinstance(exc, UpstreamAnswered):
@@ -173,7 +176,11 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
                 (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
             )
             sp = rewrite.search_path(path) if method in ("GET", "POST") and body else None
-            if sp is not None:
+            wp = writes.write_path(method, path) if service.enricher and body else None
+            if wp is not None:
+                route = "write" + wp.api
+                response = await write(wp, method, target, headers, body)
+            elif sp is not None:
                 route = sp.api.lstrip("_")
                 response = await search(sp, method, target, headers, body)
             else:
@@ -189,6 +196,30 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
         started = time.perf_counter()
         response = await service.upstream.request(method, target, headers, body)
         service.metrics.upstream_seconds.observe(time.perf_counter() - started)
+        return response
+
+    async def write(
+        wp: writes.WritePath, method: str, target: str, headers: Headers, body: bytes
+    ) -> UpstreamResponse:
+        """A document write into an enriched index: sent with vectors (``enrich``)."""
+        enricher = service.enricher
+        assert enricher is not None
+        encoding = _header(headers, "content-encoding")
+        plain = decompress(body, encoding, config.max_body_bytes) if encoding else body
+        sent_headers = _without(headers, "content-encoding")
+        authorization = _header(headers, "authorization")
+        if wp.api == "_bulk":
+            response = await enricher.bulk(wp, target, sent_headers, plain, authorization)
+        elif wp.api == "_update":
+            response = await enricher.update_document(
+                wp, target, sent_headers, plain, authorization
+            )
+        else:
+            response = await enricher.index_document(
+                wp, method, target, sent_headers, plain, authorization
+            )
+        if response is None:
+            return await forward(method, target, headers, body)  # untouched, bytes as they came
         return response
 
     async def search(

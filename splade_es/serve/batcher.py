@@ -21,11 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ..sparse import SparseBatch
 from .metrics import Metrics
 
 T = TypeVar("T")
 EncodeFn = Callable[[list[str]], SparseBatch]
+Row = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -157,3 +160,108 @@ class MicroBatcher:
 def _row(batch: SparseBatch, i: int) -> SparseBatch:
     truncated = None if batch.truncated is None else batch.truncated[i : i + 1]
     return SparseBatch.from_rows([batch.row(i)], vocab=batch.vocab, truncated=truncated)
+
+
+class QueueFull(Exception):
+    """More documents are waiting to be encoded than the queue holds: answered 429."""
+
+
+@dataclass
+class _DocumentJob:
+    texts: list[str]
+    future: asyncio.Future
+
+
+class DocumentBatcher:
+    """The write path's encoder queue: the documents of concurrent requests are encoded
+    together, up to ``max_batch`` texts a call, on the model thread ``run`` provides (the
+    query batcher's, so queries and documents never run the model at the same time).
+
+    The queue is bounded in documents: ``encode`` raises ``QueueFull`` when admitting a
+    request would pass ``max_queued`` (a request is always admitted into an empty queue,
+    however large), so an overloaded proxy answers 429 instead of buffering without bound.
+    Inside one call the encoder sorts texts by length and splits them under its token budget.
+    """
+
+    def __init__(
+        self,
+        encode: EncodeFn,
+        run: Callable[..., Any],
+        *,
+        max_batch: int = 256,
+        max_queued: int = 4096,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queued < 1:
+            raise ValueError("max_batch and max_queued must be >= 1")
+        self._encode = encode
+        self._run = run
+        self.max_batch = max_batch
+        self.max_queued = max_queued
+        self.metrics = metrics or Metrics()
+        self.queued = 0  # documents admitted and not yet encoded
+        self._jobs: list[_DocumentJob] = []
+        self._has_work = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self.metrics.enrich_queue_depth.set_function(lambda: self.queued)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._collect())
+
+    async def close(self) -> None:
+        self._closing = True
+        self._has_work.set()
+        if self._task is not None:
+            await self._task
+
+    async def encode(self, texts: Sequence[str]) -> list[Row]:
+        """Document vectors for ``texts``: (vocabulary ids, weights), row for row."""
+        if self._closing:
+            raise RuntimeError("the encoder is shutting down")
+        if self.queued and self.queued + len(texts) > self.max_queued:
+            raise QueueFull(
+                f"{self.queued} documents are waiting to be encoded (queue of "
+                f"{self.max_queued}): retry later"
+            )
+        job = _DocumentJob(list(texts), asyncio.get_running_loop().create_future())
+        self.queued += len(texts)
+        self._jobs.append(job)
+        self._has_work.set()
+        try:
+            return await job.future
+        finally:
+            if not job.future.done():  # cancelled before it ran: no longer waiting
+                job.future.cancel()
+
+    async def _collect(self) -> None:
+        while True:
+            while not self._jobs:
+                if self._closing:
+                    return
+                self._has_work.clear()
+                await self._has_work.wait()
+            jobs = [self._jobs.pop(0)]
+            size = len(jobs[0].texts)
+            while self._jobs and size + len(self._jobs[0].texts) <= self.max_batch:
+                size += len(self._jobs[0].texts)
+                jobs.append(self._jobs.pop(0))
+            live = [job for job in jobs if not job.future.done()]
+            texts = [text for job in live for text in job.texts]
+            started = time.perf_counter()
+            try:
+                vectors = await self._run(self._encode, texts) if texts else None
+            except Exception as exc:  # every waiting request gets the error, none hangs
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            finally:
+                self.queued -= size
+            self.metrics.enrich_encode_seconds.observe(time.perf_counter() - started)
+            offset = 0
+            for job in live:
+                rows = range(offset, offset + len(job.texts))
+                offset += len(job.texts)
+                if not job.future.done() and vectors is not None:
+                    job.future.set_result([vectors.row(i) for i in rows])

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from ..connect import engine_from_info
-from ..engines import Dialect, dialect_for
+from ..engines import Dialect, FieldType, dialect_for
 from ..engines.base import DEFAULT_CLAUSE_LIMIT
 from ..query import QueryBuilder, field_type_from_mapping
 from .upstream import Upstream, UpstreamResponse
@@ -54,6 +54,66 @@ class IndexFacts:
         return (b.dialect.engine, b.dialect.version, b.field_type, b.max_clauses)
 
 
+@dataclass(frozen=True)
+class WriteTarget:
+    """Where writes to a name (index or alias) go, and whether that index has a sparse field.
+
+    ``index`` is the concrete index (an alias's write index); None when no index exists yet
+    or the alias has no write index: the cluster answers those writes itself.
+    ``field_type`` is the sparse field's type there, None when the index has none (a BM25
+    index behind an alias before a migration switch): such writes are not enriched."""
+
+    name: str
+    index: str | None
+    field_type: FieldType | None
+    dialect: Dialect
+    read_at: float
+
+    @property
+    def enriched(self) -> bool:
+        return self.index is not None and self.field_type is not None
+
+
+def write_index_of(aliases: Any, alias: str) -> str | None:
+    """The write index of ``alias`` from a ``GET /_alias/<alias>`` answer: the one marked
+    ``is_write_index``, else the only index (the engines' rule for aliases of one index).
+
+    >>> write_index_of({"a": {"aliases": {"x": {}}}}, "x")
+    'a'
+    >>> both = {"a": {"aliases": {"x": {}}}, "b": {"aliases": {"x": {"is_write_index": True}}}}
+    >>> write_index_of(both, "x")
+    'b'
+    """
+    if not isinstance(aliases, dict):
+        return None
+    marked = [
+        index
+        for index, body in aliases.items()
+        if (body.get("aliases", {}).get(alias) or {}).get("is_write_index") is True
+    ]
+    if marked:
+        return marked[0]
+    return next(iter(aliases)) if len(aliases) == 1 else None
+
+
+def sparse_field_type(mapping: Any, index: str, field: str) -> FieldType | None:
+    """The type of ``field`` in ``index`` when it is a sparse field (``GET /<index>/_mapping``).
+
+    >>> mapping = {"d": {"mappings": {"properties": {"s": {"type": "rank_features"}}}}}
+    >>> sparse_field_type(mapping, "d", "s")
+    'rank_features'
+    """
+    body = mapping.get(index) if isinstance(mapping, dict) else None
+    if not isinstance(body, dict) and isinstance(mapping, dict) and len(mapping) == 1:
+        body = next(iter(mapping.values()))
+    kind = (
+        (body or {}).get("mappings", {}).get("properties", {}).get(field, {}).get("type")
+        if isinstance(body, dict)
+        else None
+    )
+    return kind if kind in ("rank_features", "sparse_vector") else None
+
+
 def changes_mappings(method: str, path: str) -> bool:
     """Whether a forwarded request may change index mappings or aliases.
 
@@ -72,12 +132,14 @@ class FactsCache:
         self._dialect: tuple[Dialect, float] | None = None
         self._clause_limit: tuple[int, float] | None = None
         self._facts: dict[tuple[str | None, str], IndexFacts] = {}
+        self._targets: dict[tuple[str, str], WriteTarget] = {}
         self._inflight: dict[Any, asyncio.Task] = {}
         self.reads = 0  # cluster reads made, for tests and metrics
 
     def forget(self) -> None:
         """Forget everything (a mapping or alias may have changed)."""
         self._facts.clear()
+        self._targets.clear()
         self._dialect = None
         self._clause_limit = None
 
@@ -100,6 +162,49 @@ class FactsCache:
         facts = await self._single_flight(key, lambda: self._read(index, field, authorization))
         self._facts[key] = facts
         return facts
+
+    def forget_target(self, name: str, field: str) -> None:
+        self._targets.pop((name, field), None)
+
+    async def write_target(
+        self, name: str, field: str, authorization: str | None = None
+    ) -> WriteTarget:
+        """Where writes to ``name`` go and the type of ``field`` there (cached, ``ttl``)."""
+        key = (name, field)
+        cached = self._targets.get(key)
+        if cached is not None and time.monotonic() - cached.read_at < self.ttl:
+            return cached
+        target = await self._single_flight(
+            ("write", key), lambda: self._read_target(name, field, authorization)
+        )
+        self._targets[key] = target
+        return target
+
+    async def _read_target(self, name: str, field: str, authorization: str | None) -> WriteTarget:
+        dialect = await self.dialect(authorization)
+        self.reads += 1
+        response, aliases = await self.upstream.get_json(
+            f"/_alias/{quote(name, safe='')}", authorization
+        )
+        if response.status == 200:
+            index = write_index_of(aliases, name)
+        elif response.status == 404:  # not an alias: an index, or nothing yet
+            index = name
+        else:
+            raise UpstreamAnswered(response)
+        field_type = None
+        if index is not None:
+            self.reads += 1
+            response, mapping = await self.upstream.get_json(
+                f"/{quote(index, safe='')}/_mapping", authorization
+            )
+            if response.status == 200:
+                field_type = sparse_field_type(mapping, index, field)
+            elif response.status == 404:
+                index = None  # created by the write itself (no sparse mapping yet)
+            else:
+                raise UpstreamAnswered(response)
+        return WriteTarget(name, index, field_type, dialect, time.monotonic())
 
     async def dialect(self, authorization: str | None = None) -> Dialect:
         if self._dialect is None or time.monotonic() - self._dialect[1] >= self.ttl:

@@ -89,6 +89,54 @@ class Metrics:
             registry=r,
         )
 
+        # The write path (serve --enrich).
+        self.documents_enriched = Counter(
+            "splade_es_documents_enriched",
+            "Documents given a sparse vector on their way into the cluster.",
+            registry=r,
+        )
+        self.enrich_encode_seconds = Histogram(
+            "splade_es_enrich_encode_seconds",
+            "Model time per encoded batch of documents (concurrent requests together).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.enrich_queue_depth = Gauge(
+            "splade_es_enrich_queue_documents",
+            "Documents admitted and waiting to be encoded.",
+            registry=r,
+        )
+        self.enrich_item_errors = Counter(
+            "splade_es_enrich_item_errors",
+            "Write operations answered with an error by the proxy itself, by reason "
+            "(encode: no or non-text text fields; script: scripted update of an enriched index).",
+            ["reason"],
+            registry=r,
+        )
+        self.enrich_passthrough = Counter(
+            "splade_es_enrich_passthrough",
+            "Documents forwarded without a vector, by reason (encode_error with "
+            "--on-encode-error passthrough).",
+            ["reason"],
+            registry=r,
+        )
+        self.enrich_rejected = Counter(
+            "splade_es_enrich_rejected_requests",
+            "Write requests answered 429 because the encode queue was full.",
+            registry=r,
+        )
+        self.enrich_retries = Counter(
+            "splade_es_enrich_update_retries",
+            "Enriched partial updates written again after a version conflict.",
+            registry=r,
+        )
+        self.enrich_corrections = Counter(
+            "splade_es_enrich_corrections",
+            "Documents that reached an index other than the one the proxy resolved (an alias "
+            "switched) and were written again with a vector.",
+            registry=r,
+        )
+
     def cache_lookups(self, hits: int, misses: int) -> None:
         self.cache_hits.inc(hits)
         self.cache_misses.inc(misses)

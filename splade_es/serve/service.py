@@ -20,7 +20,8 @@ from ..query import QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
 from ..static_query import StaticQueryEncoder
 from . import rewrite
-from .batcher import MicroBatcher
+from .batcher import DocumentBatcher, MicroBatcher
+from .enrich import EnrichConfig, Enricher
 from .facts import FactsCache
 from .metrics import Metrics
 from .upstream import Upstream
@@ -45,6 +46,8 @@ class ServeConfig:
     # one for the event loop: on a busy CPU, intra-op threads that lose their core to
     # another process stall every op of a small batch (p90 of one query 3 ms -> 200+ ms).
     threads: int | None = None
+    enrich: EnrichConfig | None = None  # the write path (``serve --enrich``); None: off
+    document_batch_size: int = 32  # as ``splade-es ingest --batch-size``: the same batches
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -89,6 +92,8 @@ class Service:
         self.upstream = Upstream(config.connection, max_connections=config.max_connections)
         self.facts = FactsCache(self.upstream, ttl=config.facts_ttl)
         self.batcher: MicroBatcher | None = None
+        self.documents: DocumentBatcher | None = None
+        self.enricher: Enricher | None = None
         self._engine_builders: dict[tuple[Any, ...], QueryBuilder] = {}
 
     async def start(self) -> None:
@@ -110,6 +115,8 @@ class Service:
         )
         self.batcher.start()
         await self.upstream.start()
+        if self.config.enrich is not None:
+            await self._start_enrichment(self.config.enrich)
         log.info(
             "serving %s in front of %s (max batch %d, max wait %.1f ms)",
             encoder.name,
@@ -118,7 +125,38 @@ class Service:
             self.config.max_wait_ms,
         )
 
+    async def _start_enrichment(self, enrich: EnrichConfig) -> None:
+        assert self.batcher is not None
+        document_encoder = await self.document_encoder()  # loaded now, not on the first write
+        batch_size = self.config.document_batch_size
+        self.documents = DocumentBatcher(
+            lambda texts: document_encoder.encode_documents(
+                texts, batch_size=batch_size, empty="empty_vector"
+            ),
+            self.batcher.run,
+            max_batch=enrich.max_batch_documents,
+            max_queued=enrich.max_queued_documents,
+            metrics=self.metrics,
+        )
+        self.documents.start()
+        self.enricher = Enricher(
+            enrich,
+            facts=self.facts,
+            upstream=self.upstream,
+            documents=self.documents,
+            vocab=document_encoder.vocab,
+            metrics=self.metrics,
+        )
+        log.info(
+            "enriching writes to %s",
+            ", ".join(
+                f"{r.pattern} ({'+'.join(r.text_fields)} -> {r.sparse_field})" for r in enrich.rules
+            ),
+        )
+
     async def stop(self) -> None:
+        if self.documents is not None:
+            await self.documents.close()
         if self.batcher is not None:
             await self.batcher.close()
         await self.upstream.close()
