@@ -232,6 +232,7 @@ class Enricher:
             if op.doc is not None:
                 [row] = await self._encode([op.text or ""])
                 body = writes.dumps(self._with_vector(op, row))
+        headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]  # to read it
         response = await self.upstream.request(method, target, headers, body)
         if op.enriched and 200 <= response.status < 300:
             self.metrics.documents_enriched.inc()
@@ -487,14 +488,21 @@ class Enricher:
         sent_headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
         plan = await self._lines(ops, list(range(total)))
         took = 0
-        items: dict[int, dict[str, Any]] = dict(plan.answered)
+        items: dict[int, dict[str, Any]] = {}
         response: UpstreamResponse | None = None
         while True:
+            items.update(plan.answered)
             if plan.sent:
                 response = await self.upstream.request("POST", target, sent_headers, plan.body)
                 answer = response.json()
                 if response.status != 200 or not isinstance(answer, dict):
-                    return response  # refused as a whole (auth, size): nothing was indexed
+                    if len(items) == len(plan.answered):  # the first round
+                        return response  # refused as a whole (auth, size): nothing indexed
+                    for p in plan.sent:  # a retry refused: those operations failed
+                        items[p] = self._error(
+                            ops[p], f"the cluster answered {response.status}", response.status
+                        )
+                    break
                 took += int(answer.get("took", 0))
                 for p, item in zip(
                     plan.sent, writes.response_items(answer, len(plan.sent)), strict=True
@@ -504,7 +512,6 @@ class Enricher:
                     items[p] = item
                     if ops[p].enriched and _status(item) < 300:
                         self.metrics.documents_enriched.inc()
-            items.update(plan.answered)
             retry = [
                 p
                 for p in plan.sent
