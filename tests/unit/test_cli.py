@@ -271,3 +271,25 @@ def test_progress_rate_is_the_run_average_in_the_task_unit():
     now[0] = 14.0
     progress.advance(resumed, 8)
     assert column.render(progress.tasks[resumed]).plain == "2.0 docs/s"  # 8 new in 4 s
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("a:b:c:d", "--enrich expects PATTERN[:TEXT_FIELDS[:SPARSE_FIELD]], got 'a:b:c:d'"),
+        ("docs:splade", "'splade' is both a text and the sparse field"),
+    ],
+)
+def test_serve_enrich_rules_are_checked_before_anything_starts(runner, spec, message):
+    result = runner.invoke(
+        main, ["serve", "--url", "http://127.0.0.1:1", "--model", "m", "--enrich", spec]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_serve_help_documents_enrichment(runner):
+    result = runner.invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ("--enrich", "--on-encode-error", "--enrich-queue", "--text-fields"):
+        assert option in result.output
