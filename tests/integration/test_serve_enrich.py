@@ -472,3 +472,42 @@ def test_killed_mid_bulk_and_retried_with_the_same_ids_leaves_exact_counts(
     copies = stored(cluster, target)
     assert len(copies) == len(docs) and sorted(copies) == sorted(d["id"] for d in docs)
     assert all(c["splade"] for c in copies.values())
+
+
+def test_url_parameters_are_forwarded_and_routing_reaches_the_read(
+    cluster, index_name, proxy, encoder
+):
+    # Routing required: a read or write that lost the routing fails instead of passing.
+    target = index_name
+    mappings = {"_routing": {"required": True}, "properties": {"splade": {"type": "rank_features"}}}
+    cluster.client.indices.create(
+        index=target, body={"settings": {"number_of_replicas": 0}, "mappings": mappings}
+    )
+    app = client_for(proxy.state.url)
+    app.index(index=target, id="r", body={"title": "tax", "text": "law"}, routing="r1")
+    app.update(
+        index=target, id="r", body={"doc": {"text": "income"}}, routing="r1", refresh="wait_for"
+    )
+    # refresh=wait_for was forwarded: searchable without an explicit refresh.
+    hits = cluster.client.search(index=target, body={"query": {"ids": {"values": ["r"]}}})
+    [hit] = hits["hits"]["hits"]
+    assert hit["_routing"] == "r1" and hit["_source"]["text"] == "income"
+    assert_same_vectors(hit["_source"]["splade"], vector_of(cluster, target, encoder, "tax income"))
+    # A bulk with routing in the URL: the update reads the routed document.
+    body = "\n".join(
+        json.dumps(line)
+        for line in (
+            {"update": {"_index": target, "_id": "r"}},
+            {"doc": {"title": "brain"}},
+        )
+    )
+    status, _, answer = raw_request(
+        proxy.state.url,
+        "POST",
+        "/_bulk?routing=r1&refresh=true",
+        (body + "\n").encode(),
+        {"Content-Type": "application/x-ndjson"},
+    )
+    assert status == 200 and not json.loads(answer)["errors"], answer
+    got = cluster.client.get(index=target, id="r", routing="r1")["_source"]
+    assert_same_vectors(got["splade"], vector_of(cluster, target, encoder, "brain income"))
