@@ -384,9 +384,15 @@ class Enricher:
         if "routing" in op.item.meta:
             meta["routing"] = op.item.meta["routing"]
         if "error" in current:
-            error = current["error"]
-            reason = error.get("reason") if isinstance(error, dict) else str(error)
-            op.answer = self._error(op, f"reading the current document failed: {reason}", 500)
+            # The engine's own reason and type (routing_missing_exception, ...); an _mget
+            # item carries no status, and the update did not happen: 400.
+            error = current["error"] if isinstance(current["error"], dict) else {}
+            op.answer = self._error(
+                op,
+                f"reading the current document failed: {error.get('reason', current['error'])}",
+                400,
+                str(error.get("type", "illegal_argument_exception")),
+            )
             return
         if not current.get("found"):
             new = body.get("upsert") if isinstance(body.get("upsert"), dict) else None
@@ -442,11 +448,15 @@ class Enricher:
     def _where(item: writes.BulkItem) -> str:
         return f"document [{item.doc_id or '(new)'}] (bulk item {item.number})"
 
-    def _error(self, op: _Op, reason: str, status: int = 400) -> dict[str, Any]:
+    def _error(
+        self,
+        op: _Op,
+        reason: str,
+        status: int = 400,
+        error_type: str = "illegal_argument_exception",
+    ) -> dict[str, Any]:
         index = op.target.index if op.target and op.target.index else op.item.meta.get("_index")
-        return writes.error_item(
-            op.item.action, index, op.item.doc_id, status, "illegal_argument_exception", reason
-        )
+        return writes.error_item(op.item.action, index, op.item.doc_id, status, error_type, reason)
 
     # ------------------------------------------------------------------ encoding and sending
     async def _encode(self, texts: list[str]) -> list[Row]:
