@@ -63,11 +63,12 @@ def load_documents(path: str | None, n: int) -> list[dict]:
 
 
 @contextlib.contextmanager
-def serve(model: str, url: str, pattern: str) -> Iterator[str]:
+def serve(model: str, url: str, pattern: str, threads: int) -> Iterator[str]:
     port = free_port()
     command = [
         sys.executable, "-m", "splade_es.cli", "serve", "--url", url, "--model", model,
         "--listen", f"127.0.0.1:{port}", "--enrich", pattern, "--log-level", "warning",
+        *(["--threads", str(threads)] if threads else []),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -129,6 +130,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--chunk", type=int, default=500, help="documents per bulk request")
     parser.add_argument("--threads", type=int, default=2, help="parallel_bulk threads")
+    parser.add_argument(
+        "--serve-threads", type=int, default=0, help="serve --threads (0: its default)"
+    )
     parser.add_argument("--url", help="a cluster (default: an osmem emulator started here)")
     parser.add_argument("--node", metavar="VERSION", help="start a real OpenSearch node")
     args = parser.parse_args()
@@ -154,7 +158,7 @@ def main() -> None:
                 config=IngestConfig(index=names["ingest"], add_id_field=False),
             )
             rows.append(("splade-es ingest", time.perf_counter() - started, names["ingest"]))
-            with serve(args.model, url, "bench-enrich-*") as proxy:
+            with serve(args.model, url, "bench-enrich-*", args.serve_threads) as proxy:
                 app = opensearchpy.OpenSearch(proxy, timeout=300)
                 app.index(index=names["bulk"], id="warm", body={"title": "warm", "text": "up"})
                 app.delete(index=names["bulk"], id="warm")

@@ -293,3 +293,12 @@ def test_serve_help_documents_enrichment(runner):
     assert result.exit_code == 0
     for option in ("--enrich", "--on-encode-error", "--enrich-queue", "--text-fields"):
         assert option in result.output
+
+
+def test_serve_uses_every_core_for_documents_and_leaves_one_for_queries(monkeypatch):
+    from splade_es.cli import serve
+
+    monkeypatch.setattr(serve.os, "cpu_count", lambda: 8)
+    assert (serve.default_threads(True), serve.default_threads(False)) == (8, 7)
+    monkeypatch.setattr(serve.os, "cpu_count", lambda: 1)
+    assert (serve.default_threads(True), serve.default_threads(False)) == (1, 1)
