@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointLayout, Mode, read_layout, resolve_checkpoint
+from .model_files import CheckpointLayout, Mode, read_layout, resolve_checkpoint
 from .exceptions import EmptyTextError, InputError, ModelLoadError
 from .pooling import SpladeHead
 from .sparse import SparseBatch, Vocabulary

@@ -138,7 +138,7 @@ class StaticQueryEncoder:
     ) -> StaticQueryEncoder:
         """The query side of an inference-free model alone: no torch model is loaded (for a
         process that only translates queries, such as a search front end)."""
-        from .checkpoint import read_layout, resolve_checkpoint
+        from .model_files import read_layout, resolve_checkpoint
 
         layout = read_layout(resolve_checkpoint(name_or_path, revision=revision))
         if layout.query_files is None:

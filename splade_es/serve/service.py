@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..checkpoint import read_layout, resolve_checkpoint
+from ..model_files import read_layout, resolve_checkpoint
 from ..connect import ConnectionConfig
 from ..encoder import SpladeEncoder
 from ..engines import FieldType, Hybrid, dialect_for
