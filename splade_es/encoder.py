@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model_files import CheckpointLayout, Mode, read_layout, resolve_checkpoint
 from .exceptions import EmptyTextError, InputError, ModelLoadError
+from .model_files import CheckpointLayout, Mode, read_layout, resolve_checkpoint
 from .pooling import SpladeHead
 from .sparse import SparseBatch, Vocabulary
 from .static_query import StaticQueryEncoder

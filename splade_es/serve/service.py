@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..model_files import read_layout, resolve_checkpoint
 from ..connect import ConnectionConfig
 from ..encoder import SpladeEncoder
 from ..engines import FieldType, Hybrid, dialect_for
 from ..exceptions import ConfigurationError
+from ..model_files import read_layout, resolve_checkpoint
 from ..query import QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
 from ..static_query import StaticQueryEncoder
