@@ -284,7 +284,7 @@ class Enricher:
                 "through splade-es serve --enrich"
             )
         bulk_target = "/_bulk" + ("?" + urlencode(passed) if passed else "")
-        response = await self._run(ops, 1, bulk_target, headers, auth)
+        response = await self._run(ops, 1, bulk_target, as_ndjson(headers), auth)
         answer = response.json()
         if response.status != 200 or not isinstance(answer, dict):
             return response
@@ -604,12 +604,9 @@ class Enricher:
             lines += [writes.action_line("index", meta), writes.dumps(self._with_vector(op, row))]
         passed = {k: v for k, v in _params(target).items() if k in _BULK_PARAMS}
         path = "/_bulk" + ("?" + urlencode(passed) if passed else "")
-        bulk_headers = [
-            (k, v)
-            for k, v in headers
-            if k.lower() not in ("accept-encoding", "content-type", "content-encoding")
-        ]
-        bulk_headers.append(("Content-Type", "application/x-ndjson"))
+        bulk_headers = as_ndjson(
+            [(k, v) for k, v in headers if k.lower() not in ("accept-encoding", "content-encoding")]
+        )
         response = await self.upstream.request("POST", path, bulk_headers, writes.join_lines(lines))
         answer = response.json()
         if response.status == 200 and isinstance(answer, dict):
@@ -631,6 +628,30 @@ def _status(item: dict[str, Any]) -> int:
 
 def _json_headers(headers: Headers) -> Headers:
     return [(k, v) for k, v in headers if k.lower() not in ("content-encoding", "content-length")]
+
+
+def as_ndjson(headers: Headers) -> Headers:
+    """``headers`` for a ``_bulk`` the proxy makes of a JSON request: the NDJSON media type
+    of the same family. Elasticsearch 8/9 refuse a request whose Content-Type and Accept do
+    not ask for the same compatible-with version (RestCompatibleVersionHelper), so the
+    versioned type stays versioned.
+
+    >>> as_ndjson([("Content-Type", "application/vnd.elasticsearch+json; compatible-with=8")])
+    [('Content-Type', 'application/vnd.elasticsearch+x-ndjson; compatible-with=8')]
+    >>> as_ndjson([("Accept", "application/json")])
+    [('Accept', 'application/json'), ('Content-Type', 'application/x-ndjson')]
+    """
+    out: Headers = []
+    content_type = "application/x-ndjson"
+    for name, value in headers:
+        if name.lower() != "content-type":
+            out.append((name, value))
+        elif "x-ndjson" in value:
+            content_type = value
+        elif "vnd.elasticsearch+json" in value:
+            content_type = value.replace("vnd.elasticsearch+json", "vnd.elasticsearch+x-ndjson")
+    out.append(("Content-Type", content_type))
+    return out
 
 
 def _params(target: str) -> dict[str, str]:

@@ -289,9 +289,23 @@ def test_elasticsearch_client_bulk_helper(cluster, target, encoder):
         actions = [{"_index": target, "_id": d["id"], "_source": d} for d in docs]
         assert elasticsearch.helpers.bulk(es, actions) == (30, [])
         es.index(index=target, id="single", document={"title": "tax", "text": "law"})
+        es.update(index=target, id="single", doc={"text": "income"})
+    # The update went out as a bulk whose media type asks for the same compatible-with
+    # version as the client's Accept header: Elasticsearch 8/9 refuse a mismatch
+    # (RestCompatibleVersionHelper).
+    [update] = [r for r in gate.requests if r.target.startswith("/_bulk")][-1:]
+    headers = {k.lower(): v for k, v in update.headers}
+    assert headers["content-type"].startswith("application/vnd.elasticsearch+x-ndjson")
+    assert (
+        headers["content-type"].split("compatible-with=")[1]
+        == (headers["accept"].split("compatible-with=")[1])
+    )
     copies = stored(cluster, target)
     want = ingested_vectors(cluster, target, encoder, docs)
     assert len(copies) == 31
+    assert_same_vectors(
+        copies["single"]["splade"], vector_of(cluster, target, encoder, "tax income")
+    )
     for doc in docs:
         assert_same_vectors(copies[doc["id"]]["splade"], want[doc["id"]])
 
