@@ -43,7 +43,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 from ..documents import document_text
 from ..exceptions import ConfigurationError, InputError
@@ -219,7 +219,7 @@ class Enricher:
             return None
         action = "create" if wp.api == "_create" else "index"
         meta: dict[str, Any] = {"_index": wp.index, "_id": wp.doc_id}
-        routing = _params(target).get("routing")
+        routing = writes.query_params(target).get("routing")
         if routing is not None:
             meta["routing"] = routing
         item = writes.BulkItem(1, action, meta, b"")
@@ -252,7 +252,7 @@ class Enricher:
         """A ``_bulk`` with vectors added to the documents of enriched indices (None: nothing
         to enrich, forward unchanged)."""
         items = writes.split_bulk(body)
-        routing = _params(target).get("routing")
+        routing = writes.query_params(target).get("routing")
         if routing is not None:  # the URL's routing applies to items without their own
             for item in items:
                 item.meta.setdefault("routing", routing)
@@ -266,13 +266,13 @@ class Enricher:
     ) -> UpstreamResponse | None:
         """``POST /{index}/_update/{id}``: sent as a one-operation bulk when the partial
         document sets a text field; None to forward it unchanged."""
-        params = _params(target)
+        params = writes.query_params(target)
         meta: dict[str, Any] = {"_index": wp.index, "_id": wp.doc_id}
         for name in ("routing", "if_seq_no", "if_primary_term", "retry_on_conflict"):
             if name in params:
                 value = params.pop(name)
                 meta[name] = int(value) if name != "routing" and value.isdigit() else value
-        passed = {k: v for k, v in params.items() if k in _BULK_PARAMS}
+        passed = {k: v for k, v in params.items() if k in writes.BULK_PARAMS}
         item = writes.BulkItem(1, "update", meta, writes.action_line("update", meta), body.strip())
         ops = await self._plan([item], wp.index, auth)
         if ops is None or (ops[0].answer is None and ops[0].send_as is None):
@@ -284,12 +284,12 @@ class Enricher:
                 "through splade-es serve --enrich"
             )
         bulk_target = "/_bulk" + ("?" + urlencode(passed) if passed else "")
-        response = await self._run(ops, 1, bulk_target, as_ndjson(headers), auth)
+        response = await self._run(ops, 1, bulk_target, writes.as_ndjson(headers), auth)
         answer = response.json()
         if response.status != 200 or not isinstance(answer, dict):
             return response
         status, single = writes.single_response(answer["items"][0])
-        return UpstreamResponse(status, _json_headers(response.headers), writes.dumps(single))
+        return UpstreamResponse(status, writes.json_headers(response.headers), writes.dumps(single))
 
     # ------------------------------------------------------------------ planning
     async def _plan(
@@ -494,7 +494,7 @@ class Enricher:
     async def _run(
         self, ops: list[_Op], total: int, target: str, headers: Headers, auth: str | None
     ) -> UpstreamResponse:
-        target = _without_param(target, "filter_path")  # the items are needed, in full
+        target = writes.without_param(target, "filter_path")  # the items are needed, in full
         sent_headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
         plan = await self._lines(ops, list(range(total)))
         took = 0
@@ -520,13 +520,13 @@ class Enricher:
                     if p in plan.renamed:
                         item = writes.renamed(item, plan.renamed[p])
                     items[p] = item
-                    if ops[p].enriched and _status(item) < 300:
+                    if ops[p].enriched and writes.item_status(item) < 300:
                         self.metrics.documents_enriched.inc()
             retry = [
                 p
                 for p in plan.sent
                 if ops[p].send_as
-                and _status(items[p]) == 409
+                and writes.item_status(items[p]) == 409
                 and not ops[p].conditional_by_app
                 and ops[p].tries < self._retries(ops[p])
             ]
@@ -544,13 +544,13 @@ class Enricher:
             if ops[p].target is not None
             and not ops[p].target.enriched
             and ops[p].item.action in ("index", "create")
-            and _status(items.get(p, {})) < 300
+            and writes.item_status(items.get(p, {})) < 300
         ]
         if stale:
             await self._correct(stale, target, sent_headers, auth)
         body = writes.dumps(writes.assemble(total, took, list(items), list(items.values()), {}))
         headers_out = (
-            _json_headers(response.headers)
+            writes.json_headers(response.headers)
             if response
             else [("content-type", "application/json; charset=UTF-8")]
         )
@@ -602,65 +602,14 @@ class Enricher:
         lines: list[bytes] = []
         for (op, meta), row in zip(again, rows, strict=True):
             lines += [writes.action_line("index", meta), writes.dumps(self._with_vector(op, row))]
-        passed = {k: v for k, v in _params(target).items() if k in _BULK_PARAMS}
+        passed = {k: v for k, v in writes.query_params(target).items() if k in writes.BULK_PARAMS}
         path = "/_bulk" + ("?" + urlencode(passed) if passed else "")
-        bulk_headers = as_ndjson(
+        bulk_headers = writes.as_ndjson(
             [(k, v) for k, v in headers if k.lower() not in ("accept-encoding", "content-encoding")]
         )
         response = await self.upstream.request("POST", path, bulk_headers, writes.join_lines(lines))
         answer = response.json()
         if response.status == 200 and isinstance(answer, dict):
-            done = sum(1 for item in answer.get("items", []) if _status(item) < 300)
+            done = sum(1 for item in answer.get("items", []) if writes.item_status(item) < 300)
             self.metrics.enrich_corrections.inc(done)
             self.metrics.documents_enriched.inc(done)
-
-
-_BULK_PARAMS = frozenset(
-    {"refresh", "timeout", "wait_for_active_shards", "require_alias", "pretty"}
-)
-
-
-def _status(item: dict[str, Any]) -> int:
-    if not item:
-        return 500
-    return int(writes.item_body(item)[1].get("status", 500))
-
-
-def _json_headers(headers: Headers) -> Headers:
-    return [(k, v) for k, v in headers if k.lower() not in ("content-encoding", "content-length")]
-
-
-def as_ndjson(headers: Headers) -> Headers:
-    """``headers`` for a ``_bulk`` the proxy makes of a JSON request: the NDJSON media type
-    of the same family. Elasticsearch 8/9 refuse a request whose Content-Type and Accept do
-    not ask for the same compatible-with version (RestCompatibleVersionHelper), so the
-    versioned type stays versioned.
-
-    >>> as_ndjson([("Content-Type", "application/vnd.elasticsearch+json; compatible-with=8")])
-    [('Content-Type', 'application/vnd.elasticsearch+x-ndjson; compatible-with=8')]
-    >>> as_ndjson([("Accept", "application/json")])
-    [('Accept', 'application/json'), ('Content-Type', 'application/x-ndjson')]
-    """
-    out: Headers = []
-    content_type = "application/x-ndjson"
-    for name, value in headers:
-        if name.lower() != "content-type":
-            out.append((name, value))
-        elif "x-ndjson" in value:
-            content_type = value
-        elif "vnd.elasticsearch+json" in value:
-            content_type = value.replace("vnd.elasticsearch+json", "vnd.elasticsearch+x-ndjson")
-    out.append(("Content-Type", content_type))
-    return out
-
-
-def _params(target: str) -> dict[str, str]:
-    return dict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
-
-
-def _without_param(target: str, name: str) -> str:
-    path, sep, query = target.partition("?")
-    if not sep:
-        return target
-    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != name]
-    return path + ("?" + urlencode(kept) if kept else "")

@@ -22,7 +22,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlencode
+
+from .upstream import Headers
 
 WRITE_ACTIONS = ("index", "create", "update", "delete")
 
@@ -301,3 +303,58 @@ def single_response(item: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         cause = {k: v for k, v in error.items() if k != "caused_by"}
         return status, {"error": {"root_cause": [cause], **error}, "status": status}
     return status, {k: v for k, v in body.items() if k != "status"}
+
+
+# ---------------------------------------------------------------------- requests the proxy makes
+# URL parameters of a single-document call that mean the same on ``_bulk`` (carried over when
+# the proxy sends an update or a correction as a bulk).
+BULK_PARAMS = frozenset({"refresh", "timeout", "wait_for_active_shards", "require_alias", "pretty"})
+
+
+def item_status(item: dict[str, Any]) -> int:
+    """A bulk response item's status (500 for a missing or malformed item)."""
+    if not item:
+        return 500
+    return int(item_body(item)[1].get("status", 500))
+
+
+def json_headers(headers: Headers) -> Headers:
+    """The cluster's response headers for a body the proxy rewrote."""
+    return [(k, v) for k, v in headers if k.lower() not in ("content-encoding", "content-length")]
+
+
+def as_ndjson(headers: Headers) -> Headers:
+    """``headers`` for a ``_bulk`` the proxy makes of a JSON request: the NDJSON media type
+    of the same family. Elasticsearch 8/9 refuse a request whose Content-Type and Accept do
+    not ask for the same compatible-with version (RestCompatibleVersionHelper), so the
+    versioned type stays versioned.
+
+    >>> as_ndjson([("Content-Type", "application/vnd.elasticsearch+json; compatible-with=8")])
+    [('Content-Type', 'application/vnd.elasticsearch+x-ndjson; compatible-with=8')]
+    >>> as_ndjson([("Accept", "application/json")])
+    [('Accept', 'application/json'), ('Content-Type', 'application/x-ndjson')]
+    """
+    out: Headers = []
+    content_type = "application/x-ndjson"
+    for name, value in headers:
+        if name.lower() != "content-type":
+            out.append((name, value))
+        elif "x-ndjson" in value:
+            content_type = value
+        elif "vnd.elasticsearch+json" in value:
+            content_type = value.replace("vnd.elasticsearch+json", "vnd.elasticsearch+x-ndjson")
+    out.append(("Content-Type", content_type))
+    return out
+
+
+def query_params(target: str) -> dict[str, str]:
+    return dict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
+
+
+def without_param(target: str, name: str) -> str:
+    """``target`` (path and query string) without the URL parameter ``name``."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != name]
+    return path + ("?" + urlencode(kept) if kept else "")
