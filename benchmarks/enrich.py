@@ -25,6 +25,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,21 +71,27 @@ def serve(model: str, url: str, pattern: str, threads: int) -> Iterator[str]:
         "--listen", f"127.0.0.1:{port}", "--enrich", pattern, "--log-level", "warning",
         *(["--threads", str(threads)] if threads else []),
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(process.stderr.read().decode()[-2000:])
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("splade-es serve did not start")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    # A file, not a pipe: nobody reads the proxy's log while the run goes on.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(log.read().decode()[-2000:])
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), 1),
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("splade-es serve did not start")
+                time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 @contextlib.contextmanager
@@ -125,7 +132,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--model", default=os.environ.get("SPLADE_ES_TEST_MODEL"))
+    shared = Path(__file__).resolve().parents[2] / "shared" / "models" / "splade-tiny"
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("SPLADE_ES_TEST_MODEL")
+        or (str(shared) if shared.is_dir() else None),
+    )
     parser.add_argument("--corpus", help="a BEIR corpus.jsonl (else generated documents)")
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--chunk", type=int, default=500, help="documents per bulk request")
@@ -142,6 +154,7 @@ def main() -> None:
     encoder = SpladeEncoder.from_pretrained(args.model)
     console = Console()
     rows: list[tuple[str, float, str]] = []
+    failed = False
     with cluster_url(args) as url:
         direct = opensearchpy.OpenSearch(url, timeout=300)
         names = {"ingest": "bench-enrich-ingest", "bulk": "bench-enrich-bulk",
@@ -183,11 +196,14 @@ def main() -> None:
                 rate = len(docs) / seconds
                 ratio = f"{rate / baseline:.2f}x"
                 checked = check(direct, index, len(docs))
+                failed |= checked != "ok"
                 table.add_row(label, f"{seconds:.1f}", f"{rate:,.0f}", ratio, checked)
             console.print(table)
         finally:
             for name in names.values():
                 direct.indices.delete(index=name, ignore_unavailable=True)
+    if failed:
+        sys.exit("an index is missing documents or vectors (see check)")
 
 
 if __name__ == "__main__":
