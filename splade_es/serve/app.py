@@ -176,7 +176,9 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
                 (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
             )
             sp = rewrite.search_path(path) if method in ("GET", "POST") and body else None
-            wp = writes.write_path(method, path) if service.enricher and body else None
+            # The raw path: a document id may hold an encoded "/" (URLs as ids).
+            raw_path = request.scope["raw_path"].decode("latin-1")
+            wp = writes.write_path(method, raw_path) if service.enricher and body else None
             if wp is not None:
                 route = "write" + wp.api
                 response = await write(wp, method, target, headers, body)
@@ -204,6 +206,15 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
         """A document write into an enriched index: sent with vectors (``enrich``)."""
         enricher = service.enricher
         assert enricher is not None
+        media_type = (_header(headers, "content-type") or "application/json").lower()
+        if "json" not in media_type:
+            # SMILE, CBOR, YAML: the proxy cannot read the documents, so it cannot add their
+            # vectors; forwarding them would index documents without one.
+            raise HttpError(
+                415,
+                "media_type_header_exception",
+                f"splade-es serve --enrich reads JSON write bodies only, got {media_type!r}",
+            )
         encoding = _header(headers, "content-encoding")
         plain = decompress(body, encoding, config.max_body_bytes) if encoding else body
         sent_headers = _without(headers, "content-encoding")

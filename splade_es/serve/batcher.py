@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -170,6 +170,7 @@ class QueueFull(Exception):
 class _DocumentJob:
     texts: list[str]
     future: asyncio.Future
+    rows: list[Row] = field(default_factory=list)  # encoded so far, in order
 
 
 class DocumentBatcher:
@@ -241,27 +242,41 @@ class DocumentBatcher:
                     return
                 self._has_work.clear()
                 await self._has_work.wait()
-            jobs = [self._jobs.pop(0)]
-            size = len(jobs[0].texts)
-            while self._jobs and size + len(self._jobs[0].texts) <= self.max_batch:
-                size += len(self._jobs[0].texts)
-                jobs.append(self._jobs.pop(0))
-            live = [job for job in jobs if not job.future.done()]
-            texts = [text for job in live for text in job.texts]
+            # Up to max_batch texts from the waiting jobs, in order; a large job is encoded
+            # in several calls, so queries (same model thread) get their turn in between.
+            taken: list[tuple[_DocumentJob, int, int]] = []  # job, first text, end
+            size = 0
+            for job in self._jobs:
+                if size >= self.max_batch:
+                    break
+                start = len(job.rows)
+                end = min(len(job.texts), start + self.max_batch - size)
+                taken.append((job, start, end))
+                size += end - start
+            texts = [t for job, start, end in taken for t in job.texts[start:end]]
             started = time.perf_counter()
             try:
-                vectors = await self._run(self._encode, texts) if texts else None
+                vectors = await self._run(self._encode, texts)
+                rows = [vectors.row(i) for i in range(len(texts))]
             except Exception as exc:  # every waiting request gets the error, none hangs
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                for job, _, _ in taken:
+                    self._finish(job, exc)
                 continue
-            finally:
-                self.queued -= size
             self.metrics.enrich_encode_seconds.observe(time.perf_counter() - started)
             offset = 0
-            for job in live:
-                rows = range(offset, offset + len(job.texts))
-                offset += len(job.texts)
-                if not job.future.done() and vectors is not None:
-                    job.future.set_result([vectors.row(i) for i in rows])
+            for job, start, end in taken:
+                job.rows.extend(rows[offset : offset + end - start])
+                offset += end - start
+                self.queued -= end - start
+                if len(job.rows) == len(job.texts):
+                    self._finish(job, None)
+
+    def _finish(self, job: _DocumentJob, error: Exception | None) -> None:
+        if job in self._jobs:
+            self._jobs.remove(job)
+            self.queued -= len(job.texts) - len(job.rows)
+        if not job.future.done():
+            if error is None:
+                job.future.set_result(job.rows)
+            else:
+                job.future.set_exception(error)

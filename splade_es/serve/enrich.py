@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import json
+import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,7 +53,9 @@ from . import writes
 from .batcher import DocumentBatcher, QueueFull, Row
 from .facts import FactsCache, WriteTarget
 from .metrics import Metrics
-from .upstream import Headers, Upstream, UpstreamResponse
+from .upstream import Headers, Upstream, UpstreamResponse, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
 
 OnEncodeError = Literal["reject", "passthrough"]
 
@@ -96,6 +99,10 @@ def parse_rule(
     sparse = parts[2].strip() if len(parts) > 2 and parts[2].strip() else sparse_field
     if not fields:
         raise ConfigurationError(f"--enrich {spec!r}: no text fields")
+    if "." in sparse:
+        raise ConfigurationError(
+            f"--enrich {spec!r}: the sparse field must be a top-level field, not {sparse!r}"
+        )
     if sparse in fields:
         raise ConfigurationError(
             f"--enrich {spec!r}: {sparse!r} is both a text and the sparse field"
@@ -211,11 +218,15 @@ class Enricher:
         if resolved is None:
             return None
         rule, write_target = resolved
-        try:
-            doc = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None  # the cluster answers its own parse error
+        doc = writes.parse_document(body)
         if not isinstance(doc, dict):
+            if write_target.enriched and self.config.on_encode_error == "reject":
+                self.metrics.enrich_item_errors.labels("encode").inc()
+                raise writes.WriteBodyError(
+                    f"document [{wp.doc_id or '(new)'}]: not a strict JSON object (comments, "
+                    "NaN or an out-of-range number); splade-es serve cannot read its text",
+                    "parse_exception",
+                )
             return None
         action = "create" if wp.api == "_create" else "index"
         meta: dict[str, Any] = {"_index": wp.index, "_id": wp.doc_id}
@@ -237,7 +248,7 @@ class Enricher:
         if op.enriched and 200 <= response.status < 300:
             self.metrics.documents_enriched.inc()
         elif not op.enriched and 200 <= response.status < 300:
-            await self._correct([(op, response.json(), doc)], target, headers, auth)
+            await self._correct_safely([(op, response.json(), doc)], target, headers, auth)
         return response
 
     # ------------------------------------------------------------------ bulk
@@ -318,7 +329,8 @@ class Enricher:
             if item.action in ("index", "create"):
                 doc = item.source()
                 if not isinstance(doc, dict):
-                    continue  # the cluster answers its own parse error
+                    self._unreadable(op)
+                    continue
                 self._compose(op, doc, self._where(item))
             elif item.action == "update":
                 self._plan_update(op, updates)
@@ -332,6 +344,7 @@ class Enricher:
         assert op.rule is not None
         body = op.item.source()
         if not isinstance(body, dict):
+            self._unreadable(op)
             return
         if "script" in body:
             if self.config.on_encode_error == "passthrough":
@@ -348,6 +361,8 @@ class Enricher:
             return
         partial = body.get("doc")
         if isinstance(partial, dict) and writes.touches(partial, op.rule.watched_fields):
+            if "if_seq_no" in op.item.meta and "if_primary_term" not in op.item.meta:
+                return  # forwarded: the engine refuses one without the other
             op.conditional_by_app = "if_seq_no" in op.item.meta
             updates.append(op)
 
@@ -361,8 +376,8 @@ class Enricher:
                 spec["routing"] = op.item.meta["routing"]
             docs.append(spec)
         headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
-        if auth or self.upstream.own_auth:  # the app's own right to read, else the proxy's
-            headers.append(("Authorization", auth or self.upstream.own_auth or ""))
+        if auth:  # the app's own right to read: never the proxy's credentials
+            headers.append(("Authorization", auth))
         response = await self.upstream.request(
             "POST", "/_mget", headers, writes.dumps({"docs": docs})
         )
@@ -379,8 +394,10 @@ class Enricher:
     def _merge(self, op: _Op, current: dict[str, Any]) -> None:
         assert op.rule is not None and op.target is not None
         body = op.item.source()
+        sets_vector = op.rule.sparse_field in body["doc"]  # the app's vector is replaced
         partial = {k: v for k, v in body["doc"].items() if k != op.rule.sparse_field}
-        meta = {"_index": op.target.index, "_id": op.item.doc_id}
+        # The write goes to the concrete index the proxy read: not an alias (require_alias).
+        meta = {"_index": op.target.index, "_id": op.item.doc_id, "require_alias": False}
         if "routing" in op.item.meta:
             meta["routing"] = op.item.meta["routing"]
         if "error" in current:
@@ -395,9 +412,11 @@ class Enricher:
             )
             return
         if not current.get("found"):
-            new = body.get("upsert") if isinstance(body.get("upsert"), dict) else None
-            if new is None and body.get("doc_as_upsert") is True:
+            # The engines' order (UpdateHelper.prepareUpsert): doc_as_upsert, then upsert.
+            if body.get("doc_as_upsert") is True:
                 new = partial
+            else:
+                new = body.get("upsert") if isinstance(body.get("upsert"), dict) else None
             if new is None:
                 return  # forwarded: the cluster answers document_missing_exception
             op.send_as, op.meta = "create", meta
@@ -407,14 +426,23 @@ class Enricher:
                 self._where(op.item),
             )
             return
-        stored = {k: v for k, v in current.get("_source", {}).items() if k != op.rule.sparse_field}
+        if not isinstance(current.get("_source"), dict) or "_seq_no" not in current:
+            # _source disabled: a merge would replace the document with the partial one.
+            op.answer = self._error(
+                op,
+                f"{self._where(op.item)}: the current document has no _source to merge into",
+                400,
+                "document_source_missing_exception",
+            )
+            return
+        stored = {k: v for k, v in current["_source"].items() if k != op.rule.sparse_field}
         merged = writes.merge_partial(stored, partial)
-        if merged == stored and body.get("detect_noop", True) is not False:
+        if merged == stored and not sets_vector and body.get("detect_noop", True) is not False:
             op.doc = None  # forwarded: the cluster answers "noop"
             return
         if op.conditional_by_app:
             meta["if_seq_no"] = op.item.meta["if_seq_no"]
-            meta["if_primary_term"] = op.item.meta.get("if_primary_term")
+            meta["if_primary_term"] = op.item.meta["if_primary_term"]
         else:
             meta["if_seq_no"] = current["_seq_no"]
             meta["if_primary_term"] = current["_primary_term"]
@@ -443,6 +471,21 @@ class Enricher:
             )
             return
         op.doc = doc
+
+    def _unreadable(self, op: _Op) -> None:
+        """A document of an enriched index that is not strict JSON: never sent without its
+        vector (the engine may read what Python's parser refuses, comments for instance)."""
+        if self.config.on_encode_error == "passthrough":
+            self.metrics.enrich_passthrough.labels("encode_error").inc()
+            return
+        self.metrics.enrich_item_errors.labels("encode").inc()
+        op.answer = self._error(
+            op,
+            f"{self._where(op.item)}: not a strict JSON object (comments, NaN or an "
+            "out-of-range number); splade-es serve cannot read its text to compute its vector",
+            400,
+            "parse_exception",
+        )
 
     @staticmethod
     def _where(item: writes.BulkItem) -> str:
@@ -494,8 +537,11 @@ class Enricher:
     async def _run(
         self, ops: list[_Op], total: int, target: str, headers: Headers, auth: str | None
     ) -> UpstreamResponse:
-        target = writes.without_param(target, "filter_path")  # the items are needed, in full
-        sent_headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+        # The items are needed, in full, as plain JSON, whatever the app asked for.
+        target = writes.without_param(writes.without_param(target, "filter_path"), "format")
+        sent_headers = writes.json_accept(
+            [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+        )
         plan = await self._lines(ops, list(range(total)))
         took = 0
         items: dict[int, dict[str, Any]] = {}
@@ -514,9 +560,15 @@ class Enricher:
                         )
                     break
                 took += int(answer.get("took", 0))
-                for p, item in zip(
-                    plan.sent, writes.response_items(answer, len(plan.sent)), strict=True
-                ):
+                try:
+                    answered = writes.response_items(answer, len(plan.sent))
+                except writes.WriteBodyError as exc:  # the cluster's answer, not the app's bulk
+                    if len(items) == len(plan.answered):
+                        raise UpstreamUnavailable(str(exc)) from None
+                    for p in plan.sent:
+                        items[p] = self._error(ops[p], str(exc), 502)
+                    break
+                for p, item in zip(plan.sent, answered, strict=True):
                     if p in plan.renamed:
                         item = writes.renamed(item, plan.renamed[p])
                     items[p] = item
@@ -536,8 +588,17 @@ class Enricher:
                 ops[p].tries += 1
                 ops[p].send_as = ops[p].doc = ops[p].text = None
                 self.metrics.enrich_retries.inc()
-            await self._read_current([ops[p] for p in retry], auth)
-            plan = await self._lines(ops, retry)
+            # Exponential backoff with full jitter: concurrent writers of one document
+            # should not collide again on the next round.
+            await asyncio.sleep(random.uniform(0, 0.01 * 2 ** max(ops[p].tries for p in retry)))
+            try:
+                await self._read_current([ops[p] for p in retry], auth)
+                plan = await self._lines(ops, retry)
+            except Exception as exc:  # the first round is indexed: answer, never raise
+                log.warning("retrying %d conflicting updates failed: %s", len(retry), exc)
+                for p in retry:
+                    items[p] = self._error(ops[p], f"retrying after a version conflict: {exc}", 503)
+                break
         stale = [
             (ops[p], writes.item_body(items[p])[1], ops[p].item.source())
             for p in range(total)
@@ -547,7 +608,7 @@ class Enricher:
             and writes.item_status(items.get(p, {})) < 300
         ]
         if stale:
-            await self._correct(stale, target, sent_headers, auth)
+            await self._correct_safely(stale, target, sent_headers, auth)
         body = writes.dumps(writes.assemble(total, took, list(items), list(items.values()), {}))
         headers_out = (
             writes.json_headers(response.headers)
@@ -559,6 +620,18 @@ class Enricher:
     def _retries(self, op: _Op) -> int:
         asked = op.item.meta.get("retry_on_conflict", 0)
         return max(self.config.update_retries, asked if isinstance(asked, int) else 0)
+
+    async def _correct_safely(
+        self, written: list[tuple[_Op, Any, Any]], target: str, headers: Headers, auth: str | None
+    ) -> None:
+        """``_correct`` after the app's write was indexed: a failure is logged and counted,
+        never answered (the app would retry a write that happened)."""
+        try:
+            await self._correct(written, target, headers, auth)
+        except Exception as exc:
+            ids = [answered.get("_id") for _, answered, _ in written if isinstance(answered, dict)]
+            log.warning("could not add vectors after an alias switch to %s: %s", ids[:20], exc)
+            self.metrics.enrich_corrections_failed.inc(len(written))
 
     async def _correct(
         self,
@@ -580,7 +653,7 @@ class Enricher:
                 continue
             self.facts.forget_target(op.target.name, op.rule.sparse_field)
             actual = await self.facts.write_target(index, op.rule.sparse_field, auth)
-            if not actual.enriched or "_seq_no" not in answered:
+            if not actual.enriched or "_seq_no" not in answered or "_primary_term" not in answered:
                 continue
             fixed = _Op(op.item, op.rule, actual)
             self._compose(fixed, doc, self._where(op.item))

@@ -137,6 +137,13 @@ class Metrics:
             registry=r,
         )
 
+        self.enrich_corrections_failed = Counter(
+            "splade_es_enrich_corrections_failed",
+            "Documents an alias switch sent to an index with the sparse field whose vector "
+            "could not be added afterwards (logged with their ids).",
+            registry=r,
+        )
+
     def cache_lookups(self, hits: int, misses: int) -> None:
         self.cache_hits.inc(hits)
         self.cache_misses.inc(misses)

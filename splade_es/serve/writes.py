@@ -94,13 +94,32 @@ class BulkItem:
         return None if value is None else str(value)
 
     def source(self) -> Any:
-        """The parsed second line (None when it is not JSON)."""
-        if self.source_line is None:
-            return None
-        try:
-            return json.loads(self.source_line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None
+        """The parsed second line (None when it is not strict JSON)."""
+        return None if self.source_line is None else parse_document(self.source_line)
+
+
+def parse_document(raw: bytes) -> Any:
+    """A JSON document, or None when it is not strict JSON (comments, ``NaN``, ``1e400``):
+    such a body is never forwarded to an enriched index without a vector.
+
+    >>> parse_document(b'{"a": 1}'), parse_document(b'{"a": 1e400}'), parse_document(b"{/**/}")
+    ({'a': 1}, None, None)
+    """
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def split_bulk(body: bytes) -> list[BulkItem]:
@@ -192,18 +211,22 @@ def touches(changes: Mapping[str, Any], fields: tuple[str, ...]) -> bool:
 
     >>> touches({"title": "x"}, ("title",)), touches({"meta": {"t": 1}}, ("meta.t",))
     (True, True)
+    >>> touches({"meta": None}, ("meta.t",))  # the object holding the field is replaced
+    True
     >>> touches({"views": 3}, ("title", "text"))
     False
     """
     for name in fields:
+        if name in changes:  # a literal dotted key, or a top-level field
+            return True
         node: Any = changes
         for part in name.split("."):
-            if not isinstance(node, Mapping) or part not in node:
+            if part not in node:
                 break
             node = node[part]
+            if not isinstance(node, Mapping):
+                return True  # the field, or an object on its path replaced by a value
         else:
-            return True
-        if name in changes:  # a literal dotted key
             return True
     return False
 
@@ -344,6 +367,25 @@ def as_ndjson(headers: Headers) -> Headers:
         elif "vnd.elasticsearch+json" in value:
             content_type = value.replace("vnd.elasticsearch+json", "vnd.elasticsearch+x-ndjson")
     out.append(("Content-Type", content_type))
+    return out
+
+
+def json_accept(headers: Headers) -> Headers:
+    """``headers`` asking for a JSON answer (YAML, SMILE, CBOR answers cannot be read and put
+    back together), in the same media-type family: a versioned Elasticsearch type stays
+    versioned, as its Content-Type is.
+
+    >>> json_accept([("Accept", "application/yaml")])
+    [('Accept', 'application/json')]
+    >>> json_accept([("accept", "application/vnd.elasticsearch+smile; compatible-with=8")])
+    [('accept', 'application/vnd.elasticsearch+json; compatible-with=8')]
+    """
+    out: Headers = []
+    for name, value in headers:
+        if name.lower() == "accept" and "json" not in value:
+            for subtype in ("x-yaml", "yaml", "smile", "cbor"):
+                value = value.replace(subtype, "json")
+        out.append((name, value))
     return out
 
 

@@ -525,3 +525,91 @@ def test_url_parameters_are_forwarded_and_routing_reaches_the_read(
     assert status == 200 and not json.loads(answer)["errors"], answer
     got = cluster.client.get(index=target, id="r", routing="r1")["_source"]
     assert_same_vectors(got["splade"], vector_of(cluster, target, encoder, "brain income"))
+
+
+def test_what_cannot_be_merged_or_read_is_refused_not_indexed_without_a_vector(
+    cluster, index_name, proxy, encoder
+):
+    """The review's cases: ids with an encoded '/', bodies that are not strict JSON, an
+    update on an index without _source, an update setting only the vector, doc_as_upsert
+    beside upsert, a bulk asking for YAML."""
+    target = index_name
+    cluster.client.indices.create(
+        index=target,
+        body={
+            "settings": {"number_of_replicas": 0},
+            "mappings": {"properties": {"splade": {"type": "rank_features"}}},
+        },
+    )
+    url = proxy.state.url
+    json_headers = {"Content-Type": "application/json"}
+    # An id holding an encoded "/" (a URL as id) is still a document write.
+    status, _, _ = raw_request(
+        url, "PUT", f"/{target}/_doc/https%3A%2F%2Fex.com%2Fa", b'{"title":"tax law"}', json_headers
+    )
+    assert status == 201
+    got = cluster.client.get(index=target, id="https://ex.com/a")["_source"]
+    assert_same_vectors(got["splade"], vector_of(cluster, target, encoder, "tax law"))
+    # A body the engine may read but strict JSON does not: refused, not forwarded bare.
+    status, _, body = raw_request(
+        url, "PUT", f"/{target}/_doc/c", b'{"title": "x", /* note */ "text": "y"}', json_headers
+    )
+    assert status == 400 and b"not a strict JSON object" in body
+    # Not JSON at all: 415, never indexed without a vector.
+    status, _, _ = raw_request(
+        url, "PUT", f"/{target}/_doc/y", b"title: x\n", {"Content-Type": "application/yaml"}
+    )
+    assert status == 415
+    # An update setting only the vector: the app's vector is replaced by the text's.
+    app = client_for(url)
+    app.update(index=target, id="https://ex.com/a", body={"doc": {"splade": {"evil": 99.0}}})
+    got = cluster.client.get(index=target, id="https://ex.com/a")["_source"]
+    assert "evil" not in got["splade"]
+    # doc_as_upsert wins over upsert, as in the engines (UpdateHelper.prepareUpsert).
+    app.update(
+        index=target,
+        id="u",
+        body={
+            "doc": {"title": "white matter"},
+            "upsert": {"title": "other"},
+            "doc_as_upsert": True,
+        },
+    )
+    got = cluster.client.get(index=target, id="u")["_source"]
+    assert got["title"] == "white matter"
+    assert_same_vectors(got["splade"], vector_of(cluster, target, encoder, "white matter"))
+    # A bulk asking for YAML still gets every item, in place (as JSON).
+    lines = [
+        {"index": {"_index": target, "_id": "ok"}},
+        {"title": "tax"},
+        {"index": {"_index": target, "_id": "bad"}},
+        {"title": 5},
+    ]
+    status, _, body = raw_request(
+        url,
+        "POST",
+        "/_bulk?format=yaml",
+        ("\n".join(json.dumps(x) for x in lines) + "\n").encode(),
+        {"Content-Type": "application/x-ndjson"},
+    )
+    items = json.loads(body)["items"]
+    assert status == 200 and [i["index"]["_id"] for i in items] == ["ok", "bad"]
+    assert [i["index"]["status"] for i in items] == [201, 400]
+
+
+def test_an_update_on_an_index_without_source_is_refused(cluster, index_name, proxy):
+    cluster.client.indices.create(
+        index=index_name,
+        body={
+            "settings": {"number_of_replicas": 0},
+            "mappings": {
+                "_source": {"enabled": False},
+                "properties": {"splade": {"type": "rank_features"}},
+            },
+        },
+    )
+    app = client_for(proxy.state.url)
+    app.index(index=index_name, id="1", body={"title": "tax", "text": "law", "views": 1})
+    with pytest.raises(opensearchpy.RequestError) as info:
+        app.update(index=index_name, id="1", body={"doc": {"title": "new"}})
+    assert info.value.error == "document_source_missing_exception"

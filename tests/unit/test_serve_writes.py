@@ -136,7 +136,7 @@ def test_parse_rule_and_its_errors():
     assert (rule.pattern, rule.text_fields, rule.sparse_field) == ("logs-*", ("msg",), "vec")
     assert rule.matches("logs-2026") and not rule.matches("metrics-2026")
     assert rule.watched_fields == ("msg", "vec")
-    for spec in ("", ":title", "a:b:c:d", "a:splade:splade"):
+    for spec in ("", ":title", "a:b:c:d", "a:splade:splade", "a:title:vectors.splade"):
         with pytest.raises(ConfigurationError):
             parse_rule(spec)
     with pytest.raises(ConfigurationError, match="at least one"):
@@ -205,3 +205,30 @@ def test_a_request_larger_than_the_queue_is_admitted_when_the_queue_is_empty():
         return rows
 
     assert len(asyncio.run(body())) == 5
+
+
+def test_a_large_request_is_encoded_in_model_sized_calls_and_errors_reach_every_waiter():
+    async def body():
+        model = GatedEncoder()
+        model.gate.set()
+        loop = asyncio.get_running_loop()
+        batcher = DocumentBatcher(
+            model, lambda f, *a: loop.run_in_executor(None, f, *a), max_batch=10, max_queued=100
+        )
+        batcher.start()
+        texts = [f"{'x' * (i % 7 + 1)}" for i in range(25)]
+        rows = await batcher.encode(texts)
+        sizes = [len(c) for c in model.calls]
+        # A model that fails: the waiting request gets the error; the queue keeps working.
+        batcher._encode = lambda texts: (_ for _ in ()).throw(RuntimeError("boom"))
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.encode(["a", "b"])
+        batcher._encode = model
+        again = await batcher.encode(["abc"])
+        await batcher.close()
+        return texts, rows, sizes, again, batcher.queued
+
+    texts, rows, sizes, again, queued = asyncio.run(body())
+    assert sizes == [10, 10, 5]  # queries get the model thread between the calls
+    assert [int(ids[0]) for ids, _ in rows] == [len(t) for t in texts]  # in order
+    assert [int(ids[0]) for ids, _ in again] == [3] and queued == 0
