@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, Literal
 
 import numpy as np
@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from .exceptions import EmptyTextError, InputError, ModelLoadError
+from .fast_forward import FastForward
 from .model_files import CheckpointLayout, Mode, read_layout, resolve_checkpoint
-from .pooling import SpladeHead
+from .pooling import SparseRows, SpladeHead
 from .sparse import SparseBatch, Vocabulary
 from .static_query import StaticQueryEncoder
 
@@ -69,8 +70,13 @@ class SpladeEncoder:
         name: str = "",
         max_batch_tokens: int = 16384,
         query_encoder: StaticQueryEncoder | None = None,
+        fast_forward: bool = True,
     ) -> None:
         self.model = model
+        # transformers' forward costs ~1 ms of Python per call, most of a short query's time:
+        # BERT and DistilBERT run through FastForward instead (same operations, same result,
+        # checked on a probe batch here; any other model keeps transformers' forward).
+        self.fast_forward = FastForward.for_model(model) if fast_forward else None
         self.tokenizer = tokenizer
         self.head = head
         self.device = device
@@ -152,6 +158,7 @@ class SpladeEncoder:
             max_length=_max_length(max_length, layout, tokenizer, model),
             name=name_or_path,
             max_batch_tokens=_default_batch_tokens(torch_device),
+            fast_forward=not compile,
         )
         if layout.query_files is not None:
             encoder.query_encoder = StaticQueryEncoder.from_files(
@@ -291,11 +298,17 @@ class SpladeEncoder:
 
     @torch.inference_mode()
     def _encode_batch(self, ids: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        lengths = [len(row) for row in ids]
+        if self.fast_forward is not None and self.head.takes_packed(sum(lengths)):
+            # A query or a micro-batch of short texts: no padding from input ids to pooling.
+            flat = torch.tensor(list(chain.from_iterable(ids)), dtype=torch.long)
+            packed = self.fast_forward.packed(flat.to(self.device), lengths)
+            return self._split_rows(self.head.pool_packed(packed, lengths), len(ids))
         if len(ids) == 1:
             # One text has no padding: no mask to build, and the model skips its own.
             input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
             mask = torch.ones_like(input_ids, dtype=torch.bool)
-            out = self.model(input_ids=input_ids)
+            hidden = self._forward(input_ids, None)
         else:
             length = max(len(x) for x in ids)
             input_ids = torch.full((len(ids), length), self.pad_id, dtype=torch.long)
@@ -305,19 +318,29 @@ class SpladeEncoder:
                 mask[i, : len(row)] = True
             input_ids = input_ids.to(self.device, non_blocking=True)
             mask = mask.to(self.device, non_blocking=True)
-            out = self.model(input_ids=input_ids, attention_mask=mask.long())
-        hidden = out.logits if hasattr(out, "logits") else out[0]
-        sparse = self.head(hidden, mask)
+            hidden = self._forward(input_ids, mask.long())
+        return self._split_rows(self.head(hidden, mask), len(ids))
+
+    @staticmethod
+    def _split_rows(sparse: SparseRows, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, weights) per row, ids ascending."""
         rows = sparse.rows.cpu().numpy()
         cols = sparse.cols.cpu().numpy()
         values = sparse.values.cpu().numpy()
         order = np.lexsort((cols, rows))
         rows, cols, values = rows[order], cols[order], values[order]
-        bounds = np.searchsorted(rows, np.arange(len(ids) + 1))
+        bounds = np.searchsorted(rows, np.arange(count + 1))
         return [
             (cols[bounds[i] : bounds[i + 1]], values[bounds[i] : bounds[i + 1]])
-            for i in range(len(ids))
+            for i in range(count)
         ]
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The MLM transform's hidden states [B, L, H] (the vocabulary projection is the head's)."""
+        if self.fast_forward is not None:
+            return self.fast_forward(input_ids, mask)
+        out = self.model(input_ids=input_ids, attention_mask=mask)
+        return out.logits if hasattr(out, "logits") else out[0]
 
 
 @contextlib.contextmanager

@@ -14,6 +14,9 @@ is computed here in vocabulary chunks. Three facts make it cheap and still exact
 * Optional *screening* (CPUs with fast bf16): a bf16 pass bounds every logit within a proven
   rounding margin; only entries whose upper bound can be positive are recomputed in fp32.
   Every other entry is provably <= 0, i.e. exactly 0 after relu. Results are fp32-exact.
+  Short inputs (a query, a micro-batch of them: ``pool_packed``) are screened by
+  ``FusedScreen`` (fused_screen.py): the margin and the bias go into one oneDNN product, and
+  the union of their candidates is computed exactly for every row.
 
 Sum pooling (``pooling="sum"``) applies the activation per position, as the formula requires.
 """
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from .fused_screen import FusedScreen
 
 Pooling = Literal["max", "sum"]
 Activation = Literal["relu", "log1p_relu"]
@@ -106,10 +111,18 @@ class SpladeHead:
         self.bounds = [
             (s, min(s + vocab_chunk, vocab_size)) for s in range(0, vocab_size, vocab_chunk)
         ]
+        self.fused: FusedScreen | None = None
         if self.screen:
             self.matrix_bf16 = self.matrix.to(torch.bfloat16)
             self.neg_bias = -self.bias
             self.margin_norms = _SCREEN_MARGIN * weight.float().norm(dim=1)
+            # Short inputs (a query) are screened in one fused product (fused_screen.py);
+            # None where torch has no oneDNN bf16 path: they go block by block then.
+            self.fused = FusedScreen.build(weight, self.bias)
+            # The candidates' exact recompute gathers their weight rows: contiguous in the
+            # [V, H] layout (a gather of [H, V] columns costs ~8x more). Usually no copy: the
+            # projection is tied to the input embeddings, which the model keeps anyway.
+            self.rows = weight
 
     @property
     def dtype(self) -> torch.dtype:
@@ -126,6 +139,15 @@ class SpladeHead:
             return [(0, self.vocab_size)]
         return self.bounds
 
+    def takes_packed(self, tokens: int) -> bool:
+        """Whether ``pool_packed`` applies to a batch of ``tokens`` real tokens."""
+        return self.pooling == "max" and tokens * self.vocab_size <= self.single_pass_elements
+
+    def pool_packed(self, packed: torch.Tensor, lengths: list[int]) -> SparseRows:
+        """Max pooling of rows given without padding: ``packed`` [T, H], ``lengths`` tokens
+        per row (all > 0). Needs ``takes_packed(T)``."""
+        return self._packed_max(packed.to(self.dtype), lengths)
+
     def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> SparseRows:
         """``hidden`` [B, L, H] (after the MLM transform), ``mask`` [B, L] bool."""
         hidden = hidden.to(self.dtype)
@@ -133,7 +155,9 @@ class SpladeHead:
             lengths = mask.sum(dim=1)
             tokens = int(lengths.sum())
             if tokens * self.vocab_size <= self.single_pass_elements and bool(lengths.all()):
-                return self._packed_max(hidden[mask], lengths.tolist())
+                unpadded = tokens == mask.numel()  # one query, or queries of one length
+                packed = hidden.reshape(tokens, -1) if unpadded else hidden[mask]
+                return self._packed_max(packed, lengths.tolist())
             # Pad positions become copies of position 0 (always a real token).
             hidden = torch.where(mask.unsqueeze(-1), hidden, hidden[:, :1, :])
         bounds = self.bounds_for(hidden.shape[0], hidden.shape[1])
@@ -158,30 +182,41 @@ class SpladeHead:
                 return x.amax(dim=0, keepdim=True)
             return torch.stack([part.amax(dim=0) for part in torch.split(x, lengths)])
 
+        if self.screen:
+            # Screen the union over all tokens (one reduction, not one per row), then compute
+            # every row on those columns exactly: values > 0 there are exactly the non-zeros.
+            columns = self.fused.columns(packed) if self.fused else self._bf16_columns(packed)
+            weights = torch.index_select(self.rows, 0, columns)  # [n, H], contiguous rows
+            values = activate(row_max(packed @ weights.t()) + self.bias[columns], self.activation)
+            rows, at = (values > 0).nonzero(as_tuple=True)
+            return SparseRows(rows, columns[at], values[rows, at])
         width = max(2048, _PACKED_BLOCK_ELEMENTS // packed.shape[0])
-        norms = row_max(packed.norm(dim=-1, keepdim=True)) if self.screen else None
         parts = []
         for start in range(0, self.vocab_size, width):
             end = min(start + width, self.vocab_size)
-            if not self.screen:
-                logits = row_max(packed @ self.matrix[:, start:end]).float()
-                pooled = activate(logits + self.bias[start:end], self.activation)
-                rows, cols = pooled.nonzero(as_tuple=True)
-                parts.append((rows, cols + start, pooled[rows, cols]))
-                continue
-            approx = row_max(packed.to(torch.bfloat16) @ self.matrix_bf16[:, start:end])
-            threshold = torch.addcmul(
-                self.neg_bias[start:end], norms, self.margin_norms[start:end], value=-1.0
-            )
-            candidate = approx.float() > threshold  # [B, Vc]
-            union = candidate.any(dim=0).nonzero(as_tuple=True)[0] + start
-            exact = row_max(packed @ self.matrix[:, union]) + self.bias[union]  # fp32
-            values = activate(exact, self.activation)
-            rows, at = (candidate[:, union - start] & (values > 0)).nonzero(as_tuple=True)
-            parts.append((rows, union[at], values[rows, at]))
+            logits = row_max(packed @ self.matrix[:, start:end]).float()
+            pooled = activate(logits + self.bias[start:end], self.activation)
+            rows, cols = pooled.nonzero(as_tuple=True)
+            parts.append((rows, cols + start, pooled[rows, cols]))
         if len(parts) == 1:
             return SparseRows(*parts[0])
         return SparseRows(*(torch.cat(column) for column in zip(*parts, strict=True)))
+
+    def _bf16_columns(self, packed: torch.Tensor) -> torch.Tensor:
+        """The screen without oneDNN's fused product: bf16 products block by block, each
+        column's max over all tokens against its proven margin. Ascending column ids."""
+        width = max(2048, _PACKED_BLOCK_ELEMENTS // packed.shape[0])
+        norm = packed.norm(dim=-1).amax()
+        tokens = packed.to(torch.bfloat16)
+        parts = []
+        for start in range(0, self.vocab_size, width):
+            end = min(start + width, self.vocab_size)
+            approx = (tokens @ self.matrix_bf16[:, start:end]).amax(dim=0)
+            threshold = torch.addcmul(
+                self.neg_bias[start:end], norm, self.margin_norms[start:end], value=-1.0
+            )
+            parts.append((approx.float() > threshold).nonzero(as_tuple=True)[0] + start)
+        return torch.cat(parts)
 
     def _chunk(
         self, hidden: torch.Tensor, mask: torch.Tensor, start: int, end: int

@@ -1,0 +1,92 @@
+"""FastForward: transformers' BERT / DistilBERT forward without its per-call overhead, the
+same numbers (checked here against transformers itself), and a refusal wherever it is not."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+from splade_es import SpladeEncoder
+from splade_es.fast_forward import FastForward
+
+
+def transformed_hidden(model, ids, mask=None):
+    """What transformers computes before the vocabulary projection (the encoder's input)."""
+    captured = {}
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: captured.setdefault("hidden", args[0])
+    )
+    try:
+        model(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    return captured["hidden"]
+
+
+@torch.inference_mode()
+def test_equals_transformers_on_single_and_padded_inputs(tiny_model_dir):
+    model = AutoModelForMaskedLM.from_pretrained(str(tiny_model_dir)).eval()
+    fast = FastForward.for_model(model)
+    assert fast is not None
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    one = torch.randint(5, vocab, (1, 17), generator=gen)
+    expected = transformed_hidden(model, one)
+    got = fast(one)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+    batch = torch.randint(5, vocab, (3, 11), generator=gen)
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[2, 9:] = 0
+    expected = transformed_hidden(model, batch, mask)
+    got = fast(batch, mask)
+    real = mask.bool()
+    assert (got[real] - expected[real]).abs().max() <= 1e-5 * expected[real].abs().max()
+    # A padded row equals the same text alone: padding leaks nowhere.
+    alone = fast(batch[1:2, :4])
+    assert (alone[0] - got[1, :4]).abs().max() <= 1e-5 * alone.abs().max()
+
+
+def test_other_kinds_of_model_keep_transformers_forward():
+    relative = BertForMaskedLM(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            position_embedding_type="relative_key",
+        )
+    ).eval()
+    assert FastForward.for_model(relative) is None
+    training = BertForMaskedLM(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    )
+    assert training.training and FastForward.for_model(training) is None
+
+
+def test_a_model_it_does_not_reproduce_keeps_transformers_forward(tiny_bert_dir, caplog):
+    model = AutoModelForMaskedLM.from_pretrained(str(tiny_bert_dir)).eval()
+    # A hook changes what transformers' forward computes; FastForward cannot see hooks, so
+    # the load-time probe must notice the difference and refuse.
+    model.bert.embeddings.register_forward_hook(lambda module, args, out: out + 0.5)
+    with caplog.at_level(logging.WARNING, logger="splade_es.fast_forward"):
+        assert FastForward.for_model(model) is None
+    assert "disagrees" in caplog.text
+
+
+def test_the_encoder_uses_it_and_gives_the_same_vectors_without_it(tiny_model_dir):
+    texts = ["what code section is depreciation", "a", "garlic powder, ounce; tablespoon!" * 4]
+    fast = SpladeEncoder.from_pretrained(str(tiny_model_dir), device="cpu")
+    assert fast.fast_forward is not None
+    slow = SpladeEncoder.from_pretrained(str(tiny_model_dir), device="cpu")
+    slow.fast_forward = None
+    for batch_size in (1, 3):
+        a = fast.encode_documents(texts, batch_size=batch_size).to_scipy().toarray()
+        b = slow.encode_documents(texts, batch_size=batch_size).to_scipy().toarray()
+        assert ((a > 0) == (b > 0)).all() and abs(a - b).max() <= 1e-6
+        assert (a > 0).sum() > 10
