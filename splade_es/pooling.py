@@ -43,6 +43,10 @@ _SCREEN_MARGIN = 5 * _BF16_UNIT_ROUNDOFF
 # (one query against a BERT vocabulary is ~0.4M; a micro-batch of 32 queries ~15M, 30 MB in
 # bf16); larger ones chunk by chunk.
 SINGLE_PASS_ELEMENTS = 24 * 1024 * 1024
+# Packed batches on the fused screen go up to this many tokens: a micro-batch of 32 queries
+# is ~800. Every row is computed exactly on the union of the batch's candidates, a product
+# that grows with tokens x rows; long documents go the padded way, row by row.
+FUSED_PACKED_TOKENS = 2048
 # A packed block's logits stay about this size (2 MB in bf16: cache-resident).
 _PACKED_BLOCK_ELEMENTS = 1024 * 1024
 # What one small op costs in dispatch overhead, in FLOPs of a CPU matmul (~10 us at
@@ -140,8 +144,15 @@ class SpladeHead:
         return self.bounds
 
     def takes_packed(self, tokens: int) -> bool:
-        """Whether ``pool_packed`` applies to a batch of ``tokens`` real tokens."""
-        return self.pooling == "max" and tokens * self.vocab_size <= self.single_pass_elements
+        """Whether ``pool_packed`` applies to a batch of ``tokens`` real tokens: short inputs
+        (a query, a micro-batch of them; longer ones on the fused screen, whose products go
+        block by block, up to ``FUSED_PACKED_TOKENS``). Longer batches pad to their longest
+        row and screen each row on its own (fewer exact recomputes for long documents)."""
+        if self.pooling != "max":
+            return False
+        if self.fused is not None and tokens <= FUSED_PACKED_TOKENS:
+            return True
+        return tokens * self.vocab_size <= self.single_pass_elements
 
     def pool_packed(self, packed: torch.Tensor, lengths: list[int]) -> SparseRows:
         """Max pooling of rows given without padding: ``packed`` [T, H], ``lengths`` tokens
