@@ -53,13 +53,17 @@ def load_queries(path: Path | None, n: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def serve(model: str, url: str, max_batch: int, max_wait_ms: float) -> Iterator[str]:
+def serve(
+    model: str, url: str, max_batch: int, max_wait_ms: float, threads: int | None = None
+) -> Iterator[str]:
     port = free_port()
     command = [
         sys.executable, "-m", "splade_es.cli", "serve", "--url", url, "--model", model,
         "--listen", f"127.0.0.1:{port}", "--max-batch", str(max_batch),
         "--max-wait-ms", str(max_wait_ms), "--cache-size", "0", "--log-level", "warning",
     ]  # fmt: skip
+    if threads:
+        command += ["--threads", str(threads)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     listen = f"http://127.0.0.1:{port}"
     try:
@@ -198,6 +202,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="max seconds per level")
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument(
+        "--threads", type=int, help="the proxy's torch threads (default: serve's own default)"
+    )
     parser.add_argument("--output", type=Path, help="also write the Markdown table here")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -217,7 +224,7 @@ def main() -> None:
     with cluster_url(args.url) as url:
         prepare_index(url)
         for max_batch in (32, 1):
-            with serve(args.model, url, max_batch, args.max_wait_ms) as proxy:
+            with serve(args.model, url, max_batch, args.max_wait_ms, args.threads) as proxy:
                 for c in levels:
                     chunk = texts[offset : offset + args.requests + c]
                     offset += len(chunk)

@@ -79,8 +79,16 @@ def default_threads(enriching: bool) -> int:
     "--threads",
     default=0,
     type=click.IntRange(0),
-    help="torch threads for encoding [default: CPU cores - 1, at least 1, so the event loop "
-    "keeps a core; with --enrich every core: document encoding is the bulk of the work].",
+    help="torch threads for encoding one text [default: CPU cores - 1, at least 1, so the "
+    "event loop keeps a core; with --enrich every core: document encoding is the bulk of the "
+    "work].",
+)
+@click.option(
+    "--batch-threads",
+    default=0,
+    type=click.IntRange(0),
+    help="torch threads for encoding several texts at once (a micro-batch of queries, "
+    "documents) [default: --threads when given, else every CPU core].",
 )
 @click.option(
     "--facts-ttl",
@@ -181,6 +189,7 @@ def serve(**opts: Any) -> None:
         max_body_bytes=opts["max_body_mb"] * 1024 * 1024,
         facts_ttl=opts["facts_ttl"],
         threads=opts["threads"] or default_threads(enrich is not None),
+        batch_threads=opts["batch_threads"] or opts["threads"] or (os.cpu_count() or 1),
         enrich=enrich,
     )
     logging.basicConfig(

@@ -304,7 +304,7 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
             else:
                 assert service.batcher is not None and service.encoder is not None
                 document_encoder = await service.document_encoder()
-                batch = await service.batcher.run(document_encoder.encode_documents, texts)
+                batch = await service.batcher.run(service.encode_documents, document_encoder, texts)
             codec = TokenCodec(batch.vocab, scheme=scheme)  # type: ignore[arg-type]
             vectors_out = [
                 {"tokens": batch.to_dict(i), "features": codec.encode(batch, i)}

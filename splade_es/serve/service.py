@@ -42,10 +42,15 @@ class ServeConfig:
     max_body_bytes: int = 100 * MIB  # Elasticsearch's own http.max_content_length default
     facts_ttl: float = 60.0
     max_connections: int = 256
-    # torch intra-op threads; None leaves torch's default. Fewer threads than cores leaves
-    # one for the event loop: on a busy CPU, intra-op threads that lose their core to
-    # another process stall every op of a small batch (p90 of one query 3 ms -> 200+ ms).
+    # torch intra-op threads for one text; None leaves torch's default. Fewer threads than
+    # cores leaves one for the event loop: on a busy CPU, intra-op threads that lose their
+    # core to another process stall every op of a small batch (p90 of one query 3 ms ->
+    # 200+ ms), and a lone query gains little from a second thread.
     threads: int | None = None
+    # ... and for several texts at once (a micro-batch of queries, documents): their products
+    # are large enough to split, and the event loop is waiting for them anyway (32 queries:
+    # 43 ms with one thread, 25 ms with two; benchmarks/serve.py). None: ``threads``.
+    batch_threads: int | None = None
     enrich: EnrichConfig | None = None  # the write path (``serve --enrich``); None: off
     document_batch_size: int = 32  # as ``splade-es ingest --batch-size``: the same batches
 
@@ -101,13 +106,14 @@ class Service:
             self.encoder = await asyncio.to_thread(
                 load_query_encoder, self.config.model, self.config.device
             )
-        if self.config.threads and isinstance(self.encoder, SpladeEncoder):
-            import torch
-
-            torch.set_num_threads(self.config.threads)
         encoder = self.encoder
+
+        def encode_queries(texts: list[str]) -> SparseBatch:
+            self.use_threads(encoder, len(texts))
+            return encoder.encode_queries(texts, batch_size=max(1, len(texts)))
+
         self.batcher = MicroBatcher(
-            lambda texts: encoder.encode_queries(texts, batch_size=max(1, len(texts))),
+            encode_queries,
             max_batch=self.config.max_batch,
             max_wait=self.config.max_wait_ms / 1000,
             cache_size=self.config.cache_size,
@@ -125,13 +131,31 @@ class Service:
             self.config.max_wait_ms,
         )
 
+    def use_threads(self, encoder: object, texts: int) -> None:
+        """Set torch's intra-op threads for ``encoder`` to encode ``texts`` texts, on the model
+        thread (OpenMP keeps the count per calling thread; setting it costs under a microsecond)."""
+        threads = self.config.threads if texts <= 1 else self.config.batch_threads
+        threads = threads or self.config.threads
+        if threads and isinstance(encoder, SpladeEncoder):
+            import torch
+
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+    def encode_documents(
+        self, encoder: SpladeEncoder, texts: list[str], **options: Any
+    ) -> SparseBatch:
+        """Documents on the model thread, with the thread count for their number."""
+        self.use_threads(encoder, len(texts))
+        return encoder.encode_documents(texts, **options)
+
     async def _start_enrichment(self, enrich: EnrichConfig) -> None:
         assert self.batcher is not None
         document_encoder = await self.document_encoder()  # loaded now, not on the first write
         batch_size = self.config.document_batch_size
         self.documents = DocumentBatcher(
-            lambda texts: document_encoder.encode_documents(
-                texts, batch_size=batch_size, empty="empty_vector"
+            lambda texts: self.encode_documents(
+                document_encoder, texts, batch_size=batch_size, empty="empty_vector"
             ),
             self.batcher.run,
             max_batch=enrich.max_batch_documents,

@@ -302,3 +302,19 @@ def test_serve_uses_every_core_for_documents_and_leaves_one_for_queries(monkeypa
     assert (serve.default_threads(True), serve.default_threads(False)) == (8, 7)
     monkeypatch.setattr(serve.os, "cpu_count", lambda: 1)
     assert (serve.default_threads(True), serve.default_threads(False)) == (1, 1)
+
+
+def test_serve_batch_threads_default_to_every_core_unless_threads_is_given(runner, monkeypatch):
+    import splade_es.serve
+    from splade_es.cli import serve
+
+    configs = []
+    monkeypatch.setattr(serve.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(splade_es.serve, "create_app", lambda config: configs.append(config))
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: None)
+    base = ["serve", "--url", "http://127.0.0.1:9", "--model", "m"]
+    cases = (([], (7, 8)), (["--threads", "3"], (3, 3)), (["--batch-threads", "5"], (7, 5)))
+    for extra, expected in cases:
+        result = runner.invoke(main, base + extra)
+        assert result.exit_code == 0, result.output
+        assert (configs[-1].threads, configs[-1].batch_threads) == expected

@@ -163,3 +163,36 @@ def test_close_finishes_waiting_texts():
 
     results = run(body())
     assert len(results) == 5 and sum(len(b) for b in encoder.batches) == 5
+
+
+def test_one_text_and_several_get_their_own_torch_threads(tiny_bert_dir):
+    """A lone query keeps to ``threads`` (a core stays with the event loop); a micro-batch or
+    documents use ``batch_threads``. Set on the model thread itself: OpenMP keeps the count
+    per calling thread."""
+    import torch
+
+    from splade_es import SpladeEncoder
+    from splade_es.connect import ConnectionConfig
+    from splade_es.serve.service import ServeConfig, Service
+
+    encoder = SpladeEncoder.from_pretrained(str(tiny_bert_dir), device="cpu")
+    config = ServeConfig(
+        connection=ConnectionConfig(hosts=("http://127.0.0.1:9",)), threads=1, batch_threads=2
+    )
+    service = Service(config, encoder)
+    seen: list[int] = []
+
+    def model_thread() -> None:
+        service.use_threads(encoder, 1)
+        seen.append(torch.get_num_threads())
+        service.use_threads(encoder, 32)
+        seen.append(torch.get_num_threads())
+        service.encode_documents(encoder, ["one document"])
+        seen.append(torch.get_num_threads())
+        service.encode_documents(encoder, ["two", "documents"])
+        seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=model_thread)
+    worker.start()
+    worker.join()
+    assert seen == [1, 2, 1, 2]
