@@ -9,7 +9,8 @@ alike), each at 1 and 2 torch threads:
 * splade-es as shipped (``FastForward`` + ``FusedScreen``).
 
 It also checks that splade-es and sentence-transformers give the same vectors (same non-zero
-token ids, values within float rounding) for every query timed.
+token ids, values within float rounding) for every query timed. ``--batch-sizes 8,32`` adds a
+table of several queries per call (a micro-batch, as ``serve`` forms them), same rows.
 
     python benchmarks/query_latency.py --model ../shared/models/splade-tiny \\
         --queries ../shared/data/scifact/queries.jsonl --n 600
@@ -40,6 +41,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=600, help="queries timed per row")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--threads", default="1,2", help="torch thread counts to run")
+    parser.add_argument(
+        "--batch-sizes", default="", help="also time calls of this many queries, e.g. 8,32"
+    )
     args = parser.parse_args()
     if not args.model:
         parser.error("--model (or SPLADE_ES_TEST_MODEL) is required")
@@ -62,10 +66,16 @@ def main() -> None:
     if shipped.fast_forward is None or shipped.head.fused is None:
         print("note: a fast path is unavailable here (model kind, or no oneDNN bf16 on this CPU)")
 
-    rows: dict[str, Callable[[str], object]] = {
-        "sentence-transformers encode_query": lambda q: reference.encode_query([q]),
-        "splade-es, transformers forward + block screen": lambda q: previous.encode_queries([q]),
-        "splade-es (FastForward + FusedScreen)": lambda q: shipped.encode_queries([q]),
+    rows: dict[str, Callable[[list[str]], object]] = {
+        "sentence-transformers encode_query": lambda qs: reference.encode_query(
+            qs, batch_size=len(qs)
+        ),
+        "splade-es, transformers forward + block screen": lambda qs: previous.encode_queries(
+            qs, batch_size=len(qs)
+        ),
+        "splade-es (FastForward + FusedScreen)": lambda qs: shipped.encode_queries(
+            qs, batch_size=len(qs)
+        ),
     }
     thread_counts = [int(t) for t in args.threads.split(",")]
     times: dict[tuple[str, int], list[float]] = {
@@ -79,10 +89,10 @@ def main() -> None:
                 torch.set_num_threads(threads)
                 for name, encode in rows.items():
                     for q in warmup[:5]:
-                        encode(q)
+                        encode([q])
                     for q in chunk:
                         start = time.perf_counter()
-                        encode(q)
+                        encode([q])
                         times[(name, threads)].append((time.perf_counter() - start) * 1000)
 
     # Same vectors: token ids exactly, weights within float rounding.
@@ -125,6 +135,34 @@ def main() -> None:
         f"same non-zero ids as sentence-transformers: {same_support}/{len(timed)} queries; "
         f"largest weight difference {worst:.2e}"
     )
+    sizes = [int(n) for n in args.batch_sizes.split(",") if n]
+    if sizes:
+        console.print(batch_table(rows, timed, sizes, thread_counts))
+
+
+def batch_table(rows, texts: list[str], sizes: list[int], thread_counts: list[int]):
+    """ms per call and per query for calls of ``sizes`` queries (distinct texts each call)."""
+    import torch
+    from rich.table import Table
+
+    table = Table(title="several queries per call (a micro-batch): p50 over the calls")
+    for column in ("implementation", "torch threads", "queries/call", "ms/call", "ms/query"):
+        table.add_column(column, justify="right")
+    with torch.inference_mode():
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for size in sizes:
+                calls = [texts[i : i + size] for i in range(0, len(texts) - size + 1, size)]
+                for name, encode in rows.items():
+                    encode(calls[0])  # warm-up (and kernel compilation for this shape)
+                    spent = []
+                    for call in calls[1:]:
+                        start = time.perf_counter()
+                        encode(call)
+                        spent.append((time.perf_counter() - start) * 1000)
+                    p50 = statistics.median(spent)
+                    table.add_row(name, str(threads), str(size), f"{p50:.2f}", f"{p50 / size:.3f}")
+    return table
 
 
 if __name__ == "__main__":
