@@ -125,6 +125,19 @@ def changes_mappings(method: str, path: str) -> bool:
     return method in ("PUT", "POST", "DELETE") and bool(_CHANGES_MAPPINGS.search(path))
 
 
+# Indices and write targets remembered at most: apps name indices freely (one per day, per
+# tenant...), and an entry is only ever replaced when read again, so without a bound the
+# cache would grow for as long as the proxy runs. The oldest reads go first.
+MAX_CACHED = 4096
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    cache.pop(key, None)
+    while len(cache) >= MAX_CACHED:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+
+
 class FactsCache:
     def __init__(self, upstream: Upstream, *, ttl: float = 60.0) -> None:
         self.upstream = upstream
@@ -160,7 +173,7 @@ class FactsCache:
         if cached is not None and time.monotonic() - cached.read_at < self.ttl:
             return cached
         facts = await self._single_flight(key, lambda: self._read(index, field, authorization))
-        self._facts[key] = facts
+        _remember(self._facts, key, facts)
         return facts
 
     def forget_target(self, name: str, field: str) -> None:
@@ -177,7 +190,7 @@ class FactsCache:
         target = await self._single_flight(
             ("write", key), lambda: self._read_target(name, field, authorization)
         )
-        self._targets[key] = target
+        _remember(self._targets, key, target)
         return target
 
     async def _read_target(self, name: str, field: str, authorization: str | None) -> WriteTarget:
