@@ -262,6 +262,12 @@ class Enricher:
     ) -> UpstreamResponse | None:
         """A ``_bulk`` with vectors added to the documents of enriched indices (None: nothing
         to enrich, forward unchanged)."""
+        if not body.endswith(b"\n"):
+            # Both engines refuse a bulk body without a final newline (400, "The bulk request
+            # must be terminated by a newline"; BulkRequestParser, checked on OpenSearch 2.19
+            # and 3.3): forwarded as it came, it gets the engine's own answer, and nothing is
+            # indexed, with or without a vector. Rewritten, it would have been accepted.
+            return None
         items = writes.split_bulk(body)
         routing = writes.query_params(target).get("routing")
         if routing is not None:  # the URL's routing applies to items without their own

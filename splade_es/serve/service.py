@@ -227,6 +227,8 @@ class Service:
         """The rewritten body and the (index, field) facts it used; None if nothing to do."""
         if not rewrite.may_have_clause(body):
             return None
+        if sp.api == "_msearch" and not body.endswith(b"\n"):
+            return None  # the engine refuses it ("must be terminated by a newline"): its answer
         jobs: list[tuple[int, str | None, Any, rewrite.Found]] = []
         if sp.api == "_search":
             parsed = rewrite.parse_json_body(body)

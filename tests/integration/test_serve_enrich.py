@@ -613,3 +613,22 @@ def test_an_update_on_an_index_without_source_is_refused(cluster, index_name, pr
     with pytest.raises(opensearchpy.RequestError) as info:
         app.update(index=index_name, id="1", body={"doc": {"title": "new"}})
     assert info.value.error == "document_source_missing_exception"
+
+
+def test_a_bulk_body_without_its_final_newline_gets_the_engines_answer(
+    cluster, target, proxy, encoder
+):
+    """Both engines refuse it with 400 (BulkRequestParser: "The bulk request must be
+    terminated by a newline", OpenSearch 2.19 and 3.3 checked on the real node; Elasticsearch
+    8/9 the same). The proxy must not turn it into an accepted request by rewriting it."""
+    body = b'{"index":{"_id":"n1"}}\n{"title":"Tax law","text":"Depreciation of rental property"}'
+    headers = {"Content-Type": "application/x-ndjson"}
+    path = f"/{target}/_bulk"
+    status, _, answer = raw_request(proxy.state.url, "POST", path, body, headers)
+    direct_status, _, direct_answer = raw_request(cluster.url, "POST", path, body, headers)
+    assert status == direct_status
+    if cluster.spec.is_emulator:
+        return  # the emulator accepts it (it does not check the final newline)
+    assert status == 400 and json.loads(answer) == json.loads(direct_answer)
+    assert "terminated by a newline" in json.loads(answer)["error"]["reason"]
+    assert stored(cluster, target) == {}

@@ -269,3 +269,18 @@ def test_body_over_the_limit_is_413(cluster, encoder):
         )
     assert status == 413
     assert json.loads(body)["error"]["type"] == "content_too_long_exception"
+
+
+def test_an_msearch_body_without_its_final_newline_gets_the_engines_answer(cluster, indexed, proxy):
+    """The engines refuse an _msearch body whose last line has no newline (400, "The msearch
+    request must be terminated by a newline"; RestMultiSearchAction, checked on OpenSearch 2.19
+    and 3.3). The proxy forwards it as it came instead of rewriting it into one they accept."""
+    body = b'{}\n{"query": {"splade": {"splade": "tax depreciation"}}}'
+    headers = {"Content-Type": "application/x-ndjson"}
+    path = f"/{indexed}/_msearch"
+    status, _, answer = raw_request(proxy.state.url, "POST", path, body, headers)
+    direct_status, _, direct_answer = raw_request(cluster.url, "POST", path, body, headers)
+    assert (status, json.loads(answer)) == (direct_status, json.loads(direct_answer))
+    if not cluster.spec.is_emulator:
+        assert status == 400
+        assert "terminated by a newline" in json.loads(answer)["error"]["reason"]
