@@ -96,6 +96,25 @@ def write_index_of(aliases: Any, alias: str) -> str | None:
     return next(iter(aliases)) if len(aliases) == 1 else None
 
 
+def write_index_of_stream(streams: Any, name: str) -> str | None:
+    """The write index of data stream ``name`` from a ``GET /_data_stream/<name>`` answer: the
+    last of its backing indices (both engines list them oldest first, the write index last).
+
+    >>> answer = {"data_streams": [{"name": "logs", "indices": [
+    ...     {"index_name": ".ds-logs-000001"}, {"index_name": ".ds-logs-000002"}]}]}
+    >>> write_index_of_stream(answer, "logs"), write_index_of_stream({"data_streams": []}, "x")
+    ('.ds-logs-000002', None)
+    """
+    if not isinstance(streams, dict):
+        return None
+    for stream in streams.get("data_streams") or []:
+        if isinstance(stream, dict) and stream.get("name") == name:
+            indices = [i for i in stream.get("indices") or [] if isinstance(i, dict)]
+            if indices and isinstance(indices[-1].get("index_name"), str):
+                return indices[-1]["index_name"]
+    return None
+
+
 def sparse_field_type(mapping: Any, index: str, field: str) -> FieldType | None:
     """The type of ``field`` in ``index`` when it is a sparse field (``GET /<index>/_mapping``).
 
@@ -201,8 +220,8 @@ class FactsCache:
         )
         if response.status == 200:
             index = write_index_of(aliases, name)
-        elif response.status == 404:  # not an alias: an index, or nothing yet
-            index = name
+        elif response.status == 404:  # not an alias: a data stream, an index, or nothing yet
+            index = await self._stream_write_index(name, authorization) or name
         else:
             raise UpstreamAnswered(response)
         field_type = None
@@ -218,6 +237,19 @@ class FactsCache:
             else:
                 raise UpstreamAnswered(response)
         return WriteTarget(name, index, field_type, dialect, time.monotonic())
+
+    async def _stream_write_index(self, name: str, authorization: str | None) -> str | None:
+        """The write index when ``name`` is a data stream (whose ``_mapping`` lists every
+        backing index, so the field's type there would be ambiguous), else None."""
+        self.reads += 1
+        response, streams = await self.upstream.get_json(
+            f"/_data_stream/{quote(name, safe='')}", authorization
+        )
+        if response.status == 200:
+            return write_index_of_stream(streams, name)
+        if response.status in (401, 403) or response.status >= 500:
+            raise UpstreamAnswered(response)
+        return None  # 404: no such data stream (or an engine without data streams)
 
     async def dialect(self, authorization: str | None = None) -> Dialect:
         if self._dialect is None or time.monotonic() - self._dialect[1] >= self.ttl:

@@ -632,3 +632,64 @@ def test_a_bulk_body_without_its_final_newline_gets_the_engines_answer(
     assert status == 400 and json.loads(answer) == json.loads(direct_answer)
     assert "terminated by a newline" in json.loads(answer)["error"]["reason"]
     assert stored(cluster, target) == {}
+
+
+def test_a_data_stream_is_enriched_in_its_write_index(cluster, encoder):
+    """A data stream's ``_mapping`` lists every backing index; the proxy resolves the write
+    index (``GET /_data_stream/<name>``: backing indices oldest first, the write index last,
+    in both engines) and writes each document once, with its vector."""
+    if cluster.spec.is_emulator:
+        pytest.skip("the emulator has no data streams")
+    name = "splade-es-test-stream"
+    template = {
+        "index_patterns": [name + "*"],
+        "data_stream": {},
+        "template": {
+            "settings": {"number_of_replicas": 0},
+            "mappings": {
+                "properties": {
+                    "splade": {"type": "rank_features"},
+                    "title": {"type": "text"},
+                    "text": {"type": "text"},
+                }
+            },
+        },
+    }
+    json_headers = {"Content-Type": "application/json"}
+    put = raw_request(
+        cluster.url, "PUT", f"/_index_template/{name}", json.dumps(template).encode(), json_headers
+    )
+    assert put[0] == 200, put[2]
+    try:
+        assert raw_request(cluster.url, "PUT", f"/_data_stream/{name}")[0] == 200
+        rolled = raw_request(cluster.url, "POST", f"/{name}/_rollover")
+        assert rolled[0] == 200, rolled[2]
+        write_index = json.loads(rolled[2])["new_index"]
+        docs = make_documents(6, seed=9)
+        with running_proxy(cluster.url, encoder, enrich=enrich("splade-es-test-*")) as app:
+            actions = [
+                {
+                    "_op_type": "create",
+                    "_index": name,
+                    "_source": {**d, "@timestamp": "2026-11-30T12:00:00Z"},
+                }
+                for d in docs
+            ]
+            done, errors = opensearchpy.helpers.bulk(client_for(app.state.url), actions)
+            assert (done, errors) == (6, [])
+            assert metric(app, "splade_es_enrich_corrections_total") == 0  # written once
+        raw_request(cluster.url, "POST", f"/{name}/_refresh")
+        search = raw_request(
+            cluster.url,
+            "POST",
+            f"/{name}/_search",
+            json.dumps({"size": 10, "query": {"match_all": {}}}).encode(),
+            json_headers,
+        )
+        hits = json.loads(search[2])["hits"]["hits"]
+        assert len(hits) == 6
+        assert {hit["_index"] for hit in hits} == {write_index}
+        assert all(hit["_source"].get("splade") for hit in hits)
+    finally:
+        raw_request(cluster.url, "DELETE", f"/_data_stream/{name}")
+        raw_request(cluster.url, "DELETE", f"/_index_template/{name}")
