@@ -90,3 +90,20 @@ def test_the_encoder_uses_it_and_gives_the_same_vectors_without_it(tiny_model_di
         b = slow.encode_documents(texts, batch_size=batch_size).to_scipy().toarray()
         assert ((a > 0) == (b > 0)).all() and abs(a - b).max() <= 1e-6
         assert (a > 0).sum() > 10
+
+
+@torch.inference_mode()
+def test_packed_rows_equal_each_row_alone(tiny_model_dir):
+    """Rows of mixed lengths, packed without padding, give each row's own hidden states."""
+    model = AutoModelForMaskedLM.from_pretrained(str(tiny_model_dir)).eval()
+    fast = FastForward.for_model(model)
+    gen = torch.Generator().manual_seed(2)
+    lengths = [7, 3, 12, 1]
+    rows = [torch.randint(5, model.config.vocab_size, (n,), generator=gen) for n in lengths]
+    packed = fast.packed(torch.cat(rows), lengths)
+    assert packed.shape[0] == sum(lengths)
+    for row, got in zip(rows, torch.split(packed, lengths), strict=True):
+        alone = transformed_hidden(model, row[None])[0]
+        assert (got - alone).abs().max() <= 1e-5 * alone.abs().max()
+    same = fast.packed(torch.cat([rows[0], rows[0]]), [7, 7])  # equal lengths: no padding
+    assert torch.equal(same[:7], same[7:])
