@@ -128,24 +128,18 @@ class FastForward:
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``input_ids`` [B, L] (``attention_mask`` [B, L] when padded) -> [B, L, H]."""
+        """``input_ids`` [B, L] -> [B, L, H]. ``attention_mask`` [B, L] marks each row's real
+        tokens, which come first (the padding the encoder and transformers' tokenizers add);
+        padded positions hold zeros. The rows go through ``packed``."""
         batch, length = input_ids.shape
-        x = self.word[input_ids]
-        if self.token_type is not None:
-            x = x + self.token_type
-        x = self.embedding_norm(x + self.position[:length])
-        # Boolean "may attend" mask over keys, broadcast over heads and query positions; none
-        # at all when nothing is padded (SDPA's fastest path, and what transformers does too).
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = attention_mask.bool()[:, None, None, :]
-
-        def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            heads = [t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v)]
-            context = F.scaled_dot_product_attention(*heads, attn_mask=mask)
-            return context.transpose(1, 2).reshape(batch, length, -1)
-
-        return self._layers(x, attention)
+        if attention_mask is None or bool(attention_mask.all()):
+            hidden = self.packed(input_ids.reshape(-1), [length] * batch)
+            return hidden.view(batch, length, -1)
+        real = attention_mask.bool()
+        hidden = self.packed(input_ids[real], real.sum(dim=1).tolist())
+        out = hidden.new_zeros(batch, length, hidden.shape[-1])
+        out[real] = hidden
+        return out
 
     def packed(self, input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """Rows of different lengths without padding: ``input_ids`` [T] holds the rows'

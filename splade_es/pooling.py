@@ -223,11 +223,20 @@ class SpladeHead:
         for start in range(0, self.vocab_size, width):
             end = min(start + width, self.vocab_size)
             approx = (tokens @ self.matrix_bf16[:, start:end]).amax(dim=0)
-            threshold = torch.addcmul(
-                self.neg_bias[start:end], norm, self.margin_norms[start:end], value=-1.0
-            )
-            parts.append((approx.float() > threshold).nonzero(as_tuple=True)[0] + start)
+            candidate = self._may_be_positive(approx, norm, start, end)
+            parts.append(candidate.nonzero(as_tuple=True)[0] + start)
         return torch.cat(parts)
+
+    def _may_be_positive(
+        self, approx: torch.Tensor, norms: torch.Tensor, start: int, end: int
+    ) -> torch.Tensor:
+        """Which bf16 maxima ``approx`` (columns ``start:end``) can hide a positive logit:
+        approx + margin + bias > 0, i.e. approx > -bias - |h| * (5u |w_v|), with the constant
+        parts precomputed. ``norms`` is the largest token norm (per row, or of them all)."""
+        threshold = torch.addcmul(
+            self.neg_bias[start:end], norms, self.margin_norms[start:end], value=-1.0
+        )
+        return approx.float() > threshold
 
     def _chunk(
         self, hidden: torch.Tensor, mask: torch.Tensor, start: int, end: int
@@ -250,15 +259,8 @@ class SpladeHead:
         candidates left are recomputed in fp32. Returns (rows, cols, values) of the non-zeros.
         """
         approx = (hidden.to(torch.bfloat16) @ self.matrix_bf16[:, start:end]).amax(dim=1)
-        # (b, v) can be positive only if approx + margin + bias > 0, i.e.
-        # approx > -bias - |h_b| * (5u |w_v|), with the constant parts precomputed.
-        threshold = torch.addcmul(
-            self.neg_bias[start:end],
-            hidden.norm(dim=-1).amax(dim=1, keepdim=True),
-            self.margin_norms[start:end],
-            value=-1.0,
-        )
-        candidate = approx.float() > threshold  # [B, Vc]
+        norms = hidden.norm(dim=-1).amax(dim=1, keepdim=True)  # per row
+        candidate = self._may_be_positive(approx, norms, start, end)  # [B, Vc]
         batch, length, hidden_size = hidden.shape
         union = candidate.any(dim=0).nonzero(as_tuple=True)[0]
         # Recompute the candidates exactly, whichever way is cheaper: all rows against the

@@ -49,7 +49,8 @@ class ServeConfig:
     threads: int | None = None
     # ... and for several texts at once (a micro-batch of queries, documents): their products
     # are large enough to split, and the event loop is waiting for them anyway (32 queries:
-    # 43 ms with one thread, 25 ms with two; benchmarks/serve.py). None: ``threads``.
+    # 31 ms with one thread, 23 ms with two; benchmarks/query_latency.py --batch-sizes 32).
+    # None: ``threads``.
     batch_threads: int | None = None
     enrich: EnrichConfig | None = None  # the write path (``serve --enrich``); None: off
     document_batch_size: int = 32  # as ``splade-es ingest --batch-size``: the same batches
