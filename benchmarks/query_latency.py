@@ -51,6 +51,7 @@ def main() -> None:
     import numpy as np
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     from sentence_transformers import SparseEncoder
 
@@ -111,7 +112,7 @@ def main() -> None:
 
     tokens = statistics.mean(len(shipped.tokenizer(q)["input_ids"]) for q in timed)
     table = Table(
-        title=f"encode one query per call: {Path(args.model).name}, {len(timed)} queries "
+        title=f"encode one query per call: {escape(Path(args.model).name)}, {len(timed)} queries "
         f"({tokens:.1f} tokens on average), {args.rounds} interleaved rounds"
     )
     for column in ("implementation", "torch threads", "p50 ms", "p90 ms", "min ms", "vs s-t p50"):
