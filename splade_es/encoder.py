@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .exceptions import EmptyTextError, InputError, ModelLoadError
+from .exceptions import ConfigurationError, EmptyTextError, InputError, ModelLoadError
 from .fast_forward import FastForward
 from .model_files import CheckpointLayout, Mode, read_layout, resolve_checkpoint
 from .pooling import SparseRows, SpladeHead
@@ -134,11 +134,10 @@ class SpladeEncoder:
         if not getattr(tokenizer, "is_fast", False):
             raise ModelLoadError(f"{name_or_path}: a fast (Rust) tokenizer is required")
         decoder = _detach_vocab_projection(model, name_or_path)
-        use_screen = (
-            (_cpu_has_fast_bf16() if screen == "auto" else bool(screen))
-            and torch_device.type == "cpu"
-            and torch_dtype == torch.float32
-        )
+        fast_paths = cpu_fast_paths()
+        if screen == "auto":
+            screen = {"on": True, "off": False}.get(fast_paths, _cpu_has_fast_bf16())
+        use_screen = bool(screen) and torch_device.type == "cpu" and torch_dtype == torch.float32
         head = SpladeHead(
             decoder.weight.to(torch_device, torch_dtype),
             None if decoder.bias is None else decoder.bias.to(torch_device),
@@ -158,7 +157,7 @@ class SpladeEncoder:
             max_length=_max_length(max_length, layout, tokenizer, model),
             name=name_or_path,
             max_batch_tokens=_default_batch_tokens(torch_device),
-            fast_forward=not compile,
+            fast_forward=not compile and fast_paths != "off",
         )
         if layout.query_files is not None:
             encoder.query_encoder = StaticQueryEncoder.from_files(
@@ -442,6 +441,26 @@ def _default_batch_tokens(device: torch.device) -> int:
     free, _ = torch.cuda.mem_get_info(device)
     # ~2 bytes x 2048 vocab chunk per token for the logits block, x8 headroom for activations.
     return int(max(8192, min(1 << 20, free // (2048 * 2 * 8))))
+
+
+FAST_PATHS_ENV = "SPLADE_ES_CPU_FAST_PATHS"
+
+
+def cpu_fast_paths() -> Literal["auto", "on", "off"]:
+    """``SPLADE_ES_CPU_FAST_PATHS``: which CPU fast paths new encoders take.
+
+    "auto" (default): FastForward for BERT/DistilBERT, and the bf16 screen (fused where torch
+    has oneDNN's bf16 product) on CPUs with AVX512-BF16 or AMX. "on": the screen on any CPU
+    (bf16 is then emulated: slower, same vectors), which is how a machine without those flags
+    tests the screen. "off": neither, transformers' own forward and the plain fp32 head, as a
+    CPU without the flags runs. The suite runs under all three (``.ci/run``), so both kinds of
+    CPU are covered whichever one CI lands on. (``SPLADE_ES_NO_SCREEN=1``, older, turns the
+    screen off only.)
+    """
+    value = os.environ.get(FAST_PATHS_ENV, "auto").strip().lower() or "auto"
+    if value not in ("auto", "on", "off"):
+        raise ConfigurationError(f"{FAST_PATHS_ENV}={value!r}: expected auto, on or off")
+    return value  # type: ignore[return-value]
 
 
 def _cpu_has_fast_bf16() -> bool:
