@@ -81,6 +81,47 @@ def stored_precision(values: np.ndarray | Sequence[float]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+# What "the same vector" means, everywhere (tests, doctor, the README): two encodings of one text
+# agree when no weight differs by more than VECTOR_TOLERANCE times the larger of the two
+# vectors' largest weights, a token absent from one counting as 0 there. float32 results
+# depend on the shape of the computation (a text alone, padded in a batch, packed in a
+# micro-batch; oneDNN's and BLAS's blocking differ by CPU), so equality to the bit is not a
+# property anyone can promise; benchmarks/vector_agreement.py measures what the shapes do.
+# The same rule covers the non-zero set: a token may be present on one side only while its
+# weight is within the tolerance of 0, i.e. a logit that rounds to either side of zero.
+VECTOR_TOLERANCE = 1e-5
+
+
+def vector_difference(a: dict[str, float], b: dict[str, float]) -> float:
+    """The largest weight difference of two ``{token: weight}`` vectors, relative to the
+    larger of their largest weights (0.0 for two empty vectors); see ``same_vector``.
+
+    >>> vector_difference({"tax": 2.0, "code": 1.0}, {"tax": 2.0, "code": 0.99})
+    0.005
+    >>> vector_difference({"tax": 2.0}, {"tax": 2.0, "form": 1e-6})
+    5e-07
+    """
+    scale = max((abs(w) for w in (*a.values(), *b.values())), default=0.0)
+    if scale == 0.0:
+        return 0.0
+    worst = max(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in a.keys() | b.keys())
+    return worst / scale
+
+
+def same_vector(
+    a: dict[str, float], b: dict[str, float], *, tolerance: float = VECTOR_TOLERANCE
+) -> bool:
+    """Whether two encodings of one text are the same vector (the project's one rule:
+    ``vector_difference(a, b) <= tolerance``).
+
+    >>> same_vector({"tax": 2.0, "code": 1e-6}, {"tax": 2.000001})
+    True
+    >>> same_vector({"tax": 2.0, "code": 0.5}, {"tax": 2.0})
+    False
+    """
+    return vector_difference(a, b) <= tolerance
+
+
 class SparseBatch:
     """``indptr`` [n+1], ``indices`` [nnz] (sorted within a row), ``values`` [nnz] float32."""
 
