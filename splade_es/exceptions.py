@@ -8,6 +8,7 @@ boundary where we call them and re-raised as one of these, with the original att
     ├── ConfigurationError          bad options: conflicting flags, unknown engine, bad URL
     ├── ModelLoadError              checkpoint missing, unreadable or without an MLM head
     ├── InputError                  a bad document or text; names its position and field
+    │   ├── InputStreamError        the input broke mid-way (truncated compressed file, read error)
     │   ├── EmptyTextError          an empty or whitespace-only text where one is required
     │   └── EmptyQueryError         a query with no tokens to search for (empty, or all pruned)
     └── ClusterError                anything that came back from (or failed to reach) a cluster
@@ -51,6 +52,14 @@ class InputError(SpladeEsError, ValueError):
         self.position = position
         self.field = field
         self.doc_id = doc_id
+
+
+class InputStreamError(InputError):
+    """The input itself broke mid-way (a truncated or corrupt compressed file, a read error).
+
+    Raised after the records read before the break have been processed (indexed or
+    dead-lettered, and checkpointed), so the message can say how far the run got.
+    """
 
 
 class EmptyTextError(InputError):
