@@ -80,7 +80,6 @@ def stored_precision(values: np.ndarray | Sequence[float]) -> np.ndarray:
     return (bits & np.uint32(0xFFFF8000)).view(np.float32)
 
 
-@dataclass(frozen=True)
 # What "the same vector" means, everywhere (tests, doctor, the README): two encodings of one text
 # agree when no weight differs by more than VECTOR_TOLERANCE times the larger of the two
 # vectors' largest weights, a token absent from one counting as 0 there. float32 results
@@ -122,6 +121,7 @@ def same_vector(
     return vector_difference(a, b) <= tolerance
 
 
+@dataclass(frozen=True)
 class SparseBatch:
     """``indptr`` [n+1], ``indices`` [nnz] (sorted within a row), ``values`` [nnz] float32."""
 
