@@ -95,8 +95,8 @@ def vector_difference(a: dict[str, float], b: dict[str, float]) -> float:
     """The largest weight difference of two ``{token: weight}`` vectors, relative to the
     larger of their largest weights (0.0 for two empty vectors); see ``same_vector``.
 
-    >>> vector_difference({"tax": 2.0, "code": 1.0}, {"tax": 2.0, "code": 0.99})
-    0.005
+    >>> vector_difference({"tax": 2.0, "code": 1.0}, {"tax": 2.0, "code": 0.5})
+    0.25
     >>> vector_difference({"tax": 2.0}, {"tax": 2.0, "form": 1e-6})
     5e-07
     """
