@@ -33,12 +33,13 @@ from typing import Any
 
 from ..connect import call, client_of
 from ..engines import Dialect, FieldType, dialect_of
-from ..exceptions import ConfigurationError, InputError
+from ..exceptions import ConfigurationError, InputError, InputStreamError
 from ..query import field_type_of
 from ..search import create_index
 from ..tokens import TokenCodec
 from .bulk import Action, ActionChunker, RetryPolicy, make_action, send_bulk
 from .checkpoint import Checkpoint, CheckpointState, DeadLetters, Watermark, dead_letter_entry
+from .inputs import InputFile
 from .sources import Format, Record, in_shard, prepare, read_source, records_of
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,19 @@ def ingest_file(
     fmt: Format | None = None,
     progress: ProgressCallback | None = None,
 ) -> IngestReport:
-    """``ingest`` over a JSONL / CSV / Parquet file or a BEIR folder."""
+    """``ingest`` over a JSONL / CSV / Parquet file (compressed ones too), a stream (``-``,
+    ``/dev/stdin``, a FIFO) or a BEIR folder."""
+    source = InputFile(str(path))
+    if config.checkpoint and not (source.rereadable or Path(path).is_dir()):
+        # Resuming re-reads the input from its start: a pipe's records are gone by then.
+        raise ConfigurationError(
+            f"a checkpoint (--checkpoint) needs an input that can be read again to resume, and "
+            f"{source.name} is a stream (a pipe, FIFO or standard input): save it to a file "
+            "first (compressed is fine: .gz, .zst, .bz2, .xz are read as they are)"
+        )
     if config.input_name == "<iterable>":
-        config = replace(config, input_name=str(Path(path).resolve()))
+        name = source.name if source.is_stdin else str(Path(path).resolve())
+        config = replace(config, input_name=name)
     return ingest(client, read_source(path, fmt), encoder=encoder, config=config, progress=progress)
 
 
@@ -224,9 +235,19 @@ def ingest(
         thread.start()
 
     pending: deque = deque()
+    broken_input: list[InputStreamError] = []
+
+    def readable_records() -> Iterator[Record]:
+        """The input's records until it ends, or until it breaks (a truncated compressed
+        file): then what was read before still gets encoded, sent and checkpointed, and the
+        break is raised after that (below)."""
+        try:
+            yield from records_of(documents)
+        except InputStreamError as exc:
+            broken_input.append(exc)
 
     def texts() -> Iterator[str]:
-        for record in records_of(documents):
+        for record in readable_records():
             if stop.is_set():
                 return
             position = record.position
@@ -306,6 +327,13 @@ def ingest(
         save_checkpoint()
         raise failure[0]
     save_checkpoint()
+    if broken_input:
+        values = counters.values
+        raise InputStreamError(
+            f"{broken_input[0]} Stopped there: of the {values['read']:,} records read before, "
+            f"{values['indexed']:,} were indexed and {values['failed']:,} dead-lettered",
+            position=broken_input[0].position,
+        ) from broken_input[0]
     values = counters.values
     if values["failed"] and not config.dead_letter:
         log.warning(

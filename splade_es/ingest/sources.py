@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ from typing import Any, Literal
 
 from ..documents import document_id, document_text, parse_json_line
 from ..exceptions import ConfigurationError, InputError
+from .inputs import COMPRESSION_SUFFIXES, InputFile, stream_errors
 
 Format = Literal["jsonl", "csv", "parquet", "beir"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet", "beir")
+_STREAM_ERRORS = stream_errors()
 
 
 @dataclass(frozen=True)
@@ -48,32 +51,62 @@ class Prepared:
 
 
 def read_source(path: str | Path, fmt: Format | None = None) -> Iterator[Record]:
-    """Records of a file or BEIR folder; ``fmt`` defaults from the path."""
-    path = Path(path)
-    fmt = fmt or guess_format(path)
+    """Records of a file, a stream (``-``, ``/dev/stdin``, a FIFO) or a BEIR folder; ``fmt``
+    defaults from the name (compression suffixes aside: ``docs.csv.gz`` is CSV, ``-`` JSONL).
+    Compressed files are decompressed as they are read (``inputs.py``)."""
+    source = InputFile(str(path))
+    fmt = fmt or guess_format(source)
     if fmt == "beir":
-        corpus = path / "corpus.jsonl" if path.is_dir() else path
-        if not corpus.is_file():
-            raise ConfigurationError(f"{path}: no corpus.jsonl (expected a BEIR folder)")
-        return read_jsonl_records(corpus)
-    if path.is_dir():
+        return read_jsonl_records(beir_corpus(Path(path)))
+    if not source.is_stdin and Path(path).is_dir():
         raise ConfigurationError(f"{path} is a folder: use --format beir for a BEIR folder")
-    readers = {"jsonl": read_jsonl_records, "csv": read_csv_records, "parquet": read_parquet}
-    if fmt not in readers:
-        raise ConfigurationError(f"unknown format {fmt!r}: expected one of {FORMATS}")
-    return readers[fmt](path)
+    if fmt == "jsonl":
+        return read_jsonl_records(source)
+    if fmt == "csv":
+        return read_csv_records(source)
+    if fmt == "parquet":
+        if not source.rereadable or source.compression:
+            # Parquet keeps its index at the end of the file: it needs a seekable file.
+            raise ConfigurationError(
+                f"{source.name}: Parquet is read from a plain file only, not from a stream "
+                "or a compressed file"
+            )
+        return read_parquet(Path(path))
+    raise ConfigurationError(f"unknown format {fmt!r}: expected one of {FORMATS}")
 
 
-def guess_format(path: Path) -> Format:
-    if path.is_dir():
+def guess_format(source: InputFile | str | Path) -> Format:
+    """The format a name says: a folder is BEIR, ``.csv`` CSV, ``.parquet`` / ``.pq`` Parquet,
+    anything else (``-`` included) JSONL; a compression suffix is looked through."""
+    if not isinstance(source, InputFile):
+        source = InputFile(str(source))
+    if not source.is_stdin and Path(source.path).is_dir():
         return "beir"
-    suffix = path.suffix.lower()
-    return {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(suffix, "jsonl")  # type: ignore[return-value]
+    suffixes: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+    return suffixes.get(source.format_suffix, "jsonl")
 
 
-def read_jsonl_records(path: Path) -> Iterator[Record]:
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
+def beir_corpus(path: Path) -> InputFile:
+    """The corpus of a BEIR folder: ``corpus.jsonl``, or a compressed ``corpus.jsonl.gz`` /
+    ``.zst`` / ``.bz2`` / ``.xz``; a file given directly is taken as the corpus."""
+    if not path.is_dir():
+        if not path.exists():
+            raise ConfigurationError(f"{path}: no corpus.jsonl (expected a BEIR folder)")
+        return InputFile(str(path))
+    for name in ["corpus.jsonl", *(f"corpus.jsonl{suffix}" for suffix in COMPRESSION_SUFFIXES)]:
+        if (path / name).is_file():
+            return InputFile(str(path / name))
+    raise ConfigurationError(f"{path}: no corpus.jsonl (expected a BEIR folder)")
+
+
+def read_jsonl_records(source: InputFile | str | Path) -> Iterator[Record]:
+    """Records of a JSONL input, one a non-blank line; a line that cannot be read is a record
+    with ``error`` set. A stream that breaks mid-way raises ``InputStreamError`` after the
+    records before the break."""
+    if not isinstance(source, InputFile):
+        source = InputFile(str(source))
+    with source.open_binary() as handle:
+        for line_no, raw in source.lines(handle):
             if not raw.strip():
                 continue
             try:
@@ -83,27 +116,39 @@ def read_jsonl_records(path: Path) -> Iterator[Record]:
                 yield Record(line_no, None, str(exc), raw_text, unit="line")
 
 
-def read_csv_records(path: Path) -> Iterator[Record]:
-    # surrogateescape keeps undecodable bytes visible, so a bad row is reported, not the file.
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            position = reader.line_num
-            bad = [k for k, v in row.items() if _has_surrogates(k) or _has_surrogates(v)]
-            if bad:
-                raw = ",".join(v or "" for v in row.values())
-                yield Record(
-                    position,
-                    None,
-                    f"row {position}: not valid UTF-8 in field {bad[0]!r}",
-                    raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                    unit="row",
-                )
-            elif None in row:
-                message = f"row {position}: more values than columns"
-                yield Record(position, None, message, str(row), unit="row")
-            else:
-                yield Record(position, dict(row), unit="row")
+def read_csv_records(source: InputFile | str | Path) -> Iterator[Record]:
+    """Records of a CSV input with a header row, one a row (``position``: the row's last line)."""
+    if not isinstance(source, InputFile):
+        source = InputFile(str(source))
+    with source.open_binary() as binary:
+        # surrogateescape keeps undecodable bytes visible, so a bad row is reported, not the file.
+        text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
+        reader = csv.DictReader(text)
+        rows = iter(reader)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except (csv.Error, *_STREAM_ERRORS) as exc:  # csv.Error: e.g. an over-long field
+                raise source.broken(reader.line_num, "line", exc) from exc
+            yield _csv_record(row, reader.line_num)
+
+
+def _csv_record(row: dict[str | Any, Any], position: int) -> Record:
+    bad = [k for k, v in row.items() if _has_surrogates(k) or _has_surrogates(v)]
+    if bad:
+        raw = ",".join(v or "" for v in row.values())
+        return Record(
+            position,
+            None,
+            f"row {position}: not valid UTF-8 in field {bad[0]!r}",
+            raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+            unit="row",
+        )
+    if None in row:
+        return Record(position, None, f"row {position}: more values than columns", str(row), "row")
+    return Record(position, dict(row), unit="row")
 
 
 def read_parquet(path: Path) -> Iterator[Record]:
