@@ -1,14 +1,22 @@
-"""Reading documents: pure functions shared by the CLI, ingestion and tests.
+"""Reading documents: pure functions shared by the CLI, ingestion, scale-out and serve.
 
-Every problem raises ``InputError`` naming the position (1-based) and the field, never a bare
-KeyError or a silently skipped record. ``unit`` says what a position counts: "line" in JSONL
-files, "row" in CSV and Parquet, "record" in an in-memory iterable.
+``read_document`` is the one rule for what a record is: its id, the text its vector is
+computed from, or why it is refused (a dead letter). ``splade-es ingest`` and ``encode``,
+Ray, Spark and ``serve --enrich`` all go through it, so the same record gets the same vector,
+or the same refusal, whichever way it is indexed.
+
+Every problem raises ``InputError`` naming where the record is and the field, never a bare
+KeyError or a silently skipped record. The message is ``"<where>: <problem>"``: ``where``
+differs between paths (``line 7`` in a JSONL file, ``row 7`` in CSV and Parquet, ``record 7``
+in an in-memory iterable, a bulk item in serve), the problem's words do not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +51,93 @@ def parse_json_line(raw: bytes, line_no: int) -> dict[str, Any]:
         obj = json.loads(text)
     except ValueError as exc:
         raise InputError(f"line {line_no}: invalid JSON ({exc})", position=line_no) from exc
-    if not isinstance(obj, dict):
+    return require_object(obj, line_no)
+
+
+@dataclass(frozen=True)
+class Document:
+    """A record as every path reads it: its id and the text its vector is computed from."""
+
+    doc_id: str
+    text: str
+
+
+def read_document(
+    doc: object,
+    *,
+    id_field: str | None,
+    text_fields: Sequence[str],
+    position: int,
+    unit: str = "record",
+    where: str | None = None,
+    sparse_field: str | None = None,
+) -> Document:
+    """The id and text of ``doc``, or ``InputError`` saying why it is a dead letter.
+
+    The checks, in this order (the first that fails is the reason):
+
+    1. ``doc`` is an object (a dict);
+    2. ``id_field`` holds a non-blank string or an integer (not a bool); ``id_field=None``:
+       the id is ``content_id(doc)``, so a re-run of the same input indexes the same ids;
+    3. with ``sparse_field`` (the vector is stored inside the document), the document does
+       not already hold that field: its content would be overwritten;
+    4. ``text_fields``: each is absent, null or a string, and at least one holds non-blank
+       text; the text is the stripped non-blank fields joined by one space.
+
+    ``where`` names the record in messages (default ``"{unit} {position}"``). Errors from
+    step 3 on carry ``doc_id``, so the dead letter keeps the id.
+    """
+    where = where or f"{unit} {position}"
+    obj = require_object(doc, position, where=where)
+    doc_id = (
+        document_id(obj, id_field, position, unit=unit, where=where)
+        if id_field
+        else content_id(obj)
+    )
+    if sparse_field is not None and sparse_field in obj:
         raise InputError(
-            f"line {line_no}: expected a JSON object, got {type(obj).__name__}", position=line_no
+            f"{where}: the document already has a field {sparse_field!r}, "
+            "where the SPLADE vector goes",
+            position=position,
+            field=sparse_field,
+            doc_id=doc_id,
         )
-    return obj
+    try:
+        text = document_text(obj, text_fields, position, unit=unit, where=where)
+    except InputError as exc:
+        exc.doc_id = doc_id
+        raise
+    return Document(doc_id, text)
 
 
-def document_id(doc: dict[str, Any], id_field: str, line_no: int, *, unit: str = "line") -> str:
+def require_object(doc: object, position: int, *, where: str | None = None) -> dict[str, Any]:
+    """``doc`` if it is an object (a JSON object, a dict), else ``InputError``."""
+    if not isinstance(doc, dict):
+        raise InputError(
+            f"{where or f'line {position}'}: expected a JSON object, got {type(doc).__name__}",
+            position=position,
+        )
+    return doc
+
+
+def document_id(
+    doc: dict[str, Any],
+    id_field: str,
+    line_no: int,
+    *,
+    unit: str = "line",
+    where: str | None = None,
+) -> str:
+    """Step 2 of ``read_document``: the id in ``id_field``, as a string."""
+    where = where or f"{unit} {line_no}"
     value = doc.get(id_field)
     if value is None or (isinstance(value, str) and not value.strip()):
         raise InputError(
-            f"{unit} {line_no}: missing id field {id_field!r}", position=line_no, field=id_field
+            f"{where}: missing id field {id_field!r}", position=line_no, field=id_field
         )
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise InputError(
-            f"{unit} {line_no}: id field {id_field!r} is {type(value).__name__}, "
-            "expected string or integer",
+            f"{where}: id field {id_field!r} is {type(value).__name__}, expected string or integer",
             position=line_no,
             field=id_field,
         )
@@ -67,10 +145,16 @@ def document_id(doc: dict[str, Any], id_field: str, line_no: int, *, unit: str =
 
 
 def document_text(
-    doc: dict[str, Any], fields: Sequence[str], line_no: int, *, unit: str = "line"
+    doc: dict[str, Any],
+    fields: Sequence[str],
+    line_no: int,
+    *,
+    unit: str = "line",
+    where: str | None = None,
 ) -> str:
-    """The named fields joined by a space; absent or null fields count as empty, but at
-    least one field must hold text."""
+    """Step 4 of ``read_document``: the named fields joined by a space; absent or null
+    fields count as empty, but at least one field must hold text."""
+    where = where or f"{unit} {line_no}"
     parts = []
     for field in fields:
         value = doc.get(field)
@@ -78,7 +162,7 @@ def document_text(
             continue
         if not isinstance(value, str):
             raise InputError(
-                f"{unit} {line_no}: field {field!r} is {type(value).__name__}, expected text",
+                f"{where}: field {field!r} is {type(value).__name__}, expected text",
                 position=line_no,
                 field=field,
             )
@@ -86,8 +170,14 @@ def document_text(
             parts.append(value.strip())
     if not parts:
         raise InputError(
-            f"{unit} {line_no}: no text in field(s) {', '.join(map(repr, fields))}",
+            f"{where}: no text in field(s) {', '.join(map(repr, fields))}",
             position=line_no,
             field=fields[0],
         )
     return " ".join(parts)
+
+
+def content_id(doc: dict[str, Any]) -> str:
+    """A stable id from the document's content (SHA-256 of its canonical JSON)."""
+    canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]

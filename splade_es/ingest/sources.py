@@ -11,15 +11,14 @@ the field that is wrong. Both are pure, shared by the pipeline and the tests.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..documents import document_id, document_text, parse_json_line
+from ..documents import content_id as content_id  # re-exported: its home was here
+from ..documents import parse_json_line, read_document
 from ..exceptions import ConfigurationError, InputError
 from .inputs import COMPRESSION_SUFFIXES, InputFile, stream_errors
 
@@ -188,44 +187,28 @@ def prepare(
 ) -> Prepared:
     """Id, text and stored fields of a readable record; ``InputError`` naming the field.
 
+    Which records are refused, and their id and text, is ``documents.read_document`` (the
+    rule every path shares); here only what gets stored next to the vector is added.
     ``id_field=None``: the id is a content hash of the document, so a re-run of the same
     input indexes the same ids (never duplicates).
     """
     doc = record.doc
     if doc is None:
         raise InputError(record.error or "unreadable record", position=record.position)
-    where = f"{record.unit} {record.position}"
-    doc_id = (
-        document_id(doc, id_field, record.position, unit=record.unit)
-        if id_field
-        else content_id(doc)
+    document = read_document(
+        doc,
+        id_field=id_field,
+        text_fields=text_fields,
+        position=record.position,
+        unit=record.unit,
+        sparse_field=sparse_field,
     )
-    # From here on the id is known: errors carry it, so the dead letter keeps it.
-    if sparse_field in doc:
-        raise InputError(
-            f"{where}: the document already has a field {sparse_field!r}, "
-            "where the SPLADE vector goes",
-            position=record.position,
-            field=sparse_field,
-            doc_id=doc_id,
-        )
-    try:
-        text = document_text(doc, text_fields, record.position, unit=record.unit)
-    except InputError as exc:
-        exc.doc_id = doc_id
-        raise
     fields = doc if keep_fields is None else {k: doc[k] for k in keep_fields if k in doc}
     # Metadata fields (_id, _index, ...) cannot live inside a document body.
     source = {k: v for k, v in fields.items() if not k.startswith("_")}
     if add_id_field:  # the templates' keyword ``id`` field; off to copy documents as they are
-        source.setdefault("id", doc_id)
-    return Prepared(record.position, doc_id, text, source)
-
-
-def content_id(doc: dict[str, Any]) -> str:
-    """A stable id from the document's content (SHA-256 of its canonical JSON)."""
-    canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+        source.setdefault("id", document.doc_id)
+    return Prepared(record.position, document.doc_id, document.text, source)
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
