@@ -31,7 +31,7 @@ from torch import nn
 
 from .exceptions import ConfigurationError, EmptyTextError, InputError, ModelLoadError
 from .fast_forward import FastForward
-from .model_files import CheckpointLayout, Mode, read_layout, resolve_checkpoint
+from .model_files import CheckpointLayout, Mode, default_model, read_layout, resolve_checkpoint
 from .pooling import SparseRows, SpladeHead
 from .sparse import SparseBatch, Vocabulary
 from .static_query import StaticQueryEncoder
@@ -102,7 +102,7 @@ class SpladeEncoder:
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str,
+        name_or_path: str | None = None,
         *,
         device: str = "auto",
         dtype: str = "auto",
@@ -112,7 +112,9 @@ class SpladeEncoder:
         compile: bool = False,
         revision: str | None = None,
     ) -> SpladeEncoder:
-        """Load a checkpoint by Hub id or local path.
+        """Load a checkpoint by Hub id or local path; none: ``model_files.default_model()``
+        (``SPLADE_ES_MODEL``, ``../shared/models/splade-tiny``, the user cache folder, then
+        ``rasyosef/splade-tiny`` through the Hugging Face cache).
 
         ``device``: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"...
         ``dtype``: "auto" (bf16/fp16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16".
@@ -120,6 +122,8 @@ class SpladeEncoder:
         """
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+        if name_or_path is None:
+            name_or_path = default_model()
         layout = read_layout(resolve_checkpoint(name_or_path, revision=revision))
         torch_device = _pick_device(device)
         torch_dtype = _pick_dtype(dtype, torch_device)

@@ -1,5 +1,15 @@
 """Find and read a SPLADE checkpoint: a Hub id or a local folder, in one of four layouts.
 
+When no model is named, ``default_model`` picks one, in this order (the README's "Which model"):
+
+1. ``SPLADE_ES_MODEL`` (the CLI's ``--model`` comes before it);
+2. ``../shared/models/splade-tiny`` from the working directory (this project's machines keep
+   the checkpoint there, beside the repository);
+3. ``splade-es/models/splade-tiny`` in the user cache folder (``$XDG_CACHE_HOME``, else
+   ``~/.cache``): where a user puts a local copy once;
+4. ``rasyosef/splade-tiny`` (MIT, 4.4M parameters) through the Hugging Face cache: downloaded
+   once when the Hub is reachable, then read from the cache offline too.
+
 * a plain Hugging Face masked-LM folder: siamese (the same network for queries and documents);
 * the same plus ``idf.json`` (OpenSearch's document-only models): inference-free;
 * a sentence-transformers ``SparseEncoder`` folder (``modules.json``: MLMTransformer +
@@ -12,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,8 +51,83 @@ class CheckpointLayout:
         return "siamese" if self.query_files is None else "inference-free"
 
 
-def resolve_checkpoint(name_or_path: str, *, revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a Hub id, fetched (or found in the local HF cache)."""
+DEFAULT_HUB_MODEL = "rasyosef/splade-tiny"
+MODEL_ENV = "SPLADE_ES_MODEL"
+# Hub snapshots this process already resolved: a second load of the same id (serve loads the
+# query side, then the model) must not ask an unreachable Hub again and wait for its timeout.
+_SNAPSHOTS: dict[tuple[str, str | None, str], Path] = {}
+
+
+def default_model_folders() -> list[Path]:
+    """The local folders ``default_model`` looks in, in order (steps 2 and 3)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return [
+        Path("..", "shared", "models", "splade-tiny"),
+        cache.expanduser() / "splade-es" / "models" / "splade-tiny",
+    ]
+
+
+def default_model(*, download: bool = True) -> str:
+    """The model to load when none is named: ``SPLADE_ES_MODEL``, else the first of
+    ``default_model_folders`` that holds a checkpoint, else ``DEFAULT_HUB_MODEL`` from the
+    Hugging Face cache (fetched first when ``download`` and the Hub answers).
+
+    Raises ``ModelLoadError`` with one line naming what was tried and how to point at a folder.
+    """
+    named = os.environ.get(MODEL_ENV, "").strip()
+    if named:
+        return named
+    tried = [f"{MODEL_ENV} (not set)"]
+    for folder in default_model_folders():
+        if (folder / "config.json").is_file() or (folder / "modules.json").is_file():
+            return os.path.abspath(folder)
+        tried.append(str(folder))
+    try:
+        _hub_snapshot(DEFAULT_HUB_MODEL, None, local_files_only=True)
+        return DEFAULT_HUB_MODEL
+    except Exception:  # not in the cache: the Hub itself comes next
+        reason = "not in the Hugging Face cache"
+    from huggingface_hub import constants
+
+    if not download:
+        reason += " (not downloaded by this command)"
+    elif constants.HF_HUB_OFFLINE:
+        reason += " and HF_HUB_OFFLINE is set"
+    else:
+        try:
+            _hub_snapshot(DEFAULT_HUB_MODEL, None, local_files_only=False)
+            return DEFAULT_HUB_MODEL
+        except Exception as exc:  # offline, blocked, rate-limited: say which
+            reason += f" and the Hub did not answer ({_first_line(exc)})"
+    tried.append(f"{DEFAULT_HUB_MODEL} from the Hugging Face Hub: {reason}")
+    raise ModelLoadError(
+        f"no model given and none found; tried {', '.join(tried)}. Pass --model FOLDER (or "
+        f"set {MODEL_ENV}=FOLDER) with a local SPLADE checkpoint folder, or copy one to "
+        f"{default_model_folders()[-1]}"
+    )
+
+
+def _hub_snapshot(name: str, revision: str | None, *, local_files_only: bool) -> Path:
+    from huggingface_hub import constants, snapshot_download
+
+    key = (name, revision, str(constants.HF_HUB_CACHE))
+    if key not in _SNAPSHOTS:
+        _SNAPSHOTS[key] = Path(
+            snapshot_download(name, revision=revision, local_files_only=local_files_only)
+        )
+    return _SNAPSHOTS[key]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def resolve_checkpoint(name_or_path: str | None, *, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hub id, fetched (or found in the local HF cache).
+    ``None``: ``default_model()``."""
+    if name_or_path is None:
+        name_or_path = default_model()
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -50,14 +136,11 @@ def resolve_checkpoint(name_or_path: str, *, revision: str | None = None) -> Pat
     if name_or_path.startswith((".", "/", "~")):
         raise ModelLoadError(f"no checkpoint folder at {name_or_path}")
     try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name_or_path, revision=revision))
+        return _hub_snapshot(name_or_path, revision, local_files_only=False)
     except Exception as exc:  # network, auth, not found: all mean "cannot load"
         raise ModelLoadError(
             f"could not load {name_or_path!r} as a local folder or from the Hugging Face Hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            "Pass a local path when the Hub is not reachable."
+            f"({_first_line(exc)}). Pass a local path when the Hub is not reachable."
         ) from exc
 
 
