@@ -204,13 +204,43 @@ def model_option(
     required: bool = True,
     describe: str = "Hugging Face id or local folder of a SPLADE checkpoint.",
 ) -> Callable[..., Any]:
-    """``--model`` / ``-m`` (env ``SPLADE_ES_MODEL``), shared by every command that encodes."""
+    """``--model`` / ``-m`` (env ``SPLADE_ES_MODEL``), shared by every command that encodes.
+
+    Not given: the default model (``model_files.default_model``: ``../shared/models/splade-tiny``,
+    the user cache folder, then ``rasyosef/splade-tiny`` through the Hugging Face cache).
+    ``required``: the command always encodes, so a default that cannot be found stops it with one
+    line (exit 2); otherwise (search and migrate, whose BM25 modes need no model) only what is
+    already on disk is taken, nothing is downloaded, and the option stays ``None`` if none is.
+    """
+    from ..exceptions import ModelLoadError
+    from ..model_files import default_model
+
+    class NoModel(click.ClickException):
+        # A ClickException, not a UsageError: click prints it without the usage lines. One
+        # line as fail_cleanly prints errors, and not folded at the console's width either.
+        exit_code = EXIT_ERROR
+
+        def show(self, file: Any = None) -> None:
+            err_console.print(Text.assemble(("error: ", "bold red"), self.message), soft_wrap=True)
+
+    def resolve(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value:
+            return value
+        try:
+            return default_model(download=required)
+        except ModelLoadError as exc:
+            if required:
+                raise NoModel(str(exc)) from exc
+            return None
+
     return click.option(
         "--model",
         "-m",
-        required=required,
         envvar="SPLADE_ES_MODEL",
-        help=f"{describe} [env: SPLADE_ES_MODEL]",
+        callback=resolve,
+        help=f"{describe} [env: SPLADE_ES_MODEL; default: ../shared/models/splade-tiny, then "
+        "~/.cache/splade-es/models/splade-tiny, then rasyosef/splade-tiny from the Hugging Face "
+        "cache or Hub]",
     )
 
 
