@@ -45,13 +45,14 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 
 def error(message: str) -> None:
-    """One ``error: ...`` line on stderr; ``message`` is printed as is."""
-    err_console.print(Text.assemble(("error: ", "bold red"), message))
+    """One ``error: ...`` line on stderr; ``message`` is printed as is, never wrapped (scripts
+    and users grep for the one line, whatever the terminal's width)."""
+    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    """One ``warning: ...`` line on stderr; ``message`` is printed as is."""
-    err_console.print(Text.assemble(("warning: ", "yellow"), message))
+    """One ``warning: ...`` line on stderr; ``message`` is printed as is, never wrapped."""
+    err_console.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
 
 
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
