@@ -124,9 +124,10 @@ class SpladeEncoder:
 
         if name_or_path is None:
             name_or_path = default_model()
+        # Options first: a typo in them is reported before any file is read.
+        torch_device = parse_device(device)
+        torch_dtype = parse_dtype(dtype, torch_device)
         layout = read_layout(resolve_checkpoint(name_or_path, revision=revision))
-        torch_device = _pick_device(device)
-        torch_dtype = _pick_dtype(dtype, torch_device)
         try:
             with _no_transformers_progress_bars():
                 tokenizer = AutoTokenizer.from_pretrained(str(layout.mlm_dir))
@@ -231,7 +232,7 @@ class SpladeEncoder:
         next window runs in a background thread while this one is on the model.
         """
         if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise ConfigurationError.bad_value("batch_size", batch_size, "must be >= 1")
         window = window or batch_size * 16
         source = iter(texts)
         offset = 0
@@ -399,31 +400,74 @@ def _detach_vocab_projection(model: nn.Module, name: str) -> nn.Linear:
     raise ModelLoadError(f"{name}: could not locate the vocabulary projection module")
 
 
-def _pick_device(device: str) -> torch.device:
+# Device kinds splade-es runs on, and how to count the devices of each that torch can use.
+_ACCELERATORS = ("cuda", "xpu", "mps")
+DEVICE_HELP = "auto, cpu, cuda, cuda:N, xpu, xpu:N or mps"
+
+
+def parse_device(device: str) -> torch.device:
+    """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+
+    ``ConfigurationError`` (``option="device"``) for a name torch does not know, a kind
+    splade-es does not run on (``meta``), or a device this machine does not have.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}") from exc
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigurationError.bad_value("device", device, f"must be {DEVICE_HELP}") from exc
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type not in _ACCELERATORS:
+        raise ConfigurationError.bad_value("device", device, f"must be {DEVICE_HELP}")
+    present = _device_count(parsed.type)
+    if present == 0:
+        raise ConfigurationError.bad_value(
+            "device", device, f"must be a device this machine has (torch sees no {parsed.type})"
+        )
+    if parsed.index is not None and parsed.index >= present:
+        raise ConfigurationError.bad_value(
+            "device",
+            device,
+            f"must be a device this machine has ({parsed.type}:0 to {parsed.type}:{present - 1})",
+        )
+    return parsed
 
 
-def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def _device_count(kind: str) -> int:
+    """Devices of ``kind`` torch can use here (0 when its build lacks the backend)."""
+    if kind == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        return int(backend is not None and backend.is_available())
+    module = getattr(torch, kind, None)
+    if module is None or not module.is_available():
+        return 0
+    return int(module.device_count())
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` (bf16, else fp16, on CUDA; fp32 elsewhere) or a dtype name for ``device``;
+    ``ConfigurationError`` (``option="dtype"``) for any other name."""
     if dtype == "auto":
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
-    return table[dtype]
+    if dtype not in _DTYPES:
+        raise ConfigurationError.bad_value(
+            "dtype", dtype, "must be auto, float32, bfloat16 or float16"
+        )
+    return _DTYPES[dtype]
 
 
 def _max_length(
@@ -432,7 +476,9 @@ def _max_length(
     limit = getattr(model.config, "max_position_embeddings", 512) or 512
     if requested is not None:
         if requested < 2 or requested > limit:
-            raise ValueError(f"max_length must be between 2 and {limit} for this model")
+            raise ConfigurationError.bad_value(
+                "max_length", requested, f"must be 2 to {limit} for this model"
+            )
         return requested
     candidates = [limit, layout.max_seq_length, getattr(tokenizer, "model_max_length", None)]
     return min(int(c) for c in candidates if c and c < 10**9)

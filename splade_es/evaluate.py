@@ -22,7 +22,7 @@ import numpy as np
 
 from .connect import client_of
 from .engines import Hybrid, SearchRequest
-from .exceptions import EmptyQueryError
+from .exceptions import ConfigurationError, EmptyQueryError
 from .query import PruneReport, QueryBuilder
 from .search import Hit, hits_of, search_vector, send
 from .sparse import SparseBatch
@@ -126,9 +126,11 @@ def run_queries(
     """Run every query (``{id: text}``) through ``index`` in ``mode``; no judgments needed."""
     client = client_of(client)
     if mode not in ("splade", "bm25", "hybrid"):
-        raise ValueError(f"unknown mode {mode!r}")
+        raise ConfigurationError.bad_value("mode", mode, "must be splade, bm25 or hybrid")
     if mode != "bm25" and encoder is None:
-        raise ValueError(f"mode {mode!r} needs an encoder")
+        raise ConfigurationError(
+            f"mode {mode!r} needs an encoder (the model the index was built with)"
+        )
     if mode != "bm25":
         builder = builder or QueryBuilder.for_index(client, index, field=field)
     if mode == "hybrid":

@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from .exceptions import ConfigurationError
 from .fused_screen import FusedScreen
 
 Pooling = Literal["max", "sum"]
@@ -95,9 +96,11 @@ class SpladeHead:
         single_pass_elements: int = SINGLE_PASS_ELEMENTS,
     ) -> None:
         if pooling not in ("max", "sum"):
-            raise ValueError(f"pooling must be 'max' or 'sum', not {pooling!r}")
+            raise ConfigurationError.bad_value("pooling", pooling, "must be 'max' or 'sum'")
         if activation not in ("relu", "log1p_relu"):
-            raise ValueError(f"activation must be 'relu' or 'log1p_relu', not {activation!r}")
+            raise ConfigurationError.bad_value(
+                "activation", activation, "must be 'relu' or 'log1p_relu'"
+            )
         weight = weight.detach()
         vocab_size = weight.shape[0]
         self.pooling = pooling

@@ -65,11 +65,11 @@ class QueryPruning:
 
     def __post_init__(self) -> None:
         if self.top_k is not None and self.top_k < 1:
-            raise ConfigurationError("top_k must be >= 1")
+            raise ConfigurationError.bad_value("top_k", self.top_k, "must be >= 1")
         if self.min_weight is not None and self.min_weight < 0:
-            raise ConfigurationError("min_weight must be >= 0")
+            raise ConfigurationError.bad_value("min_weight", self.min_weight, "must be >= 0")
         if self.mass is not None and not 0.0 < self.mass <= 1.0:
-            raise ConfigurationError("mass must be in (0, 1]")
+            raise ConfigurationError.bad_value("mass", self.mass, "must be in (0, 1]")
 
 
 @dataclass(frozen=True)

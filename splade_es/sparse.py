@@ -19,6 +19,8 @@ from typing import overload
 import numpy as np
 import scipy.sparse
 
+from .exceptions import ConfigurationError
+
 
 class Vocabulary(Sequence[str]):
     """The model's output vocabulary: ``vocab[i]`` names output id ``i``.
@@ -178,7 +180,7 @@ class SparseBatch:
         if top_k is None and min_weight is None:
             return self
         if top_k is not None and top_k < 1:
-            raise ValueError("top_k must be >= 1")
+            raise ConfigurationError.bad_value("top_k", top_k, "must be >= 1")
         rows = []
         for i in range(len(self)):
             ids, weights = self.row(i)
@@ -219,7 +221,7 @@ class SparseBatch:
     @classmethod
     def concat(cls, batches: Sequence[SparseBatch]) -> SparseBatch:
         if not batches:
-            raise ValueError("concat needs at least one batch")
+            raise ConfigurationError("concat needs at least one batch")
         offsets = np.cumsum([0] + [b.indptr[-1] for b in batches[:-1]])
         indptr = np.concatenate(
             [[0]] + [b.indptr[1:] + off for b, off in zip(batches, offsets, strict=True)]

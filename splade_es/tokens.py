@@ -37,7 +37,7 @@ from typing import Literal
 
 import numpy as np
 
-from .exceptions import InputError
+from .exceptions import ConfigurationError, InputError
 from .sparse import SparseBatch, Vocabulary
 
 KeyScheme = Literal["token", "id"]
@@ -71,7 +71,7 @@ class TokenCodec:
 
     def __init__(self, vocab: Sequence[str], *, scheme: KeyScheme = "token") -> None:
         if scheme not in ("token", "id"):
-            raise ValueError(f"unknown key scheme {scheme!r}: expected 'token' or 'id'")
+            raise ConfigurationError.bad_value("scheme", scheme, "must be 'token' or 'id'")
         self.vocab = vocab
         self.scheme = scheme
         special = vocab.special_ids if isinstance(vocab, Vocabulary) else frozenset()
@@ -81,7 +81,9 @@ class TokenCodec:
         ]
         self._ids = {key: i for i, key in enumerate(self._keys)}
         if len(self._ids) != len(self._keys):
-            raise ValueError("the vocabulary has duplicate tokens: keys would collide")
+            raise ConfigurationError(
+                "the vocabulary has duplicate tokens: their feature keys would collide"
+            )
 
     def __repr__(self) -> str:
         return f"TokenCodec({len(self.vocab)} tokens, scheme={self.scheme!r})"
@@ -116,7 +118,7 @@ class TokenCodec:
     def encode(self, batch: SparseBatch, row: int) -> dict[str, float]:
         """Feature dict for row ``row`` of ``batch`` (which must use this codec's vocabulary)."""
         if len(batch.vocab) != len(self.vocab):
-            raise ValueError(
+            raise ConfigurationError(
                 f"the batch has a {len(batch.vocab)}-token vocabulary, the codec "
                 f"{len(self.vocab)}: encode with the model the index was built with"
             )

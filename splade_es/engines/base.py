@@ -57,21 +57,23 @@ class Hybrid:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.bm25_weight <= 1.0:
-            raise ConfigurationError(f"bm25_weight must be in [0, 1], got {self.bm25_weight}")
+            raise ConfigurationError.bad_value("bm25_weight", self.bm25_weight, "must be in [0, 1]")
         if self.method not in HYBRID_METHODS:
-            raise ConfigurationError(
-                f"unknown hybrid method {self.method!r}: expected one of {HYBRID_METHODS}"
+            raise ConfigurationError.bad_value(
+                "method", self.method, f"must be one of {HYBRID_METHODS}"
             )
         if not self.text_fields:
             raise ConfigurationError("a hybrid query needs at least one text field")
         # Both engines refuse a constant below 1; OpenSearch also above 10,000 (neural-search
         # RRFNormalizationTechnique.validateRankConstant).
         if not 1 <= self.rank_constant <= 10_000:
-            raise ConfigurationError(
-                f"rank_constant must be in [1, 10000], got {self.rank_constant}"
+            raise ConfigurationError.bad_value(
+                "rank_constant", self.rank_constant, "must be in [1, 10000]"
             )
         if self.rank_window_size < 1:
-            raise ConfigurationError(f"rank_window_size must be >= 1, got {self.rank_window_size}")
+            raise ConfigurationError.bad_value(
+                "rank_window_size", self.rank_window_size, "must be >= 1"
+            )
 
     @property
     def pipeline_name(self) -> str:
@@ -183,7 +185,9 @@ class Dialect(ABC):
         to this version, with the sparse field renamed to ``sparse_field``."""
         self.check_field_type(field_type)
         if not sparse_field or "." in sparse_field:
-            raise ConfigurationError(f"invalid sparse field name {sparse_field!r}")
+            raise ConfigurationError.bad_value(
+                "sparse_field", sparse_field, "must be a field name without '.'"
+            )
         body = copy.deepcopy(load_template(self.engine, field_type))
         body["settings"]["number_of_shards"] = shards
         body["settings"]["number_of_replicas"] = replicas

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..exceptions import ConfigurationError, OverloadedError, ShuttingDownError
 from ..sparse import SparseBatch
 from .metrics import Metrics
 
@@ -48,9 +49,9 @@ class MicroBatcher:
         metrics: Metrics | None = None,
     ) -> None:
         if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+            raise ConfigurationError.bad_value("max_batch", max_batch, "must be >= 1")
         if max_wait < 0:
-            raise ValueError("max_wait must be >= 0")
+            raise ConfigurationError.bad_value("max_wait", max_wait, "must be >= 0")
         self._encode = encode
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -81,7 +82,7 @@ class MicroBatcher:
     async def encode(self, texts: Sequence[str]) -> list[SparseBatch]:
         """One-row query vectors for ``texts``, in order (cached ones straight away)."""
         if self._closing:
-            raise RuntimeError("the encoder is shutting down")
+            raise ShuttingDownError("the encoder is shutting down")
         loop = asyncio.get_running_loop()
         results: list[Any] = []
         hits = 0
@@ -162,7 +163,7 @@ def _row(batch: SparseBatch, i: int) -> SparseBatch:
     return SparseBatch.from_rows([batch.row(i)], vocab=batch.vocab, truncated=truncated)
 
 
-class QueueFull(Exception):
+class QueueFull(OverloadedError):
     """More documents are waiting to be encoded than the queue holds: answered 429."""
 
 
@@ -193,8 +194,10 @@ class DocumentBatcher:
         max_queued: int = 4096,
         metrics: Metrics | None = None,
     ) -> None:
-        if max_batch < 1 or max_queued < 1:
-            raise ValueError("max_batch and max_queued must be >= 1")
+        if max_batch < 1:
+            raise ConfigurationError.bad_value("max_batch", max_batch, "must be >= 1")
+        if max_queued < 1:
+            raise ConfigurationError.bad_value("max_queued", max_queued, "must be >= 1")
         self._encode = encode
         self._run = run
         self.max_batch = max_batch
@@ -219,7 +222,7 @@ class DocumentBatcher:
     async def encode(self, texts: Sequence[str]) -> list[Row]:
         """Document vectors for ``texts``: (vocabulary ids, weights), row for row."""
         if self._closing:
-            raise RuntimeError("the encoder is shutting down")
+            raise ShuttingDownError("the encoder is shutting down")
         if self.queued and self.queued + len(texts) > self.max_queued:
             raise QueueFull(
                 f"{self.queued} documents are waiting to be encoded (queue of "

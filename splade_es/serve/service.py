@@ -14,7 +14,7 @@ from typing import Any
 from ..connect import ConnectionConfig
 from ..encoder import SpladeEncoder
 from ..engines import FieldType, Hybrid, dialect_for
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, InputError
 from ..model_files import read_layout, resolve_checkpoint
 from ..query import QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
@@ -57,17 +57,20 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
-            raise ConfigurationError("--max-batch must be >= 1")
+            raise ConfigurationError.bad_value("max_batch", self.max_batch, "must be >= 1")
         if self.max_wait_ms < 0:
-            raise ConfigurationError("--max-wait-ms must be >= 0")
+            raise ConfigurationError.bad_value("max_wait_ms", self.max_wait_ms, "must be >= 0")
         if self.cache_size < 0:
-            raise ConfigurationError("--cache-size must be >= 0")
+            raise ConfigurationError.bad_value("cache_size", self.cache_size, "must be >= 0")
         if self.max_body_bytes < 1:
-            raise ConfigurationError("--max-body-bytes must be >= 1")
+            raise ConfigurationError.bad_value(
+                "max_body_bytes", self.max_body_bytes, "must be >= 1"
+            )
 
 
-class HttpError(Exception):
-    """An error answered in the cluster's error shape."""
+class HttpError(InputError):
+    """A request the proxy refuses (a missing field, a body too large), answered with
+    ``status`` in the cluster's error shape."""
 
     def __init__(self, status: int, error_type: str, reason: str) -> None:
         super().__init__(reason)

@@ -24,7 +24,12 @@ import aiohttp
 from yarl import URL
 
 from ..connect import ConnectionConfig, redact_url
-from ..exceptions import ConfigurationError
+from ..exceptions import (
+    ClusterTimeoutError,
+    ConfigurationError,
+    ConnectionFailedError,
+    ShuttingDownError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,12 @@ _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 Headers = list[tuple[str, str]]
 
 
-class UpstreamUnavailable(Exception):
-    """The cluster could not be reached or did not answer in time."""
+class UpstreamUnavailable(ConnectionFailedError):
+    """The cluster could not be reached (answered 502)."""
+
+
+class UpstreamTimeout(UpstreamUnavailable, ClusterTimeoutError):
+    """The cluster did not answer in time (answered 504)."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,8 @@ class Upstream:
     ) -> UpstreamResponse:
         """Send ``method target`` (raw, already percent-encoded path and query string)."""
         if self._session is None:
-            raise RuntimeError("Upstream.start() was not called")
+            # Before start() or after close(): a request that arrives while the service stops.
+            raise ShuttingDownError("no connection to the cluster: the proxy is not running")
         url = URL(self.base + self.prefix + target, encoded=True)
         try:
             async with self._session.request(
@@ -170,7 +180,11 @@ class Upstream:
                     payload,
                     response.headers.get("Content-Length"),
                 )
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except TimeoutError as exc:  # aiohttp's own timeouts derive from it too
+            raise UpstreamTimeout(
+                f"cluster at {self.description}: no answer within {self._timeout.total:g} s"
+            ) from exc
+        except aiohttp.ClientConnectionError as exc:
             reason = str(exc) or type(exc).__name__
             raise UpstreamUnavailable(f"cluster at {self.description}: {reason}") from exc
 
