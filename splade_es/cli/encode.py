@@ -20,8 +20,9 @@ from typing import IO, Any
 import click
 from rich.table import Table
 
-from ..documents import document_id, document_text, parse_fields
+from ..documents import parse_fields
 from ..exceptions import InputError
+from ..ingest.inputs import compression_of, open_output_text
 from .app import (
     EXIT_PARTIAL,
     err_console,
@@ -45,15 +46,24 @@ _MODE_NOTES = {
     "--input",
     "input_path",
     required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="JSONL file of documents.",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    help="JSONL or CSV file of documents, or '-' for standard input (pipes, FIFOs and "
+    "/dev/stdin work too); .gz, .zst, .bz2 and .xz files are decompressed as they are read.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    help="Input format (default: from the file name, a compression suffix aside; standard "
+    "input is JSONL).",
 )
 @click.option(
     "--output",
     "output_path",
     required=True,
     type=click.Path(dir_okay=False, allow_dash=True),
-    help="JSONL file to write ('-' for stdout), one document a line: "
+    help="JSONL file to write ('-' for stdout; .gz, .zst, .bz2, .xz compress it), one "
+    "document a line: "
     '{"_id": id, "splade": {token: weight}} (named by --id-field and --vector-field), '
     'plus "truncated": true when the text was cut at --max-length.',
 )
@@ -91,21 +101,23 @@ def encode(**opts: Any) -> None:
     """
     from ..encoder import SpladeEncoder
     from ..ingest.checkpoint import DeadLetters, dead_letter_entry, default_dead_letter
-    from ..ingest.sources import read_jsonl_records
+    from ..ingest.inputs import InputFile
+    from ..ingest.sources import count_records, prepare, read_source
 
     fields = parse_fields(opts["text_fields"])
+    source = InputFile(opts["input_path"])
     to_stdout = opts["output_path"] == "-"
     dead_path = Path(
         opts["dead_letter"]
-        or default_dead_letter(
-            Path(opts["input_path"]).stem, None if to_stdout else opts["output_path"]
-        )
+        or default_dead_letter(source.stem, None if to_stdout else opts["output_path"])
     )
     encoder = SpladeEncoder.from_pretrained(
         opts["model"], device=opts["device"], dtype=opts["dtype"], max_length=opts["max_length"]
     )
-    with open(opts["input_path"], "rb") as handle:
-        total = sum(1 for line in handle if line.strip())
+    # A plain file is counted for the bar's total; a stream or compressed input is read once
+    # only, and the bar shows a count and a rate without a total.
+    total = count_records(source.path, opts["fmt"])
+    records = read_source(source.path, opts["fmt"])
     dead_path.unlink(missing_ok=True)  # a new run: no stale entries of an earlier one
     dead = DeadLetters(dead_path)
     ids: deque[str] = deque()
@@ -115,17 +127,19 @@ def encode(**opts: Any) -> None:
         task = progress.add_task("encoding", total=total)
 
         def texts() -> Iterator[str]:
-            for record in read_jsonl_records(Path(opts["input_path"])):
-                doc_id = None
+            for record in records:
                 try:
-                    if record.doc is None:
-                        raise InputError(record.error or "unreadable", position=record.position)
-                    doc_id = document_id(record.doc, opts["id_field"], record.position)
-                    text = document_text(record.doc, fields, record.position)
+                    # The rule ingest reads documents by: the same ids, texts, dead letters.
+                    prepared = prepare(
+                        record,
+                        id_field=opts["id_field"] or None,
+                        text_fields=fields,
+                        sparse_field=opts["vector_field"],
+                    )
                 except InputError as exc:
                     entry = dead_letter_entry(
                         record.position,
-                        doc_id,
+                        exc.doc_id,
                         str(exc),
                         field=exc.field,
                         document=record.doc,
@@ -134,15 +148,15 @@ def encode(**opts: Any) -> None:
                     dead.write([entry])
                     progress.advance(task, 1)
                     continue
-                ids.append(doc_id)
-                yield text
+                ids.append(prepared.doc_id)
+                yield prepared.text
 
         def write_vectors(out: IO[str]) -> None:
             for window in encoder.iter_encode(texts(), batch_size=opts["batch_size"]):
                 window = window.prune(top_k=opts["top_k"], min_weight=opts["min_weight"])
                 for i in range(len(window)):
                     record = {
-                        opts["id_field"]: ids.popleft(),
+                        opts["id_field"] or "_id": ids.popleft(),
                         opts["vector_field"]: window.to_dict(i),
                     }
                     if window.truncated is not None and window.truncated[i]:
@@ -171,8 +185,8 @@ def encode(**opts: Any) -> None:
     if dead.count:
         table.add_row("dead-lettered", f"{dead.count:,} (in {dead_path})")
     print_table(table, err_console)
-    if not total:
-        warn(f"{opts['input_path']} holds no documents: nothing was encoded")
+    if not (stats["documents"] or dead.count):
+        warn(f"{source.name} holds no documents: nothing was encoded")
     if dead.count:
         warn(f"{dead.count:,} line(s) could not be encoded; see {dead_path}")
         sys.exit(EXIT_PARTIAL)
@@ -180,14 +194,15 @@ def encode(**opts: Any) -> None:
 
 @contextlib.contextmanager
 def _replaced_when_done(path: Path) -> Iterator[IO[str]]:
-    """A temporary file next to ``path`` that replaces it only when the block completes;
-    on any error or interrupt it is removed and ``path`` stays as it was."""
+    """A temporary file next to ``path`` (compressed as its name says) that replaces it only
+    when the block completes; on any error or interrupt it is removed and ``path`` stays as
+    it was."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with open_output_text(tmp, compression_of(path)) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        with open(tmp, "rb") as written:  # durable before it takes the name
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -69,13 +69,19 @@ def create_index(**opts: Any) -> None:
 @click.option("--index", required=True)
 @model_option()
 @click.option(
-    "--input", "input_path", required=True, type=click.Path(exists=True), help="File or folder."
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, allow_dash=True),
+    help="File, BEIR folder, or '-' for standard input (pipes, FIFOs and /dev/stdin work "
+    "too); .gz, .zst, .bz2 and .xz files are decompressed as they are read.",
 )
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["jsonl", "csv", "parquet", "beir"]),
-    help="Input format (default: from the file name; a folder is BEIR).",
+    help="Input format (default: from the file name, a compression suffix aside; a folder "
+    "is BEIR; standard input is JSONL).",
 )
 @click.option(
     "--id-field",
@@ -130,6 +136,9 @@ def ingest(**opts: Any) -> None:
     from ..encoder import SpladeEncoder
     from ..ingest import IngestConfig, RetryPolicy, ingest_file, parse_shard
     from ..ingest.checkpoint import default_dead_letter
+    from ..ingest.inputs import InputFile
+    from ..ingest.pipeline import check_resumable
+    from ..ingest.sources import count_records
 
     dead_letter = opts["dead_letter"] or str(default_dead_letter(opts["index"], opts["checkpoint"]))
 
@@ -150,11 +159,14 @@ def ingest(**opts: Any) -> None:
         create=opts["create"],
         field_type=opts["field_type"],
     )
+    check_resumable(opts["input_path"], config)  # before the cluster and the model
     cluster = connect(connection_config(opts))
     encoder = SpladeEncoder.from_pretrained(
         opts["model"], device=opts["device"], dtype=opts["dtype"]
     )
-    total = _count_records(opts["input_path"], opts["fmt"])
+    # A plain file is counted for the bars' totals; a stream or compressed input is read
+    # once only, and the bars show counts and rates without a total.
+    total = count_records(opts["input_path"], opts["fmt"])
     with progress_display(opts["quiet"] or opts["as_json"]) as progress:
         tasks = {
             stage: progress.add_task(stage, total=total)
@@ -192,24 +204,7 @@ def ingest(**opts: Any) -> None:
         table.add_row("throughput", f"{report.docs_per_second:,.1f} docs/s on {encoder.device}")
         print_table(table, err_console)
     if not (report.read or report.skipped_done or report.other_shards):
-        warn(f"{opts['input_path']} holds no records: nothing was indexed")
+        warn(f"{InputFile(opts['input_path']).name} holds no records: nothing was indexed")
     if report.dead_lettered:
         warn(f"{report.dead_lettered:,} record(s) were not indexed; see {dead_letter}")
         sys.exit(EXIT_PARTIAL)
-
-
-def _count_records(path: str, fmt: str | None) -> int | None:
-    """Records in a JSONL/CSV input, for the progress bars (None: unknown)."""
-    from pathlib import Path
-
-    from ..ingest.sources import guess_format
-
-    source = Path(path)
-    kind = fmt or guess_format(source)
-    if kind == "beir":
-        source = source / "corpus.jsonl" if source.is_dir() else source
-    if kind not in ("jsonl", "beir", "csv"):
-        return None
-    with open(source, "rb") as handle:
-        lines = sum(1 for line in handle if line.strip())
-    return lines - 1 if kind == "csv" else lines

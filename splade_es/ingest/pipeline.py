@@ -131,18 +131,24 @@ def ingest_file(
 ) -> IngestReport:
     """``ingest`` over a JSONL / CSV / Parquet file (compressed ones too), a stream (``-``,
     ``/dev/stdin``, a FIFO) or a BEIR folder."""
+    source = check_resumable(path, config)
+    if config.input_name == "<iterable>":
+        name = source.name if source.is_stdin else str(Path(path).resolve())
+        config = replace(config, input_name=name)
+    return ingest(client, read_source(path, fmt), encoder=encoder, config=config, progress=progress)
+
+
+def check_resumable(path: str | Path, config: IngestConfig) -> InputFile:
+    """``path`` as an input; a checkpoint asked for on a stream is refused here, at start,
+    since resuming re-reads the input from its start and a pipe's records are gone by then."""
     source = InputFile(str(path))
     if config.checkpoint and not (source.rereadable or Path(path).is_dir()):
-        # Resuming re-reads the input from its start: a pipe's records are gone by then.
         raise ConfigurationError(
             f"a checkpoint (--checkpoint) needs an input that can be read again to resume, and "
             f"{source.name} is a stream (a pipe, FIFO or standard input): save it to a file "
             "first (compressed is fine: .gz, .zst, .bz2, .xz are read as they are)"
         )
-    if config.input_name == "<iterable>":
-        name = source.name if source.is_stdin else str(Path(path).resolve())
-        config = replace(config, input_name=name)
-    return ingest(client, read_source(path, fmt), encoder=encoder, config=config, progress=progress)
+    return source
 
 
 def ingest(

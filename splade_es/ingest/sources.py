@@ -98,6 +98,21 @@ def beir_corpus(path: Path) -> InputFile:
     raise ConfigurationError(f"{path}: no corpus.jsonl (expected a BEIR folder)")
 
 
+def count_records(path: str | Path, fmt: Format | None = None) -> int | None:
+    """Records in a plain JSONL / CSV file or BEIR folder, for a progress bar's total; None
+    where counting would mean reading the input twice (a stream, compressed data, Parquet)."""
+    source = InputFile(str(path))
+    kind = fmt or guess_format(source)
+    if kind == "beir":
+        source = beir_corpus(Path(path))
+    elif kind not in ("jsonl", "csv"):
+        return None
+    lines = source.count_lines()
+    if lines is None or kind != "csv":
+        return lines
+    return max(lines - 1, 0)  # the header row
+
+
 def read_jsonl_records(source: InputFile | str | Path) -> Iterator[Record]:
     """Records of a JSONL input, one a non-blank line; a line that cannot be read is a record
     with ``error`` set. A stream that breaks mid-way raises ``InputStreamError`` after the
