@@ -24,10 +24,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import elasticsearch
 import opensearchpy
+from elastic_transport.client_utils import parse_cloud_id
 
 from .exceptions import (
     AuthenticationError,
     ClusterError,
+    ClusterTimeoutError,
     ConfigurationError,
     ConnectionFailedError,
     UnsupportedFeatureError,
@@ -77,8 +79,14 @@ class ConnectionConfig:
         if (self.username is None) != (self.password is None):
             raise ConfigurationError("basic auth needs both a username and a password")
         for host in self.hosts:
-            if urlsplit(host).scheme not in ("http", "https"):
-                raise ConfigurationError(f"not an http(s) URL: {redact_url(host)}")
+            _check_url(host)
+        if self.cloud_id:
+            try:
+                parse_cloud_id(self.cloud_id)
+            except ValueError as exc:
+                raise ConfigurationError.bad_value(
+                    "cloud_id", self.cloud_id, "must be an Elastic Cloud id (NAME:BASE64)"
+                ) from exc
         if not self.verify_certs:
             log.warning("TLS certificate verification is disabled; use only for local testing")
 
@@ -92,6 +100,22 @@ class ConnectionConfig:
     def redacted_hosts(self) -> str:
         """The hosts with any credentials in them masked, for messages."""
         return ", ".join(redact_url(h) for h in self.hosts) or f"cloud id {self.cloud_id}"
+
+
+def _check_url(url: str) -> None:
+    """``ConfigurationError`` (``option="hosts"``) unless ``url`` is http(s)://HOST[:PORT]...;
+    the message shows it with any credentials masked."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018  (parsing the port is the check: "x:abc" raises)
+    except ValueError:
+        ok = False
+    else:
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    if not ok:
+        raise ConfigurationError.bad_value(
+            "hosts", redact_url(url), "must be http:// or https:// URLs with a host"
+        )
 
 
 def redact_url(url: str) -> str:
@@ -188,7 +212,7 @@ def _elasticsearch_client(config: ConnectionConfig, cls: type) -> Any:
         kwargs["basic_auth"] = (config.username, config.password)
     if not config.verify_certs:
         kwargs["ssl_show_warn"] = False
-    return cls(**kwargs)
+    return _construct(cls, kwargs)
 
 
 def _opensearch_client(config: ConnectionConfig) -> opensearchpy.OpenSearch:
@@ -204,7 +228,16 @@ def _opensearch_client(config: ConnectionConfig) -> opensearchpy.OpenSearch:
         kwargs["http_auth"] = (config.username, config.password)
     if config.api_key:
         kwargs["headers"] = {"authorization": f"ApiKey {config.api_key}"}
-    return opensearchpy.OpenSearch(**kwargs)
+    return _construct(opensearchpy.OpenSearch, kwargs)
+
+
+def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
+    """``cls(**kwargs)``; a client that refuses its settings (an unreadable CA bundle, a
+    value our own checks let through) is a ConfigurationError, like the checks'."""
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ConfigurationError(f"the connection settings were refused: {exc}") from exc
 
 
 _ES_CLIENT_MAJOR = int(elasticsearch.__versionstr__.split(".")[0])
@@ -249,12 +282,16 @@ def call(func: Any, doing: str) -> Any:
                 f"{doing}: the cluster's license does not cover this feature ({_first_line(exc)})"
             ) from exc
         raise AuthenticationError(f"{doing}: permission denied (403)") from exc
+    except (elasticsearch.ConnectionTimeout, opensearchpy.ConnectionTimeout) as exc:
+        raise ClusterTimeoutError(f"{doing}: no answer in time ({_first_line(exc)})") from exc
     except (elasticsearch.ConnectionError, opensearchpy.ConnectionError) as exc:
         raise ConnectionFailedError(f"{doing}: {type(exc).__name__}: {_first_line(exc)}") from exc
     except (elasticsearch.ApiError, opensearchpy.TransportError) as exc:
         if _UNSUPPORTED.search(str(exc)):
             raise UnsupportedFeatureError(f"{doing}: {_first_line(exc)}") from exc
         raise ClusterError(f"{doing}: {_first_line(exc)}") from exc
+    except elasticsearch.TransportError as exc:  # the transport's own: TLS, serialization
+        raise ClusterError(f"{doing}: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 # What engines answer for a query type, field type or processor they do not know.

@@ -161,3 +161,50 @@ def test_every_class_of_the_tree_is_a_splade_es_error():
     assert len(classes) >= 14
     assert all(issubclass(c, SpladeEsError) for c in classes)
     assert all(c.__doc__ for c in classes)
+
+
+# ---------------------------------------------------------------------- connection settings
+@pytest.mark.parametrize(
+    ("kwargs", "option", "shown"),
+    [
+        ({"hosts": ("ftp://u:hunter2@a",)}, "hosts", "'ftp://***@a'"),
+        ({"hosts": ("http://:9200",)}, "hosts", "'http://:9200'"),
+        ({"hosts": ("http://a:port",)}, "hosts", "'http://a:port'"),
+        ({"cloud_id": "not-a-cloud-id"}, "cloud_id", "'not-a-cloud-id'"),
+    ],
+)
+def test_bad_connection_settings_name_the_setting(kwargs, option, shown):
+    from splade_es.connect import ConnectionConfig
+
+    with pytest.raises(ConfigurationError) as caught:
+        ConnectionConfig(**kwargs)
+    assert caught.value.option == option
+    assert shown in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_client_errors_are_mapped_in_call():
+    import elastic_transport
+    import elasticsearch
+    import opensearchpy
+
+    from splade_es.connect import call
+    from splade_es.exceptions import ClusterError
+
+    def raising(exc: Exception):
+        def func():
+            raise exc
+
+        return func
+
+    for timeout in (
+        elasticsearch.ConnectionTimeout("timed out"),
+        opensearchpy.ConnectionTimeout("TIMEOUT", "timed out", Exception()),
+    ):
+        with pytest.raises(ClusterTimeoutError, match="reading x: no answer in time"):
+            call(raising(timeout), "reading x")
+    with pytest.raises(ConnectionFailedError) as refused:
+        call(raising(elasticsearch.ConnectionError("refused")), "reading x")
+    assert not isinstance(refused.value, ClusterTimeoutError)
+    # The transport's other errors (not ApiError) were not mapped before.
+    with pytest.raises(ClusterError, match="SerializationError"):
+        call(raising(elastic_transport.SerializationError("bad body")), "reading x")
