@@ -8,9 +8,10 @@ Every console here has rich markup off: what we print is mostly text from engine
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -46,8 +47,10 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 def error(message: str) -> None:
     """One ``error: ...`` line on stderr; ``message`` is printed as is, never wrapped (scripts
-    and users grep for the one line, whatever the terminal's width)."""
-    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    and users grep for the one line, whatever the terminal's width); a message of several
+    lines (an engine's) is joined into one."""
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    err_console.print(Text.assemble(("error: ", "bold red"), one_line), soft_wrap=True)
 
 
 def warn(message: str) -> None:
@@ -55,14 +58,119 @@ def warn(message: str) -> None:
     err_console.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
 
 
+class OneLineError(click.ClickException):
+    """What every error that stops a command becomes: one ``error: ...`` line, exit status 2
+    (click's usage errors too, which it would print as usage, a hint and the error)."""
+
+    exit_code = EXIT_ERROR
+
+    def show(self, file: Any = None) -> None:
+        error(self.format_message())
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Re-raise click's errors (bad values, missing options, unknown commands) as
+    ``OneLineError``, with the command's help named where the error is not about a value."""
+    try:
+        yield
+    except OneLineError:
+        raise
+    except click.ClickException as exc:
+        message = exc.format_message()
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, click.UsageError) and not isinstance(exc, click.BadParameter) and ctx:
+            message += f" (see '{ctx.command_path} --help')"
+        raise OneLineError(message) from exc
+
+
+class SpladeEsGroup(click.Group):
+    """The command group; parses and runs each command inside ``_one_line_errors``."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _one_line_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_errors():
+            return super().invoke(ctx)
+
+
+# Library settings the CLI spells differently (``SpladeEsError.option`` -> parameter name);
+# every other option has the library keyword's name (device, dtype, max_length, model, ...).
+_CLI_NAMES = {"hosts": "url"}
+
+
+def as_click_error(exc: SpladeEsError) -> click.ClickException:
+    """The one way a library error reaches the user: a bad value of an option the current
+    command has (``exc.option``) as click's BadParameter naming that option and the value,
+    anything else as its message. Both print as one line (``OneLineError``)."""
+    ctx = click.get_current_context(silent=True)
+    name = _CLI_NAMES.get(exc.option or "", exc.option)
+    params = {p.name: p for p in ctx.command.params} if ctx else {}
+    param = params.get(name) if name else None
+    if param is None or not isinstance(param, click.Option):
+        return OneLineError(str(exc))
+    rule = getattr(exc, "rule", None)
+    detail = f"{rule}, got {exc.value!r}" if rule else str(exc)  # type: ignore[attr-defined]
+    return click.BadParameter(detail, ctx=ctx, param=param)
+
+
+class LibraryValue(click.ParamType):
+    """An option value checked by the library's own parser as the command line is read
+    (before any model or cluster is touched); its error becomes the option's, as
+    ``as_click_error`` words it. The value is passed on as given."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any], metavar: str = "TEXT") -> None:
+        self.name = name
+        self._parse = parse
+        self._metavar = metavar
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self._metavar
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            self._parse(value)
+        except SpladeEsError as exc:
+            rule = getattr(exc, "rule", None)
+            self.fail(f"{rule}, got {value!r}" if rule else f"{exc}, got {value!r}", param, ctx)
+        return value
+
+
+def _parse_device(value: str) -> None:
+    if value != "auto":  # torch is imported only when a device is named
+        from ..encoder import parse_device
+
+        parse_device(value)
+
+
+def _parse_fields(value: str) -> None:
+    from ..documents import parse_fields
+
+    parse_fields(value)
+
+
+DEVICE = LibraryValue("device", _parse_device, "DEVICE")
+FIELDS = LibraryValue("fields", _parse_fields, "FIELD,...")
+
+
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command's body: a ``SpladeEsError`` becomes one line and exit status 2
+    (``as_click_error``), Ctrl-C exit status 130."""
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except SpladeEsError as exc:
-            error(str(exc))
-            sys.exit(EXIT_ERROR)
+            raise as_click_error(exc) from exc
         except KeyboardInterrupt:
             # Not 1: that means "finished, some records dead-lettered", which scripts act on.
             err_console.print(
@@ -156,6 +264,7 @@ Exit status (every command):
 
 
 @click.group(
+    cls=SpladeEsGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=EXIT_STATUS_HELP,
 )

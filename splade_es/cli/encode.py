@@ -24,7 +24,9 @@ from ..documents import parse_fields
 from ..exceptions import InputError
 from ..ingest.inputs import compression_of, open_output_text
 from .app import (
+    DEVICE,
     EXIT_PARTIAL,
+    FIELDS,
     err_console,
     fail_cleanly,
     main,
@@ -68,7 +70,11 @@ _MODE_NOTES = {
     'plus "truncated": true when the text was cut at --max-length.',
 )
 @click.option(
-    "--text-fields", default="title,text", show_default=True, help="Fields joined into the text."
+    "--text-fields",
+    default="title,text",
+    show_default=True,
+    type=FIELDS,
+    help="Fields joined into the text.",
 )
 @click.option("--id-field", default="_id", show_default=True)
 @click.option(
@@ -81,7 +87,13 @@ _MODE_NOTES = {
     "<output>.dead-letter.jsonl; <input>.dead-letter.jsonl here for stdout).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    type=DEVICE,
+    help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
+)
 @click.option(
     "--dtype",
     default="auto",

@@ -12,7 +12,9 @@ from rich.table import Table
 from ..connect import connect
 from ..documents import parse_fields
 from .app import (
+    DEVICE,
     EXIT_PARTIAL,
+    FIELDS,
     connection_config,
     connection_options,
     err_console,
@@ -89,8 +91,8 @@ def create_index(**opts: Any) -> None:
     show_default=True,
     help="Field holding the document id; '' for a content hash of the document.",
 )
-@click.option("--text-fields", default="title,text", show_default=True)
-@click.option("--keep-fields", help="Fields stored next to the vector (default: all).")
+@click.option("--text-fields", default="title,text", show_default=True, type=FIELDS)
+@click.option("--keep-fields", type=FIELDS, help="Fields stored next to the vector (default: all).")
 @click.option("--sparse-field", default="splade", show_default=True)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--bulk-docs", default=500, show_default=True, type=click.IntRange(1))
@@ -117,7 +119,13 @@ def create_index(**opts: Any) -> None:
     show_default=True,
     help="With --create.",
 )
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    type=DEVICE,
+    help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
+)
 @click.option(
     "--dtype",
     default="auto",

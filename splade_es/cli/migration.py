@@ -13,7 +13,9 @@ from rich.text import Text
 from ..connect import call, connect
 from ..documents import parse_fields
 from .app import (
+    DEVICE,
     EXIT_PARTIAL,
+    FIELDS,
     connection_config,
     connection_options,
     err_console,
@@ -32,7 +34,7 @@ from .app import (
 @click.option("--target", required=True, help="The index to build (created if absent).")
 @click.option("--alias", required=True, help="The alias applications search through.")
 @model_option(required=False)
-@click.option("--text-fields", default="title,text", show_default=True)
+@click.option("--text-fields", default="title,text", show_default=True, type=FIELDS)
 @click.option("--sparse-field", default="splade", show_default=True)
 @click.option(
     "--field-type",
@@ -80,7 +82,13 @@ from .app import (
     type=click.Path(dir_okay=False),
     help="Markdown report; a PNG chart is written next to it.",
 )
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    type=DEVICE,
+    help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
+)
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @fail_cleanly

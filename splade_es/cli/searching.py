@@ -18,6 +18,8 @@ from ..connect import Cluster, connect
 from ..documents import parse_fields
 from ..exceptions import EmptyQueryError
 from .app import (
+    DEVICE,
+    FIELDS,
     connection_config,
     connection_options,
     err_console,
@@ -60,7 +62,13 @@ def sparse_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.FloatRange(0, 1, min_open=True),
                 help="Keep the heaviest tokens holding this fraction of the query weight.",
             ),
-            click.option("--device", default="auto", show_default=True),
+            click.option(
+                "--device",
+                default="auto",
+                show_default=True,
+                type=DEVICE,
+                help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
+            ),
             click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
         ],
     )
@@ -87,6 +95,7 @@ def mode_options(func: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--hybrid", "hybrid_alias", type=click.FloatRange(0, 1), hidden=True),
             click.option(
                 "--text-fields",
+                type=FIELDS,
                 default="title,text",
                 show_default=True,
                 help="BM25 fields of hybrid / bm25 queries.",
@@ -300,10 +309,12 @@ def _parse_filter(text: str) -> dict:
     try:
         clause = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc.msg}", param_hint="--filter") from None
+        raise click.BadParameter(
+            f"must be JSON ({exc.msg}), got {text!r}", param_hint="'--filter'"
+        ) from None
     if not isinstance(clause, dict):
         raise click.BadParameter(
-            "a filter is a JSON object (a query clause)", param_hint="--filter"
+            f"must be a JSON object (a query clause), got {text!r}", param_hint="'--filter'"
         )
     return clause
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 import click
@@ -11,6 +12,8 @@ import click
 from ..documents import parse_fields
 from ..exceptions import ConfigurationError
 from .app import (
+    DEVICE,
+    FIELDS,
     connection_config,
     connection_options,
     err_console,
@@ -21,11 +24,25 @@ from .app import (
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """``127.0.0.1:9280`` / ``[::1]:9280`` / ``:9280`` -> (host, port)."""
+    """``127.0.0.1:9280`` / ``[::1]:9280`` / ``:9280`` -> (host, port), once it is checked
+    that this machine can listen there: uvicorn would log a failure to bind and exit with
+    status 1, which means "done, some records not indexed" here."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"--listen expects HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+        raise ConfigurationError.bad_value("listen", value, "must be HOST:PORT")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigurationError.bad_value(
+            "listen", value, f"must be free to listen on ({exc.strerror or exc})"
+        ) from exc
+    return host, int(port)
 
 
 def default_threads(enriching: bool) -> int:
@@ -74,7 +91,13 @@ def default_threads(enriching: bool) -> int:
     type=click.IntRange(1),
     help="Larger request bodies are refused with 413.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    type=DEVICE,
+    help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
+)
 @click.option(
     "--threads",
     default=0,
@@ -107,6 +130,7 @@ def default_threads(enriching: bool) -> int:
 )
 @click.option(
     "--text-fields",
+    type=FIELDS,
     default="title,text",
     show_default=True,
     help="Text fields encoded for --enrich patterns that name none (as in ingest).",
@@ -195,13 +219,14 @@ def serve(**opts: Any) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    app = create_app(config)  # checks the checkpoint: a wrong --model is the only line printed
     err_console.print(
         f"splade-es serve on http://{host}:{port} -> {config.connection.redacted_hosts}",
         highlight=False,
         markup=False,
     )
     uvicorn.run(
-        create_app(config),
+        app,
         host=host,
         port=port,
         log_level=level,
