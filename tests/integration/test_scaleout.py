@@ -14,6 +14,7 @@ from splade_es import ConnectionConfig, SpladeEncoder
 from splade_es.scaleout import CRASH_ONCE_ENV
 from splade_es.tokens import TokenCodec
 from tests.integration.corpus import document_text, make_documents
+from tests.vectors import assert_same_vector
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +52,7 @@ def assert_index_holds_exactly(client, index, expected):
     assert len(ids) == len(set(ids)) == len(expected)
     assert set(ids) == set(expected)
     for hit in hits:
-        stored = hit["_source"]["splade"]
-        want = expected[hit["_id"]]
-        assert set(stored) == set(want)
-        for key, weight in want.items():
-            assert stored[key] == pytest.approx(weight, rel=1e-5, abs=1e-6)
+        assert_same_vector(hit["_source"]["splade"], expected[hit["_id"]], what=hit["_id"])
 
 
 @pytest.fixture
@@ -134,9 +131,7 @@ def test_spark_encode_gives_the_single_machine_vectors(spark, encoder, docs, sea
     want = expected_vectors(encoder, docs[:N_DOCS])
     assert set(rows) == set(want)
     for doc_id, vector in rows.items():
-        assert set(vector) == set(want[doc_id])
-        for key, weight in want[doc_id].items():
-            assert vector[key] == pytest.approx(weight, rel=1e-5, abs=1e-6)
+        assert_same_vector(vector, want[doc_id], what=doc_id)
 
 
 def test_spark_write_indexes_every_document_once_despite_a_crashed_worker(

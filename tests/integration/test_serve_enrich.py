@@ -40,6 +40,7 @@ from tests.integration.serve_support import (
     running_proxy,
 )
 from tests.integration.test_migrate import create_bm25_index, gate_data
+from tests.vectors import assert_same_vector
 
 pytestmark = pytest.mark.integration
 
@@ -92,9 +93,9 @@ def ingested_vectors(cluster, index_name, encoder, docs) -> dict[str, dict[str, 
 
 
 def assert_same_vectors(got: dict[str, float], want: dict[str, float]) -> None:
-    assert got.keys() == want.keys()
-    for key, weight in want.items():
-        assert got[key] == pytest.approx(weight, rel=1e-5, abs=1e-6), key
+    # A document the proxy encodes inside a micro-batch and the same one encoded alone differ
+    # by float32 rounding that depends on the batch's shape: the suite's one rule decides.
+    assert_same_vector(got, want)
 
 
 def test_bulk_helper_documents_get_the_vectors_ingest_gives(cluster, target, proxy, encoder):
