@@ -9,8 +9,10 @@
                        bodies with a ``splade`` clause, which is replaced (``rewrite``)
 
 Errors look like the cluster's own (``{"error": {"type", "reason"}, "status"}``), so every
-client raises its usual exception: 400 for a malformed clause, 413 for a body over the limit,
-502 when the cluster cannot be reached.
+client raises its usual exception; ``HTTP_ERRORS`` says which status each error of
+``splade_es.exceptions`` gets: 400 for a malformed clause or a bad value in a request, 413 for
+a body over the limit, 429 when the encode queue is full, 502 when the cluster cannot be
+reached, 504 when it does not answer in time.
 """
 
 from __future__ import annotations
@@ -29,8 +31,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..encoder import SpladeEncoder
-from ..exceptions import ConfigurationError, InputError, SpladeEsError
+from ..exceptions import (
+    AuthenticationError,
+    ClusterError,
+    ClusterTimeoutError,
+    ConfigurationError,
+    ConnectionFailedError,
+    InputError,
+    ModelLoadError,
+    OverloadedError,
+    ServiceUnavailableError,
+    SpladeEsError,
+    UnsupportedFeatureError,
+)
+from ..model_files import read_layout, resolve_checkpoint
 from ..sparse import SparseBatch
+from ..static_query import StaticQueryEncoder
 from ..tokens import TokenCodec
 from . import rewrite, writes
 from .enrich import TooManyRequests
@@ -41,6 +57,43 @@ from .upstream import Headers, UpstreamResponse, UpstreamUnavailable, forwardabl
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("splade_es.serve.access")
+
+# The one place an error becomes an HTTP answer: (status, Elasticsearch error type) for each
+# class, looked up along the error's MRO, so the most specific class listed wins. An error
+# that carries its own ``error_type`` (RewriteError) or ``status`` (HttpError) keeps it.
+HTTP_ERRORS: dict[type[BaseException], tuple[int, str]] = {
+    # The request is wrong: a malformed clause or body, a bad value, an engine feature the
+    # index's engine lacks (the engine itself would refuse such a query with a 400).
+    InputError: (400, "illegal_argument_exception"),
+    ConfigurationError: (400, "illegal_argument_exception"),
+    UnsupportedFeatureError: (400, "illegal_argument_exception"),
+    rewrite.RewriteError: (400, "parsing_exception"),
+    writes.WriteBodyError: (400, "illegal_argument_exception"),  # not in the tree (writes.py)
+    # The proxy cannot take the work now: the same request may succeed later.
+    OverloadedError: (429, "es_rejected_execution_exception"),
+    TooManyRequests: (429, "es_rejected_execution_exception"),  # not in the tree (enrich.py)
+    ServiceUnavailableError: (503, "unavailable_exception"),
+    # The cluster behind the proxy failed it (its own answers are relayed as they came).
+    ClusterTimeoutError: (504, "timeout_exception"),
+    ConnectionFailedError: (502, "upstream_unavailable_exception"),
+    AuthenticationError: (502, "security_exception"),  # the proxy's own credentials
+    ClusterError: (502, "upstream_exception"),
+    # The proxy itself is broken: its model, or a bug (details go to the log only).
+    ModelLoadError: (500, "illegal_state_exception"),
+    SpladeEsError: (500, "internal_error"),
+    Exception: (500, "internal_error"),
+}
+INTERNAL_REASON = "internal error in splade-es serve"
+
+
+def http_error(exc: BaseException) -> tuple[int, str, str]:
+    """(status, error type, reason) that ``exc`` is answered with (``HTTP_ERRORS``)."""
+    status, error_type = next(HTTP_ERRORS[c] for c in type(exc).__mro__ if c in HTTP_ERRORS)
+    if status == 500:  # the proxy's own failure: its details (paths, code) stay in the log
+        return status, error_type, INTERNAL_REASON
+    if isinstance(exc, HttpError):
+        status = exc.status
+    return status, getattr(exc, "error_type", error_type), str(exc)
 
 
 def error_body(status: int, error_type: str, reason: str) -> bytes:
@@ -114,8 +167,17 @@ def _without(headers: Headers, name: str) -> Headers:
 
 
 # ---------------------------------------------------------------------- the app
-def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> Starlette:
-    """The ASGI app; ``encoder`` skips loading ``config.model`` (tests, embedding)."""
+def create_app(
+    config: ServeConfig, *, encoder: SpladeEncoder | StaticQueryEncoder | None = None
+) -> Starlette:
+    """The ASGI app; ``encoder`` skips loading ``config.model`` (tests, embedding).
+
+    Without one, the checkpoint's files are checked here (no weights are read): a wrong
+    model is a ``ModelLoadError`` now, not a failed server start (the model loads when
+    the app starts).
+    """
+    if encoder is None:
+        read_layout(resolve_checkpoint(config.model))
     service = Service(config, encoder)
 
     @contextlib.asynccontextmanager
@@ -142,25 +204,16 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
         return response
 
     def failure(exc: Exception) -> Response:
-        if isinstance(exc, HttpError):
-            return Response(
-                error_body(exc.status, exc.error_type, exc.reason),
-                exc.status,
-                media_type="application/json",
-            )
-        if isinstance(exc, rewrite.RewriteError | writes.WriteBodyError):
-            return failure(HttpError(400, exc.error_type, str(exc)))
-        if isinstance(exc, TooManyRequests):
-            return failure(HttpError(429, "es_rejected_execution_exception", str(exc)))
-        if isinstance(exc, ConfigurationError | InputError | SpladeEsError):
-            return failure(HttpError(400, "illegal_argument_exception", str(exc)))
-        if isinstance(exc, UpstreamAnswered):
+        if isinstance(exc, UpstreamAnswered):  # not an error of ours: the cluster's answer
             return RawResponse(exc.response)
-        if isinstance(exc, UpstreamUnavailable):
+        status, error_type, reason = http_error(exc)
+        if isinstance(exc, ClusterError) and status >= 500:
             service.metrics.upstream_errors.inc()
-            return failure(HttpError(502, "upstream_unavailable_exception", str(exc)))
-        log.exception("internal error")  # the details go to the log, not to the client
-        return failure(HttpError(500, "internal_error", "internal error in splade-es serve"))
+        if status == 500:
+            log.error("internal error", exc_info=exc)  # details to the log, not the client
+        return Response(
+            error_body(status, error_type, reason), status, media_type="application/json"
+        )
 
     async def proxy(request: Request) -> Response:
         started = time.perf_counter()
@@ -311,8 +364,6 @@ def create_app(config: ServeConfig, *, encoder: SpladeEncoder | None = None) -> 
                 for i in range(len(batch))
             ]
             response = _json({"model": service.encoder.name, "kind": kind, "vectors": vectors_out})
-        except ValueError as exc:
-            response = failure(HttpError(400, "illegal_argument_exception", str(exc)))
         except Exception as exc:
             response = failure(exc)
         return answered("encode", started, request, response)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..connect import ConnectionConfig
-from ..encoder import SpladeEncoder
+from ..encoder import SpladeEncoder, parse_device
 from ..engines import FieldType, Hybrid, dialect_for
 from ..exceptions import ConfigurationError, InputError
 from ..model_files import read_layout, resolve_checkpoint
@@ -56,6 +56,7 @@ class ServeConfig:
     document_batch_size: int = 32  # as ``splade-es ingest --batch-size``: the same batches
 
     def __post_init__(self) -> None:
+        parse_device(self.device)  # a device this machine lacks is refused before start
         if self.max_batch < 1:
             raise ConfigurationError.bad_value("max_batch", self.max_batch, "must be >= 1")
         if self.max_wait_ms < 0:

@@ -117,9 +117,11 @@ class Upstream:
         timeout: float | None = None,
     ) -> None:
         if config.cloud_id or len(config.hosts) != 1:
-            raise ConfigurationError(
-                "serve forwards to exactly one cluster URL (a coordinating node or a load "
-                f"balancer); got {config.redacted_hosts}"
+            raise ConfigurationError.bad_value(
+                "hosts",
+                ",".join(redact_url(h) for h in config.hosts) or f"cloud id {config.cloud_id}",
+                "must be exactly one cluster URL for serve (a coordinating node or a load "
+                "balancer)",
             )
         parts = urlsplit(config.hosts[0])
         url_credentials = (
