@@ -326,12 +326,11 @@ def model_option(
     from ..model_files import default_model
 
     class NoModel(click.ClickException):
-        # A ClickException, not a UsageError: click prints it without the usage lines. One
-        # line as fail_cleanly prints errors, and not folded at the console's width either.
+        # A ClickException, not a UsageError: no usage lines, the one line fail_cleanly prints.
         exit_code = EXIT_ERROR
 
         def show(self, file: Any = None) -> None:
-            err_console.print(Text.assemble(("error: ", "bold red"), self.message), soft_wrap=True)
+            error(self.message)
 
     def resolve(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         if value:

@@ -97,6 +97,9 @@ def sample(cluster, index_name, model_dir) -> list[tuple[str, float]]:
     ):
         done = runner.invoke(cli, args, env=env)
         assert done.exit_code == 0, f"{args[0]}: {done.output}"
+        if args[0] == "ingest":
+            # ingest leaves refreshing to the index's interval; the search must see every document.
+            cluster.client.indices.refresh(index=index_name)
     hits = [(h["id"], h["score"]) for h in json.loads(done.stdout)["hits"]]
     assert hits, "the sample has documents for the README's query"
     return hits
