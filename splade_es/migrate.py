@@ -196,6 +196,14 @@ def switch_alias(client: Any, alias: str, to_index: str) -> tuple[str, ...]:
     return alias_indices(client, alias)
 
 
+def require_source(client: Any, source: str) -> None:
+    """``ConfigurationError`` unless index (or alias) ``source`` exists: the first thing a
+    migration checks, before it counts, reads or loads anything for it."""
+    client = client_of(client)
+    if not call(lambda: client.indices.exists(index=source), f"checking the source {source}"):
+        raise ConfigurationError(f"source index {source!r} does not exist")
+
+
 def rollback(client: Any, alias: str, source: str) -> tuple[str, ...]:
     """Point ``alias`` back at ``source`` (one atomic call)."""
     client = client_of(client)
@@ -293,8 +301,7 @@ def migrate(
     client = cluster.client
     dialect = dialect_of(cluster)
     step = on_step or (lambda message: log.info(message))
-    if not call(lambda: client.indices.exists(index=config.source), "checking the source"):
-        raise ConfigurationError(f"source index {config.source!r} does not exist")
+    require_source(client, config.source)
     alias_before = alias_indices(client, config.alias)
     notes: list[str] = []
     if alias_before and config.source not in alias_before and config.target not in alias_before:

@@ -103,7 +103,7 @@ def migrate(**opts: Any) -> None:
     seconds; --no-write-block to skip, at the risk of missing writes made meanwhile).
     """
     from ..ingest.checkpoint import default_dead_letter
-    from ..migrate import Gate, MigrationConfig, report_json, rollback
+    from ..migrate import Gate, MigrationConfig, report_json, require_source, rollback
     from ..migrate import migrate as run_migration
     from ..report import gate_table, summary_lines, write_chart, write_markdown
 
@@ -114,6 +114,9 @@ def migrate(**opts: Any) -> None:
         return
     if not opts["model"]:
         raise click.UsageError("--model is required (or SPLADE_ES_MODEL)")
+    # Before the model loads and the source is counted: a missing source is named as such,
+    # not as an error while counting it.
+    require_source(cluster.client, opts["source"])
     gate = None
     if opts["gate_queries"]:
         from ..beir import read_qrels, read_queries
