@@ -89,7 +89,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             note = f" -- UNAVAILABLE, its tests skip: {spec.unavailable}"
         lines.append(f"splade-es cluster: {spec.name} from {spec.source} {spec.target}{note}")
     lines += [f"splade-es: real OpenSearch node not used: {r}" for r in NODE_FALLBACK_REASON]
-    return lines
+    return [*lines, _fast_paths_line()]
+
+
+def _fast_paths_line() -> str:
+    """Which CPU paths the encoders of this run take: CI runs the suite under each."""
+    from splade_es.encoder import FAST_PATHS_ENV, _cpu_has_fast_bf16, cpu_fast_paths
+
+    mode = cpu_fast_paths()
+    has = _cpu_has_fast_bf16()
+    screen = {"on": True, "off": False}.get(mode, has)
+    return (
+        f"splade-es CPU fast paths: {FAST_PATHS_ENV}={mode} -> bf16 screen "
+        f"{'on' if screen else 'off'}, FastForward {'off' if mode == 'off' else 'on'} "
+        f"(this CPU {'has' if has else 'lacks'} AVX512-BF16/AMX)"
+    )
 
 
 def _tiny_vocab() -> list[str]:
