@@ -137,7 +137,7 @@ def test_upstream_timeouts_and_refusals_are_cluster_errors():
             with pytest.raises(ShuttingDownError):  # before start(): no connection yet
                 await upstream.request("GET", "/", [])
             await upstream.start()
-            with pytest.raises(UpstreamTimeout, match="no answer within 0.2 s"):
+            with pytest.raises(UpstreamTimeout, match=r"no answer within 0\.2 s"):
                 await upstream.request("GET", "/", [])
             await upstream.close()
         finally:
