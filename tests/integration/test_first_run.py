@@ -171,7 +171,7 @@ def test_cli_explain_contributions_sum_to_the_score(cluster, index_name, encoder
 
 
 def test_search_and_evaluate_share_their_mode_options(
-    cluster, index_name, encoder, search_model_dir, tmp_path
+    cluster, index_name, encoder, search_model_dir, tmp_path, monkeypatch
 ):
     docs = small_index(cluster, index_name, encoder)
     common = ["--url", cluster.url, "--index", index_name]
@@ -200,7 +200,13 @@ def test_search_and_evaluate_share_their_mode_options(
     scored = cli("evaluate", *common, "--mode", "bm25", *files, "--json", env=no_model)
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.stdout)["mrr@10"] == pytest.approx(1.0)
-    needs = cli("evaluate", *common, "--mode", "hybrid", *files, env=no_model)
+    # Where no default model is on disk either (no ../shared here, empty caches).
+    import huggingface_hub.constants
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    nowhere = {**no_model, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    needs = cli("evaluate", *common, "--mode", "hybrid", *files, env=nowhere)
     assert needs.exit_code == 2 and "--mode hybrid needs --model" in needs.output
     hybrid = cli("evaluate", *common, *model, "--hybrid", "0.3", *files, "--json")
     assert hybrid.exit_code == 0, hybrid.output
