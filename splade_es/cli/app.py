@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -122,6 +123,45 @@ def as_click_error(exc: SpladeEsError) -> click.ClickException:
     return click.BadParameter(detail, ctx=ctx, param=param)
 
 
+def os_click_error(exc: OSError) -> click.ClickException:
+    """A file the command could not read or write, as one line; as the option that named it
+    when one did (that path, or a path in a folder that does not exist)."""
+    where = exc.filename
+    message = f"{where}: {exc.strerror}" if where and exc.strerror else str(exc)
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not where:
+        return OneLineError(message)
+    folder = os.path.dirname(os.path.abspath(where))
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if not isinstance(param, click.Option) or not isinstance(value, str):
+            continue
+        if value == where:
+            return click.BadParameter(f"cannot use {value!r}: {exc.strerror}", ctx, param)
+        if not os.path.isdir(folder) and os.path.dirname(os.path.abspath(value)) == folder:
+            return click.BadParameter(f"{value!r}: there is no folder {folder}", ctx, param)
+    return OneLineError(message)
+
+
+class NewFile(click.Path):
+    """A file the command writes (created or replaced): not a folder, in a folder that
+    exists. Checked as the command line is read, not when the first line is written (a
+    dead-letter file is opened at the first refused record, maybe hours into a run)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        folder = os.path.dirname(os.path.abspath(os.fsdecode(path)))
+        if not os.path.isdir(folder):
+            self.fail(f"{value!r}: there is no folder {folder}", param, ctx)
+        return path
+
+
+NEW_FILE = NewFile()
+
+
 class LibraryValue(click.ParamType):
     """An option value checked by the library's own parser as the command line is read
     (before any model or cluster is touched); its error becomes the option's, as
@@ -162,8 +202,8 @@ FIELDS = LibraryValue("fields", _parse_fields, "FIELD,...")
 
 
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a command's body: a ``SpladeEsError`` becomes one line and exit status 2
-    (``as_click_error``), Ctrl-C exit status 130."""
+    """Run a command's body: a ``SpladeEsError`` or a file that cannot be read or written
+    becomes one line and exit status 2 (``as_click_error``), Ctrl-C exit status 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -171,6 +211,8 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except SpladeEsError as exc:
             raise as_click_error(exc) from exc
+        except OSError as exc:  # a path the user gave: a missing folder, no permission
+            raise os_click_error(exc) from exc
         except KeyboardInterrupt:
             # Not 1: that means "finished, some records dead-lettered", which scripts act on.
             err_console.print(

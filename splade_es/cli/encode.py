@@ -27,6 +27,7 @@ from .app import (
     DEVICE,
     EXIT_PARTIAL,
     FIELDS,
+    NEW_FILE,
     err_console,
     fail_cleanly,
     main,
@@ -82,7 +83,7 @@ _MODE_NOTES = {
 )
 @click.option(
     "--dead-letter",
-    type=click.Path(dir_okay=False),
+    type=NEW_FILE,
     help="JSONL of the lines that could not be encoded (default: next to --output, "
     "<output>.dead-letter.jsonl; <input>.dead-letter.jsonl here for stdout).",
 )

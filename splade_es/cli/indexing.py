@@ -15,6 +15,7 @@ from .app import (
     DEVICE,
     EXIT_PARTIAL,
     FIELDS,
+    NEW_FILE,
     connection_config,
     connection_options,
     err_console,
@@ -103,10 +104,10 @@ def create_index(**opts: Any) -> None:
     "--workers", default=2, show_default=True, type=click.IntRange(1), help="Bulk senders."
 )
 @click.option("--max-retries", default=8, show_default=True, type=click.IntRange(0))
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Resume file.")
+@click.option("--checkpoint", type=NEW_FILE, help="Resume file.")
 @click.option(
     "--dead-letter",
-    type=click.Path(dir_okay=False),
+    type=NEW_FILE,
     help="JSONL of refused records (default: next to --checkpoint, else "
     "<index>.dead-letter.jsonl here).",
 )

@@ -16,6 +16,7 @@ from .app import (
     DEVICE,
     EXIT_PARTIAL,
     FIELDS,
+    NEW_FILE,
     connection_config,
     connection_options,
     err_console,
@@ -45,10 +46,10 @@ from .app import (
 @click.option("--slices", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1))
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Migration state file.")
+@click.option("--checkpoint", type=NEW_FILE, help="Migration state file.")
 @click.option(
     "--dead-letter",
-    type=click.Path(dir_okay=False),
+    type=NEW_FILE,
     help="JSONL of refused documents (default: next to --checkpoint, else "
     "<target>.dead-letter.jsonl here).",
 )
@@ -79,7 +80,7 @@ from .app import (
 @click.option(
     "--report",
     "report_path",
-    type=click.Path(dir_okay=False),
+    type=NEW_FILE,
     help="Markdown report; a PNG chart is written next to it.",
 )
 @click.option(

@@ -119,6 +119,10 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, str, str]] = [
     # paths
     (("encode", "ingest"), "--input", "{missing}", "does not exist"),
     (("encode",), "--output", "{dir}", "is a directory"),
+    (("encode",), "--output", "{missing}/out.jsonl", "no folder"),
+    (("encode", "ingest", "migrate"), "--dead-letter", "{missing}/dead.jsonl", "no folder"),
+    (("ingest", "migrate"), "--checkpoint", "{missing}/state.json", "no folder"),
+    (("migrate",), "--report", "{missing}/report.md", "no folder"),
     (("encode", "ingest", "migrate"), "--dead-letter", "{dir}", "is a directory"),
     (("ingest", "migrate"), "--checkpoint", "{dir}", "is a directory"),
     (("evaluate",), "--queries", "{missing}", "does not exist"),
