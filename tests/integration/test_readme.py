@@ -90,14 +90,17 @@ def test_readme_example_runs_as_written(cluster, model_dir, tmp_path, language, 
             command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
         )
     finally:
-        for suffix in ("", "-bm25", "-splade"):
+        for suffix in ("", "-bm25", "-splade", "-piped"):
             cluster.client.indices.delete(index=prefix + suffix, ignore_unavailable=True)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     if "explain(" in code:
         # The example's last line: the hit's score, the contributions' sum, the engine's score.
         score, total, engine = map(float, done.stdout.strip().splitlines()[-1].split())
         assert total == pytest.approx(score, rel=1e-5) and engine == pytest.approx(score, rel=1e-6)
-    if language == "bash":
+    if language == "bash" and "--input -" in code:  # Inputs: the sample through a pipe
+        assert re.search(r"indexed\W+6\b", done.stderr), done.stderr  # the sample's 6
+        assert (tmp_path / "sample.splade.jsonl.zst").stat().st_size > 0
+    elif language == "bash":
         assert "ex1" in done.stdout  # the search table
         assert "nDCG" in done.stdout or "ndcg@10" in done.stdout
         assert "(switched)" in done.stderr
