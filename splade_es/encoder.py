@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ class SpladeEncoder:
         self.head = head
         self.device = device
         self.max_length = max_length
+        # Long texts are tokenized from a prefix (``_token_ids``); with left truncation the
+        # model reads the end of a text instead, so there is nothing to cut.
+        self.cut_prefixes = getattr(tokenizer, "truncation_side", "right") == "right"
         self.name = name
         self.max_batch_tokens = max_batch_tokens
         # Models may have more output ids than the tokenizer names (vocab padded to a
@@ -268,23 +272,55 @@ class SpladeEncoder:
                 )
         if not keep:
             return _Tokenized([], [], [])
-        enc = self.tokenizer(
-            [texts[i] for i in keep],
-            truncation=True,
-            max_length=self.max_length,
-            return_overflowing_tokens=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        ids: list[list[int]] = []
-        truncated: list[bool] = []
-        for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
-            if sample == len(ids):  # first piece of a text; later pieces are overflow
-                ids.append(enc["input_ids"][row])
-                truncated.append(False)
-            else:
-                truncated[sample] = True
+        ids, truncated = self._token_ids([texts[i] for i in keep])
         return _Tokenized(keep, ids, truncated)
+
+    def _token_ids(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """The ids the model reads for each text (``max_length`` of them at most, specials
+        included) and whether the text had more, tokenizing a bounded prefix of a long text.
+
+        Tokenizing all of a 10 MB text to keep its first 512 tokens took seconds on the one
+        model thread. A long text is cut first, just before an ASCII whitespace character
+        at or after ``cut`` characters (``_prefix``), and the prefix is tokenized as the
+        whole text would be. Its tokens are the whole text's only where the cut cannot have
+        changed them: the fast tokenizer normalizes characters locally, splits the text into
+        words (pre-tokens: whitespace is a boundary for BERT's, the regex of byte-level BPE
+        and SentencePiece's Metaspace) and tokenizes each word on its own, so only the word
+        at the cut can differ. The prefix is taken when the first token the model does not
+        read (the first of the second overflow row) belongs to an earlier word than the
+        prefix's last one: then every token the model reads, and the fact that more follow,
+        are the same as for the whole text. Otherwise (few tokens per character: long
+        whitespace runs, one word of many characters, a tokenizer that does not split words)
+        the cut moves 4x further, up to the whole text, which is then tokenized as before.
+        """
+        ids: list[list[int]] = [[] for _ in texts]
+        truncated = [False] * len(texts)
+        pending = list(range(len(texts)))
+        cut = self.max_length * _CHARS_PER_TOKEN
+        while pending:
+            pieces = [_prefix(texts[k], cut) if self.cut_prefixes else texts[k] for k in pending]
+            enc = self.tokenizer(
+                pieces,
+                truncation=True,
+                max_length=self.max_length,
+                return_overflowing_tokens=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+            rows: list[list[int]] = [[] for _ in pending]
+            for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
+                rows[sample].append(row)
+            retry = []
+            for j, k in enumerate(pending):
+                whole = len(pieces[j]) == len(texts[k])
+                if whole or (len(rows[j]) > 1 and _words_before_cut(enc, rows[j])):
+                    ids[k] = enc["input_ids"][rows[j][0]]
+                    truncated[k] = len(rows[j]) > 1
+                else:
+                    retry.append(k)
+            pending = retry
+            cut *= 4
+        return ids, truncated
 
     def _encode_window(self, tok: _Tokenized, size: int, batch_size: int) -> SparseBatch:
         rows: list[tuple[np.ndarray, np.ndarray]] = [
@@ -376,6 +412,48 @@ def _length_batches(
         batch.append(k)
     if batch:
         yield batch
+
+
+# The first cut of a long text, in characters per token the model reads: English runs at
+# about 4-5 (spaces included), so one tokenization usually suffices; a text that needs more
+# (long whitespace runs, long words) is cut again 4x further (``_token_ids``).
+_CHARS_PER_TOKEN = 8
+_ASCII_SPACE = re.compile(r"[ \t\n\r]")
+
+
+def _prefix(text: str, cut: int) -> str:
+    """``text`` up to (not including) the first ASCII whitespace character at or after
+    ``cut`` that follows a non-whitespace one, or all of ``text`` when there is none.
+
+    Whitespace ends a word for every pre-tokenizer of the fast tokenizers in use, and one
+    that follows a non-whitespace character is the first of its run, so the prefix's last
+    word is complete (for byte-level BPE, whose words carry their leading space, too).
+    ASCII only: it is whitespace by every definition (Python's, Rust's, BERT's).
+    """
+    if len(text) <= cut:
+        return text
+    match = _ASCII_SPACE.search(text, cut)
+    while match is not None and text[match.start() - 1].isspace():
+        match = _ASCII_SPACE.search(text, _end_of_space_run(text, match.start()))
+    return text if match is None else text[: match.start()]
+
+
+def _end_of_space_run(text: str, start: int) -> int:
+    """The index of the first non-whitespace character at or after ``start`` (or the end)."""
+    run = _SPACE_RUN.match(text, start)
+    return run.end() if run else start + 1
+
+
+_SPACE_RUN = re.compile(r"\s+")
+
+
+def _words_before_cut(enc: Any, rows: list[int]) -> bool:
+    """Whether the first token the model does not read (the first of overflow row 2) lies
+    in an earlier word than the last word of the tokenized prefix: the words before the
+    prefix's last are the whole text's too (``SpladeEncoder._token_ids``)."""
+    dropped = next((w for w in enc.word_ids(rows[1]) if w is not None), None)
+    last = max((w for w in enc.word_ids(rows[-1]) if w is not None), default=None)
+    return dropped is not None and last is not None and dropped < last
 
 
 def _require_same_vocabulary(query: StaticQueryEncoder, tokenizer: Any, name: str) -> None:
