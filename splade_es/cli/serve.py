@@ -92,6 +92,45 @@ def default_threads(enriching: bool) -> int:
     help="Larger request bodies are refused with 413.",
 )
 @click.option(
+    "--max-texts",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Texts one request may have encoded: splade clauses of a search or msearch body, "
+    "texts of /_splade/encode, inputs of /embed_sparse; more are refused with 400.",
+)
+@click.option(
+    "--max-text-chars",
+    default=1_000_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Characters of those texts together, per request; more are refused with 400.",
+)
+@click.option(
+    "--max-json-depth",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="JSON nesting the proxy parses (bodies with a splade clause, /_splade/*); deeper "
+    "bodies are refused with 400 parsing_exception.",
+)
+@click.option(
+    "--max-request-seconds",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="The proxy's time for one request (reading it, encoding, the cluster's answer); "
+    "past it, 504 timeout_exception. Writes under --enrich are not cut once sent.",
+)
+@click.option(
+    "--bulk-batch",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Documents and long query texts per model call; a query waits for at most one such "
+    "call (more: document throughput on a GPU; fewer: query latency under document load).",
+)
+@click.option(
     "--device",
     default="auto",
     show_default=True,
@@ -183,6 +222,7 @@ def serve(**opts: Any) -> None:
         import uvicorn
 
         from ..serve import ServeConfig, create_app
+        from ..serve.app import SERVER_OPTIONS
         from ..serve.enrich import EnrichConfig, parse_rule
     except ImportError as exc:
         raise ConfigurationError(
@@ -212,6 +252,11 @@ def serve(**opts: Any) -> None:
         cache_size=opts["cache_size"],
         max_body_bytes=opts["max_body_mb"] * 1024 * 1024,
         facts_ttl=opts["facts_ttl"],
+        max_texts=opts["max_texts"],
+        max_text_chars=opts["max_text_chars"],
+        max_json_depth=opts["max_json_depth"],
+        max_request_seconds=opts["max_request_seconds"],
+        bulk_batch=opts["bulk_batch"],
         threads=opts["threads"] or default_threads(enrich is not None),
         batch_threads=opts["batch_threads"] or opts["threads"] or (os.cpu_count() or 1),
         enrich=enrich,
@@ -230,9 +275,7 @@ def serve(**opts: Any) -> None:
         host=host,
         port=port,
         log_level=level,
-        access_log=False,  # ours leaves out query strings and headers
         timeout_graceful_shutdown=30,
         lifespan="on",
-        server_header=False,
-        date_header=False,
+        **SERVER_OPTIONS,  # h11, no access log of uvicorn's (ours leaves out credentials)
     )

@@ -17,18 +17,22 @@ reached, 504 when it does not answer in time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
+import uuid
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..encoder import SpladeEncoder
 from ..exceptions import (
@@ -52,7 +56,16 @@ from . import rewrite, writes
 from .enrich import TooManyRequests
 from .facts import UpstreamAnswered, changes_mappings
 from .metrics import CONTENT_TYPE
-from .service import HttpError, ServeConfig, Service, field_of, texts_of
+from .service import (
+    HttpError,
+    RequestTimeout,
+    ServeConfig,
+    Service,
+    check_texts,
+    field_of,
+    model_name,
+    texts_of,
+)
 from .upstream import Headers, UpstreamResponse, UpstreamUnavailable, forwardable
 
 log = logging.getLogger(__name__)
@@ -73,6 +86,8 @@ HTTP_ERRORS: dict[type[BaseException], tuple[int, str]] = {
     OverloadedError: (429, "es_rejected_execution_exception"),
     TooManyRequests: (429, "es_rejected_execution_exception"),  # not in the tree (enrich.py)
     ServiceUnavailableError: (503, "unavailable_exception"),
+    # The proxy's own time limit for a request (--max-request-seconds).
+    RequestTimeout: (504, "timeout_exception"),
     # The cluster behind the proxy failed it (its own answers are relayed as they came).
     ClusterTimeoutError: (504, "timeout_exception"),
     ConnectionFailedError: (502, "upstream_unavailable_exception"),
@@ -84,6 +99,29 @@ HTTP_ERRORS: dict[type[BaseException], tuple[int, str]] = {
     Exception: (500, "internal_error"),
 }
 INTERNAL_REASON = "internal error in splade-es serve"
+
+# How uvicorn runs the app (``splade-es serve`` and the tests). h11, not httptools: httptools
+# drops the body of a request that offers an upgrade (``Connection: Upgrade, HTTP2-Settings``,
+# ``Upgrade: h2c``, what Java's HttpClient sends by default; uvicorn issue #2722), so a search
+# reached the cluster without its query. h11 reads the body and ignores the offer
+# (benchmarks/serve.py measures both parsers' passthrough latency).
+SERVER_OPTIONS: dict[str, Any] = {
+    "http": "h11",
+    "access_log": False,  # ours leaves out query strings and headers
+    "server_header": False,
+    "date_header": False,
+}
+
+
+class _NoUpgradeWarning(logging.Filter):
+    """uvicorn warns "Unsupported upgrade request." for each h2c offer: the offer is declined
+    by answering in HTTP/1.1 as RFC 9113 allows, nothing to warn about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Unsupported upgrade request."
+
+
+logging.getLogger("uvicorn.error").addFilter(_NoUpgradeWarning())
 
 
 def http_error(exc: BaseException) -> tuple[int, str, str]:
@@ -117,6 +155,43 @@ class RawResponse(Response):
         length = upstream.content_length if method == "HEAD" else str(len(upstream.body))
         if length is not None and upstream.status not in (204, 304):
             self.raw_headers.append((b"content-length", length.encode()))
+
+
+# ---------------------------------------------------------------------- the request line
+METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")  # what is forwarded
+
+
+class RequestLine:
+    """Answers, before any route, a request the proxy never forwards: a method other than
+    ``METHODS`` (CONNECT, TRACE) with 405, and a target that is not a path (absolute-form
+    ``http://host/...``, authority-form ``host:443``) with 400: the upstream is ``--url``
+    only, so the proxy is no forward proxy. In the cluster's error shape, not Starlette's
+    plain-text 404/405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            refused: tuple[int, str] | None = None
+            if method not in METHODS:
+                refused = 405, f"method [{method}] is not forwarded by splade-es serve"
+            elif not path.startswith("/"):
+                refused = (
+                    400,
+                    (
+                        "the request target must be a path: splade-es serve forwards to its --url "
+                        "only, never to a URL it is sent"
+                    ),
+                )
+            if refused is not None:
+                status, reason = refused
+                body = error_body(status, "illegal_argument_exception", reason)
+                response = Response(body, status, media_type="application/json")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # ---------------------------------------------------------------------- request helpers
@@ -210,16 +285,24 @@ def create_app(
         if isinstance(exc, ClusterError) and status >= 500:
             service.metrics.upstream_errors.inc()
         if status == 500:
-            log.error("internal error", exc_info=exc)  # details to the log, not the client
+            # Details to the log, not the client; the id ties the answer to the traceback.
+            request_id = uuid.uuid4().hex[:16]
+            log.error("internal error (request id %s)", request_id, exc_info=exc)
+            reason = f"{reason} (request id {request_id}: see the proxy's log)"
         return Response(
             error_body(status, error_type, reason), status, media_type="application/json"
         )
 
+    def deadline() -> float:
+        return asyncio.get_running_loop().time() + config.max_request_seconds
+
     async def proxy(request: Request) -> Response:
         started = time.perf_counter()
         route = "passthrough"
+        until = deadline()
         try:
-            body = await read_body(request, config.max_body_bytes)
+            async with within(until, config.max_request_seconds):
+                body = await read_body(request, config.max_body_bytes)
             method = request.method
             path = request.url.path
             target = request.scope["raw_path"].decode("latin-1")
@@ -233,13 +316,17 @@ def create_app(
             raw_path = request.scope["raw_path"].decode("latin-1")
             wp = writes.write_path(method, raw_path) if service.enricher and body else None
             if wp is not None:
+                # Not cut at the deadline: a write stopped half-way leaves the app not knowing
+                # what was indexed. Its wait for the encoder is bounded by --enrich-queue.
                 route = "write" + wp.api
                 response = await write(wp, method, target, headers, body)
-            elif sp is not None:
-                route = sp.api.lstrip("_")
-                response = await search(sp, method, target, headers, body)
             else:
-                response = await forward(method, target, headers, body)
+                async with within(until, config.max_request_seconds):
+                    if sp is not None:
+                        route = sp.api.lstrip("_")
+                        response = await search(sp, method, target, headers, body)
+                    else:
+                        response = await forward(method, target, headers, body)
             if changes_mappings(method, path):
                 service.facts.forget()
             result: Response = RawResponse(response, method)
@@ -323,7 +410,7 @@ def create_app(
         ok = model_loaded and cluster["reachable"]
         body = {
             "status": "ok" if ok else "unavailable",
-            "model": service.encoder.name if service.encoder else None,
+            "model": model_name(service.encoder.name) if service.encoder else None,
             "model_loaded": model_loaded,
             "cluster": cluster,
         }
@@ -335,8 +422,9 @@ def create_app(
     async def query(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            spec = await _json_object(request, config.max_body_bytes)
-            result = await service.translation(spec, request.headers.get("authorization"))
+            async with within(deadline(), config.max_request_seconds):
+                spec = await _json_object(request, config)
+                result = await service.translation(spec, request.headers.get("authorization"))
             response = _json(result)
         except Exception as exc:
             response = failure(exc)
@@ -345,38 +433,48 @@ def create_app(
     async def encode(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            spec = await _json_object(request, config.max_body_bytes)
-            texts = texts_of(field_of(spec, "texts", list))
-            kind = field_of(spec, "kind", str, "query")
-            scheme = field_of(spec, "key_scheme", str, "token")
-            if kind not in ("query", "document"):
-                raise HttpError(400, "illegal_argument_exception", "[kind] is query or document")
-            if kind == "query":
-                vectors = await service.query_vectors(texts)
-                batch = SparseBatch.concat(vectors)
-            else:
-                assert service.batcher is not None and service.encoder is not None
-                document_encoder = await service.document_encoder()
-                batch = await service.batcher.run(service.encode_documents, document_encoder, texts)
-            codec = TokenCodec(batch.vocab, scheme=scheme)  # type: ignore[arg-type]
-            vectors_out = [
-                {"tokens": batch.to_dict(i), "features": codec.encode(batch, i)}
-                for i in range(len(batch))
-            ]
-            response = _json({"model": service.encoder.name, "kind": kind, "vectors": vectors_out})
+            async with within(deadline(), config.max_request_seconds):
+                response = await encoded(request)
         except Exception as exc:
             response = failure(exc)
         return answered("encode", started, request, response)
+
+    async def encoded(request: Request) -> Response:
+        spec = await _json_object(request, config)
+        texts = texts_of(field_of(spec, "texts", list))
+        check_texts(texts, config)
+        kind = field_of(spec, "kind", str, "query")
+        scheme = field_of(spec, "key_scheme", str, "token")
+        if kind not in ("query", "document"):
+            raise HttpError(400, "illegal_argument_exception", "[kind] is query or document")
+        if kind == "query":
+            vectors = await service.query_vectors(texts)
+            batch = SparseBatch.concat(vectors)
+        else:
+            assert service.batcher is not None and service.encoder is not None
+            document_encoder = await service.document_encoder()
+            batch = await service.batcher.run_pieces(
+                lambda piece: service.encode_documents(document_encoder, piece), texts
+            )
+        codec = TokenCodec(batch.vocab, scheme=scheme)  # type: ignore[arg-type]
+        vectors_out = [
+            {"tokens": batch.to_dict(i), "features": codec.encode(batch, i)}
+            for i in range(len(batch))
+        ]
+        name = model_name(service.encoder.name)
+        return _json({"model": name, "kind": kind, "vectors": vectors_out})
 
     async def embed_sparse(request: Request) -> Response:
         """text-embeddings-inference's ``POST /embed_sparse``: ``{"inputs": str | [str]}`` ->
         ``[[{"index": id, "value": weight}]]``; errors as TEI gives them (422 + error_type)."""
         started = time.perf_counter()
         try:
-            spec = await _json_object(request, config.max_body_bytes)
-            inputs = spec.get("inputs")
-            texts = texts_of([inputs] if isinstance(inputs, str) else inputs, name="inputs")
-            vectors = await service.query_vectors(texts)
+            async with within(deadline(), config.max_request_seconds):
+                spec = await _json_object(request, config)
+                inputs = spec.get("inputs")
+                texts = texts_of([inputs] if isinstance(inputs, str) else inputs, name="inputs")
+                check_texts(texts, config, "inputs")
+                vectors = await service.query_vectors(texts)
             out = [
                 [{"index": int(i), "value": float(w)} for i, w in zip(*v.row(0), strict=True)]
                 for v in vectors
@@ -388,23 +486,40 @@ def create_app(
             response = failure(exc)
         return answered("embed_sparse", started, request, response)
 
-    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]
     routes = [
         Route("/_splade/health", health, methods=["GET"]),
         Route("/_splade/metrics", metrics, methods=["GET"]),
         Route("/_splade/query", query, methods=["POST"]),
         Route("/_splade/encode", encode, methods=["POST"]),
         Route("/embed_sparse", embed_sparse, methods=["POST"]),
-        Route("/{path:path}", proxy, methods=methods),
+        Route("/{path:path}", proxy, methods=list(METHODS)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestLine)])
     app.state.service = service
     return app
 
 
+@contextlib.asynccontextmanager
+async def within(deadline: float, seconds: float) -> AsyncIterator[None]:
+    """Run the block until ``deadline`` (the event loop's clock); past it, ``RequestTimeout``
+    naming the limit (``seconds``, ``--max-request-seconds``)."""
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        raise RequestTimeout(
+            f"splade-es serve did not finish this request within {seconds:g} s, its limit "
+            "(--max-request-seconds)"
+        ) from None
+
+
 # ---------------------------------------------------------------------- JSON input helpers
-async def _json_object(request: Request, limit: int) -> dict[str, Any]:
-    body = rewrite.parse_json_body(await read_body(request, limit))
+async def _json_object(request: Request, config: ServeConfig) -> dict[str, Any]:
+    raw = await read_body(request, config.max_body_bytes)
+    body = rewrite.parse_json_body(raw, max_depth=config.max_json_depth)
     if not isinstance(body, dict):
         raise HttpError(400, "parse_exception", "request body: expected a JSON object")
     return body

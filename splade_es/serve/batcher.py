@@ -8,18 +8,24 @@ model is busy). ``max_batch=1`` encodes every text on its own.
 The model runs on one worker thread, created once, so the event loop never blocks on torch
 and the model is never entered twice at a time. An LRU cache keeps recent query vectors
 (identical texts in one batch are encoded once).
+
+No head-of-line blocking (``ModelThread``): the thread serves two lanes, query micro-batches
+and bulk work (documents, and query texts over ``LONG_TEXT`` characters), the bulk in pieces
+of at most ``bulk_batch`` texts. When both lanes have work they take turns, so a query batch
+waits for at most one bulk piece however many large texts or documents are queued, and bulk
+work still advances under a steady stream of queries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -32,10 +38,100 @@ EncodeFn = Callable[[list[str]], SparseBatch]
 Row = tuple[np.ndarray, np.ndarray]
 
 
+Lane = Literal["queries", "bulk"]
+# A query text longer than this goes to the bulk lane: its forward pass (up to the model's
+# max_length tokens) costs as much as a document's. Typical queries are under 100 characters.
+LONG_TEXT = 256
+
+
+@dataclass
+class _Job:
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+class ModelThread:
+    """The one thread the model runs on, serving the query lane and the bulk lane in turn
+    (a query lane job first whenever the last job was bulk)."""
+
+    # The name the one-thread executor it replaces gave it (thread dumps, tests know it).
+    def __init__(self, name: str = "splade-encode_0") -> None:
+        self._lanes: dict[Lane, deque[_Job]] = {"queries": deque(), "bulk": deque()}
+        self._ready = threading.Condition()
+        self._last: Lane = "bulk"
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+
+    async def run(self, lane: Lane, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on the model thread, in ``lane``'s turn."""
+        loop = asyncio.get_running_loop()
+        job = _Job(func, args, loop, loop.create_future())
+        with self._ready:
+            if self._closing:
+                raise ShuttingDownError("the encoder is shutting down")
+            if not self._thread.is_alive():  # started by the first job
+                self._thread.start()
+            self._lanes[lane].append(job)
+            self._ready.notify()
+        return await job.future
+
+    def shutdown(self) -> None:
+        """Finish the jobs already queued, then stop the thread."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _next(self) -> _Job | None:
+        with self._ready:
+            while not any(self._lanes.values()):
+                if self._closing:
+                    return None
+                self._ready.wait()
+            queries, bulk = self._lanes["queries"], self._lanes["bulk"]
+            lane: Lane = "queries" if queries and (self._last == "bulk" or not bulk) else "bulk"
+            self._last = lane
+            return self._lanes[lane].popleft()
+
+    def _serve(self) -> None:
+        while (job := self._next()) is not None:
+            if job.future.cancelled():  # its request gave up (a deadline) before it ran
+                continue
+            try:
+                result, error = job.func(*job.args), None
+            except BaseException as exc:  # handed to the waiting request, like an executor
+                result, error = None, exc
+            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 @dataclass
 class _Waiting:
     text: str
     future: asyncio.Future
+
+
+@dataclass
+class _Queue:
+    """Texts waiting for one lane of the model thread, and how they are batched."""
+
+    lane: Lane
+    max_batch: int
+    waiting: list[_Waiting] = field(default_factory=list)
+    has_work: asyncio.Event = field(default_factory=asyncio.Event)
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    last_batch: int = 1
 
 
 class MicroBatcher:
@@ -46,37 +142,40 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait: float = 0.002,
         cache_size: int = 10_000,
+        bulk_batch: int = 8,
         metrics: Metrics | None = None,
     ) -> None:
-        if max_batch < 1:
-            raise ConfigurationError.bad_value("max_batch", max_batch, "must be >= 1")
+        for name, value in (("max_batch", max_batch), ("bulk_batch", bulk_batch)):
+            if value < 1:
+                raise ConfigurationError.bad_value(name, value, "must be >= 1")
         if max_wait < 0:
             raise ConfigurationError.bad_value("max_wait", max_wait, "must be >= 0")
         self._encode = encode
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.cache_size = cache_size
+        self.bulk_batch = bulk_batch
         self.metrics = metrics or Metrics()
         self._cache: OrderedDict[str, SparseBatch] = OrderedDict()
-        self._waiting: list[_Waiting] = []
-        self._has_work = asyncio.Event()
-        self._full = asyncio.Event()
-        self._last_batch = 1
+        self._short = _Queue("queries", max_batch)
+        self._long = _Queue("bulk", bulk_batch)
         self._closing = False
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splade-encode")
-        self._task: asyncio.Task | None = None
+        self._worker = ModelThread()
+        self._tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._collect())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._collect(q)) for q in (self._short, self._long)]
 
     async def close(self) -> None:
         """Encode what is already waiting, then stop the worker thread."""
         self._closing = True
-        self._has_work.set()
-        if self._task is not None:
-            await self._task
-        self._worker.shutdown(wait=True)
+        for queue in (self._short, self._long):
+            queue.has_work.set()
+        for task in self._tasks:
+            await task
+        await asyncio.to_thread(self._worker.shutdown)
 
     # ------------------------------------------------------------------ API
     async def encode(self, texts: Sequence[str]) -> list[SparseBatch]:
@@ -94,47 +193,60 @@ class MicroBatcher:
                 hits += 1
                 continue
             future = loop.create_future()
-            self._waiting.append(_Waiting(text, future))
+            queue = self._long if len(text) > LONG_TEXT else self._short
+            queue.waiting.append(_Waiting(text, future))
+            queue.has_work.set()
+            if len(queue.waiting) >= queue.max_batch:
+                queue.full.set()
             results.append(future)
         self.metrics.cache_lookups(hits, len(texts) - hits)
-        if hits < len(texts):
-            self._has_work.set()
-            if len(self._waiting) >= self.max_batch:
-                self._full.set()
         return [r if isinstance(r, SparseBatch) else await r for r in results]
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
-        """Run ``func(*args)`` on the model thread (document encoding, for instance)."""
-        return await asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
+        """Run ``func(*args)`` on the model thread's bulk lane (document encoding, say): keep
+        each call to about ``bulk_batch`` texts (``run_pieces``), queries wait for one."""
+        return await self._worker.run("bulk", func, *args)
+
+    async def run_pieces(
+        self, func: Callable[[list[str]], SparseBatch], texts: Sequence[str]
+    ) -> SparseBatch:
+        """``func`` over ``texts`` on the bulk lane, ``bulk_batch`` texts a call, rows in
+        order: queries take their turn between the calls."""
+        texts = list(texts)
+        pieces = [
+            await self.run(func, texts[i : i + self.bulk_batch])
+            for i in range(0, len(texts), self.bulk_batch)
+        ]
+        return SparseBatch.concat(pieces)
 
     # ------------------------------------------------------------------ batching
-    async def _collect(self) -> None:
+    async def _collect(self, queue: _Queue) -> None:
         while True:
-            while not self._waiting:
+            while not queue.waiting:
                 if self._closing:
                     return
-                self._has_work.clear()
-                await self._has_work.wait()
+                queue.has_work.clear()
+                await queue.has_work.wait()
             if (
-                self._last_batch > 1
-                and len(self._waiting) < self.max_batch
+                queue.last_batch > 1
+                and len(queue.waiting) < queue.max_batch
                 and self.max_wait > 0
                 and not self._closing
             ):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.max_wait)
-            batch = self._waiting[: self.max_batch]
-            del self._waiting[: self.max_batch]
-            self._full.clear()
+                    await asyncio.wait_for(queue.full.wait(), self.max_wait)
+            batch = queue.waiting[: queue.max_batch]
+            del queue.waiting[: queue.max_batch]
+            queue.full.clear()
             if batch:
-                self._last_batch = len(batch)
-                await self._run_batch(batch)
+                queue.last_batch = len(batch)
+                await self._run_batch(queue.lane, batch)
 
-    async def _run_batch(self, batch: list[_Waiting]) -> None:
+    async def _run_batch(self, lane: Lane, batch: list[_Waiting]) -> None:
         unique = list(dict.fromkeys(w.text for w in batch))
         started = time.perf_counter()
         try:
-            vectors = await self.run(self._encode, unique)
+            vectors = await self._worker.run(lane, self._encode, unique)
         except Exception as exc:  # every waiting request gets the error, none hangs
             for waiting in batch:
                 if not waiting.future.done():

@@ -35,6 +35,10 @@ from ..exceptions import ConfigurationError, InputError
 from ..query import QueryBuilder, QueryPruning, QueryVector
 
 CLAUSE = "splade"
+# JSON nesting the proxy parses (``serve --max-json-depth``): real search bodies nest a few
+# dozen levels; Python's parser and the clause walk recurse, so deeper bodies are refused
+# with a 400 before they are parsed.
+MAX_DEPTH = 200
 Path = tuple[str | int, ...]
 
 # Compound queries: where their sub-queries are. "some" = one query or a list of them.
@@ -123,12 +127,44 @@ def may_have_clause(raw: bytes) -> bool:
     return b'"splade"' in raw
 
 
-def parse_json_body(raw: bytes, where: str = "request body") -> Any:
+def parse_json_body(raw: bytes, where: str = "request body", *, max_depth: int = MAX_DEPTH) -> Any:
+    """``raw`` parsed as JSON; ``RewriteError`` for bytes that are not UTF-8 JSON, and for
+    JSON whose arrays and objects nest deeper than ``max_depth`` (the clause walk recurses
+    per level; a body 3,000 levels deep exhausted the interpreter's stack in the parser)."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         message = f"{where}: not valid JSON ({exc})"
         raise RewriteError(message, error_type="parse_exception") from None
+    except RecursionError:  # deeper than Python's parser goes: far past any limit
+        value = None
+        deep = True
+    else:
+        # Only a body with more brackets than the limit can nest past it.
+        deep = raw.count(b"[") + raw.count(b"{") > max_depth and deeper_than(value, max_depth)
+    if deep:
+        raise RewriteError(
+            f"{where}: JSON nested more than {max_depth} levels deep, the proxy's limit "
+            "(--max-json-depth)"
+        )
+    return value
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels in ``value`` (parsed JSON),
+    found without recursion.
+
+    >>> deeper_than({"a": [1, {"b": "[[["}]}, 3), deeper_than({"a": [1, {"b": "[[["}]}, 2)
+    (False, True)
+    """
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 @dataclass(frozen=True)
@@ -138,7 +174,7 @@ class MsearchItem:
     header: Mapping[str, Any]
 
 
-def split_msearch(raw: bytes) -> list[MsearchItem]:
+def split_msearch(raw: bytes, *, max_depth: int = MAX_DEPTH) -> list[MsearchItem]:
     """An ``_msearch`` NDJSON body as (header, body) pairs, lines kept as they came."""
     lines = raw.split(b"\n")
     if lines and not lines[-1].strip():
@@ -153,7 +189,9 @@ def split_msearch(raw: bytes) -> list[MsearchItem]:
     for n in range(0, len(lines), 2):
         header_line, body_line = lines[n], lines[n + 1]
         header = (
-            parse_json_body(header_line, f"msearch line {n + 1}") if header_line.strip() else {}
+            parse_json_body(header_line, f"msearch line {n + 1}", max_depth=max_depth)
+            if header_line.strip()
+            else {}
         )
         if not isinstance(header, dict):
             raise RewriteError(f"msearch line {n + 1}: the header is not a JSON object")

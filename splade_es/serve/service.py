@@ -9,12 +9,13 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..connect import ConnectionConfig
 from ..encoder import SpladeEncoder, parse_device
 from ..engines import FieldType, Hybrid, dialect_for
-from ..exceptions import ConfigurationError, InputError
+from ..exceptions import ConfigurationError, InputError, ServiceUnavailableError
 from ..model_files import read_layout, resolve_checkpoint
 from ..query import QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
@@ -54,6 +55,23 @@ class ServeConfig:
     batch_threads: int | None = None
     enrich: EnrichConfig | None = None  # the write path (``serve --enrich``); None: off
     document_batch_size: int = 32  # as ``splade-es ingest --batch-size``: the same batches
+    # Texts per model call for documents and long query texts (the bulk lane of batcher.py):
+    # a query waits for at most one such call. On a CPU 8 texts of 512 tokens take about as
+    # long as a micro-batch of short queries (benchmarks/serve.py --only hol); on a GPU more
+    # texts a call raise document throughput.
+    bulk_batch: int = 8
+    # Per-request limits, each answered in the engines' error shape (README "Limits").
+    # Texts one request has encoded: the splade clauses of a search or msearch body, the
+    # texts of /_splade/encode, the inputs of /embed_sparse (ES's clause limit is 1024+).
+    max_texts: int = 1024
+    # ... and their characters together. The model reads a bounded prefix of each text
+    # (``SpladeEncoder._token_ids``) except where a text has few tokens per character
+    # (whitespace runs, one long word), which this bounds.
+    max_text_chars: int = 1_000_000
+    max_json_depth: int = rewrite.MAX_DEPTH
+    # The proxy's own time for a request: reading its body, waiting for and running the
+    # encoder, the cluster's answer (a write's cluster exchange is not cut: see app.py).
+    max_request_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         parse_device(self.device)  # a device this machine lacks is refused before start
@@ -63,9 +81,18 @@ class ServeConfig:
             raise ConfigurationError.bad_value("max_wait_ms", self.max_wait_ms, "must be >= 0")
         if self.cache_size < 0:
             raise ConfigurationError.bad_value("cache_size", self.cache_size, "must be >= 0")
-        if self.max_body_bytes < 1:
+        for name in (
+            "max_body_bytes",
+            "max_texts",
+            "max_text_chars",
+            "max_json_depth",
+            "bulk_batch",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigurationError.bad_value(name, getattr(self, name), "must be >= 1")
+        if not self.max_request_seconds > 0:
             raise ConfigurationError.bad_value(
-                "max_body_bytes", self.max_body_bytes, "must be >= 1"
+                "max_request_seconds", self.max_request_seconds, "must be > 0"
             )
 
 
@@ -78,6 +105,43 @@ class HttpError(InputError):
         self.status = status
         self.error_type = error_type
         self.reason = reason
+
+
+class RequestTimeout(ServiceUnavailableError):
+    """The proxy did not finish a request within ``max_request_seconds``: answered 504."""
+
+
+def check_texts(texts: Sequence[str], config: ServeConfig, what: str = "texts") -> None:
+    """``HttpError`` 400 when one request asks for more texts, or more characters, than the
+    proxy encodes for one request (``max_texts``, ``max_text_chars``)."""
+    if len(texts) > config.max_texts:
+        raise HttpError(
+            400,
+            "illegal_argument_exception",
+            f"{len(texts)} {what} to encode in one request, more than the proxy's limit of "
+            f"{config.max_texts} (--max-texts)",
+        )
+    chars = sum(map(len, texts))
+    if chars > config.max_text_chars:
+        raise HttpError(
+            400,
+            "illegal_argument_exception",
+            f"{what} of {chars} characters in one request, more than the proxy's limit of "
+            f"{config.max_text_chars} (--max-text-chars)",
+        )
+
+
+def model_name(name: str) -> str:
+    """The model as answers name it: a Hub id as given, a local folder by its base name (its
+    path on the serve host is nobody else's business; the log has it).
+
+    >>> model_name("naver/splade-v3"), model_name("/")
+    ('naver/splade-v3', '/')
+    """
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return name
+    return path.resolve().name or name
 
 
 def load_query_encoder(model: str, device: str = "auto") -> SpladeEncoder | StaticQueryEncoder:
@@ -122,6 +186,7 @@ class Service:
             max_batch=self.config.max_batch,
             max_wait=self.config.max_wait_ms / 1000,
             cache_size=self.config.cache_size,
+            bulk_batch=self.config.bulk_batch,
             metrics=self.metrics,
         )
         self.batcher.start()
@@ -162,7 +227,7 @@ class Service:
             lambda texts: self.encode_documents(
                 document_encoder, texts, batch_size=batch_size, empty="empty_vector"
             ),
-            self.batcher.run,
+            self.batcher.run_pieces,  # bulk lane, bulk_batch texts a call
             max_batch=enrich.max_batch_documents,
             max_queued=enrich.max_queued_documents,
             metrics=self.metrics,
@@ -235,20 +300,21 @@ class Service:
         if sp.api == "_msearch" and not body.endswith(b"\n"):
             return None  # the engine refuses it ("must be terminated by a newline"): its answer
         jobs: list[tuple[int, str | None, Any, rewrite.Found]] = []
+        depth = self.config.max_json_depth
         if sp.api == "_search":
-            parsed = rewrite.parse_json_body(body)
+            parsed = rewrite.parse_json_body(body, max_depth=depth)
             found = rewrite.find_clauses(parsed)
             if found.clauses:
                 jobs.append((0, sp.index, parsed, found))
             items: list[rewrite.MsearchItem] = []
         else:
-            items = rewrite.split_msearch(body)
+            items = rewrite.split_msearch(body, max_depth=depth)
             for n, item in enumerate(items):
                 if not rewrite.may_have_clause(item.body_line):
                     continue
                 where = f"msearch item {n + 1}"
                 try:
-                    parsed = rewrite.parse_json_body(item.body_line, where)
+                    parsed = rewrite.parse_json_body(item.body_line, where, max_depth=depth)
                     found = rewrite.find_clauses(parsed)
                 except rewrite.RewriteError as exc:
                     raise rewrite.RewriteError(
@@ -274,6 +340,7 @@ class Service:
         self, jobs: list[tuple[int, str | None, Any, rewrite.Found]], authorization: str | None
     ) -> list[Any]:
         texts = [c.clause.text for _, _, _, found in jobs for c in found.clauses]
+        check_texts(texts, self.config, "splade clauses")
         keys = list(
             dict.fromkeys((index, c.clause.field) for _, index, _, f in jobs for c in f.clauses)
         )
@@ -310,6 +377,7 @@ class Service:
         text = field_of(spec, "text", str)
         if not text.strip():
             raise HttpError(400, "illegal_argument_exception", "[text] must not be empty")
+        check_texts([text], self.config, "[text]")
         field = field_of(spec, "field", str, "splade")
         pruning = QueryPruning(
             top_k=field_of(spec, "top_k", int, None),
