@@ -40,18 +40,21 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_no, parse_json_line(raw, line_no)
 
 
-def parse_json_line(raw: bytes, line_no: int) -> dict[str, Any]:
+def parse_json_line(raw: bytes, line_no: int, *, unit: str = "line") -> dict[str, Any]:
+    """One JSONL line as an object; ``InputError`` for bytes that are not UTF-8, text that is
+    not JSON, or JSON that is not an object."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(
-            f"line {line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})", position=line_no
+            f"{unit} {line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})",
+            position=line_no,
         ) from exc
     try:
         obj = json.loads(text)
     except ValueError as exc:
-        raise InputError(f"line {line_no}: invalid JSON ({exc})", position=line_no) from exc
-    return require_object(obj, line_no)
+        raise InputError(f"{unit} {line_no}: invalid JSON ({exc})", position=line_no) from exc
+    return require_object(obj, line_no, unit=unit)
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,13 @@ def read_document(
     return Document(doc_id, text)
 
 
-def require_object(doc: object, position: int, *, where: str | None = None) -> dict[str, Any]:
-    """``doc`` if it is an object (a JSON object, a dict), else ``InputError``."""
+def require_object(
+    doc: object, position: int, *, unit: str = "line", where: str | None = None
+) -> dict[str, Any]:
+    """Step 1 of ``read_document``: ``doc`` if it is an object (a dict), else ``InputError``."""
     if not isinstance(doc, dict):
         raise InputError(
-            f"{where or f'line {position}'}: expected a JSON object, got {type(doc).__name__}",
+            f"{where or f'{unit} {position}'}: expected a JSON object, got {type(doc).__name__}",
             position=position,
         )
     return doc

@@ -11,11 +11,17 @@ batch; the ids are deterministic, so a re-run batch overwrites, never duplicates
     from splade_es import ConnectionConfig
     from splade_es.ray import ingest
 
-    ds = ray.data.read_json("s3://bucket/corpus/")            # any Ray dataset of dicts
-    summary = ingest(ds, index="docs", model="naver/splade-v3",
+    ds = ray.data.read_text("s3://bucket/corpus/")            # JSONL lines, read as ingest does
+    summary = ingest(ds, index="docs", model="naver/splade-v3", json_field="text",
                      client_config=ConnectionConfig(hosts=("https://es:9200",), api_key=...),
                      gpus_per_worker=1, workers=8)
     print(summary.total)                                       # read / indexed / dead-lettered
+    print(summary.dead_letters[:3])                            # id, reason, document of each
+
+Any Ray dataset of dicts works too (without ``json_field``): its rows are the documents.
+Which rows are refused, and with which reason, is the rule ``splade-es ingest`` applies
+(``documents.read_document``); a reason names the row by its place in its batch
+(``batch row 7: field 'title' is int, expected text``), the dead letter keeps its id.
 
 Ray is imported only when this module is used (``pip install 'splade-es[ray]'``).
 """
@@ -39,6 +45,7 @@ from .scaleout import (
     crash_marker,
     crash_once_if_asked,
     prepare_job,
+    row_records,
     summarize,
 )
 
@@ -57,6 +64,7 @@ class BatchIndexer:
         config: IngestConfig,
         device: str = "auto",
         crash_marker: str | None = None,
+        json_field: str | None = None,
     ) -> None:
         from .encoder import SpladeEncoder
 
@@ -64,13 +72,16 @@ class BatchIndexer:
         self.client = connect(client_config).client
         self.config = config
         self.crash_marker = crash_marker
+        self.json_field = json_field
         self.name = f"{os.uname().nodename}:{os.getpid()}"
 
     def index_rows(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Index one batch of rows (documents, or JSON texts in ``json_field``)."""
         crash_once_if_asked(self.client, self.crash_marker)
+        records = row_records(rows, json_field=self.json_field, unit="batch row")
         with NamedTemporaryFile("r", suffix=".jsonl") as dead:
             config = replace(self.config, dead_letter=dead.name)
-            report = ingest_records(self.client, rows, encoder=self.encoder, config=config)
+            report = ingest_records(self.client, records, encoder=self.encoder, config=config)
             letters = [json.loads(line) for line in Path(dead.name).read_text().splitlines()]
         return {
             "worker": self.name,
@@ -82,13 +93,13 @@ class BatchIndexer:
 
 
 class _RayIndexer(BatchIndexer):
-    """The actor: a ``map_batches`` callable over pandas batches."""
+    """The actor: a ``map_batches`` callable over Arrow batches (``to_pylist`` gives the
+    values as they were; pandas would turn an integer column with a gap into floats)."""
 
     def __call__(self, batch: Any) -> Any:
-        import pandas as pd
+        import pyarrow as pa
 
-        rows = [_plain(row) for row in batch.to_dict(orient="records")]
-        return pd.DataFrame([self.index_rows(rows)])
+        return pa.Table.from_pylist([self.index_rows(batch.to_pylist())])
 
 
 def ingest(
@@ -110,12 +121,16 @@ def ingest(
     retry: RetryPolicy | None = None,
     max_restarts: int = 3,
     dead_letter: str | None = None,
+    json_field: str | None = None,
 ) -> ScaleOutSummary:
     """Encode and index a Ray dataset of dicts with ``workers`` actors.
 
     ``gpus_per_worker``: None = 1 when the Ray cluster has GPUs, else 0 (CPU encoding).
     ``cpus_per_worker``: Ray also caps each actor's torch threads at this many.
-    ``dead_letter``: a JSONL file the driver writes the refused records to.
+    ``dead_letter``: a JSONL file the driver writes the refused records to (they are also
+    in ``summary.dead_letters``).
+    ``json_field``: each row holds a JSONL line in this field (``ray.data.read_text`` names
+    it ``text``), read as ``splade-es ingest`` reads one (``scaleout.row_records``).
     """
     import ray
 
@@ -138,7 +153,7 @@ def ingest(
     stats = dataset.map_batches(
         _RayIndexer,
         batch_size=rows_per_task,
-        batch_format="pandas",
+        batch_format="pyarrow",
         concurrency=workers,
         num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker,
@@ -148,6 +163,7 @@ def ingest(
             "config": config,
             "device": "cuda" if gpus_per_worker else "cpu",
             "crash_marker": crash_marker(),
+            "json_field": json_field,
         },
         max_restarts=max_restarts,
         max_task_retries=max_restarts,
@@ -158,15 +174,3 @@ def ingest(
             for entry in summary.dead_letters:
                 handle.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
     return summary
-
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """Pandas/NumPy scalars and NaN (a missing field) back to plain Python."""
-    out = {}
-    for key, value in row.items():
-        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-            value = value.item() if getattr(value, "ndim", 0) == 0 else value.tolist()
-        if isinstance(value, float) and value != value:  # NaN: the row had no such field
-            continue
-        out[key] = value
-    return out

@@ -1,18 +1,76 @@
-"""What the Ray and Spark integrations share: the job's ingestion config (one sender thread
-per worker, the index created once by the driver), the accounting, and the crash-once fault
-injection their tests use. Imports neither Ray nor Spark."""
+"""What the Ray and Spark integrations share: rows read as ``splade-es ingest`` reads
+records, the job's ingestion config (one sender thread per worker, the index created once by
+the driver), the accounting, and the crash-once fault injection their tests use. Imports
+neither Ray nor Spark."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .connect import ConnectionConfig, connect
-from .ingest import IngestConfig
+from .documents import parse_json_line
+from .exceptions import InputError
+from .ingest import IngestConfig, Record
 from .ingest.pipeline import ensure_index
+
+
+def row_records(
+    rows: Iterable[dict[str, Any]],
+    *,
+    json_field: str | None = None,
+    unit: str = "row",
+    start: int = 1,
+) -> Iterator[Record]:
+    """The records of a batch of dataset rows, numbered from ``start`` as ``unit``
+    (``"partition 3 row"``: a position only means something within what the engine hands
+    one call).
+
+    ``json_field``: each row holds one JSON document as text in that field (a JSONL line, as
+    ``spark.read.text`` and ``ray.data.read_text`` give), read exactly as ``splade-es ingest``
+    reads a line: blank ones skipped, a number stays a number. Without it, a row's fields are
+    the document (``plain_row``): a typed dataset cannot hold what a JSONL line can (Spark's
+    and Arrow's JSON readers turn a number in a text column into a string, or refuse it), so
+    the JSON route is the one that refuses exactly what ingest refuses.
+    """
+    for position, row in enumerate(rows, start=start):
+        if json_field is None:
+            yield Record(position, plain_row(row), unit=unit)
+            continue
+        line = row.get(json_field)
+        if isinstance(line, str) and not line.strip():
+            continue
+        try:
+            if not isinstance(line, str):
+                raise InputError(
+                    f"{unit} {position}: field {json_field!r} is "
+                    f"{type(line).__name__}, expected a JSON text",
+                    position=position,
+                    field=json_field,
+                )
+            yield Record(
+                position, parse_json_line(line.encode("utf-8"), position, unit=unit), unit=unit
+            )
+        except InputError as exc:
+            yield Record(position, None, str(exc), None if line is None else str(line), unit=unit)
+
+
+def plain_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A dataset row as the document it stands for: NumPy scalars and arrays (from pandas)
+    as Python values, and null fields left out (a typed dataset writes null where a record
+    had no such field, and pandas writes NaN)."""
+    out = {}
+    for key, value in row.items():
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+            value = value.item() if getattr(value, "ndim", 0) == 0 else value.tolist()
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        out[key] = value
+    return out
 
 
 def prepare_job(client_config: ConnectionConfig, **config: Any) -> IngestConfig:
