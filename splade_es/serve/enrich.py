@@ -10,14 +10,16 @@ through; if such a write reaches an index that has the field after all (the alia
 since the proxy looked), the proxy writes it again with its vector, conditional on the
 sequence number the cluster answered (``splade_es_enrich_corrections``).
 
-The vector is the one ``splade-es ingest`` writes: the same text composition
-(``documents.document_text``: the rule's text fields joined by a space), the same encoder,
-the same key codec for the field type. A vector the app sent in the sparse field is replaced.
+The vector is the one ``splade-es ingest`` writes: the same rule for the text and for what
+is refused (``documents.read_document``: the rule's text fields, stripped, joined by a
+space), the same encoder, the same key codec for the field type. The id is the app's (the
+request's), not read from the document; a vector the app sent in the sparse field is
+replaced.
 
 - ``index`` / ``create`` (bulk items, ``PUT|POST /{index}/_doc[/{id}]``,
   ``/{index}/_create/{id}``): the document gets the vector and is forwarded. A document that
-  cannot be encoded (a text field that is not text, no text at all) is answered with a
-  per-item 400 naming the document and the field, and not sent; ``--on-encode-error
+  ingest would refuse (not an object, a text field that is not text, no text at all) is
+  answered with a per-item 400 naming the document and the field, and not sent; ``--on-encode-error
   passthrough`` forwards it without a vector instead.
 - ``update`` with a partial ``doc`` that sets a text field (or the sparse field): the proxy
   reads the current document, merges the change as the engine would, encodes the result and
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlencode
 
-from ..documents import document_text
+from ..documents import read_document
 from ..exceptions import ConfigurationError, InputError
 from ..tokens import TokenCodec
 from . import writes
@@ -219,7 +221,7 @@ class Enricher:
             return None
         rule, write_target = resolved
         doc = writes.parse_document(body)
-        if not isinstance(doc, dict):
+        if doc is None:
             if write_target.enriched and self.config.on_encode_error == "reject":
                 self.metrics.enrich_item_errors.labels("encode").inc()
                 raise writes.WriteBodyError(
@@ -334,7 +336,7 @@ class Enricher:
                 continue
             if item.action in ("index", "create"):
                 doc = item.source()
-                if not isinstance(doc, dict):
+                if doc is None:
                     self._unreadable(op)
                     continue
                 self._compose(op, doc, self._where(item))
@@ -455,14 +457,24 @@ class Enricher:
         op.send_as, op.meta = "index", meta
         self._compose(op, merged, self._where(op.item))
 
-    def _compose(self, op: _Op, doc: dict[str, Any], where: str) -> None:
-        """Set the document and its text, or answer the operation (text fields unusable)."""
+    def _compose(self, op: _Op, doc: Any, where: str) -> None:
+        """Set the document and its text, or answer the operation (a document ingest would
+        refuse, by the same rule and in the same words)."""
         assert op.rule is not None
-        doc = {k: v for k, v in doc.items() if k != op.rule.sparse_field}
+        if isinstance(doc, dict):  # the app's vector is replaced: never read as a field
+            doc = {k: v for k, v in doc.items() if k != op.rule.sparse_field}
         try:
-            op.text = document_text(doc, op.rule.text_fields, op.item.number, unit="bulk item")
+            # The id is the request's: id_field=None (a content hash, unused) skips the id
+            # check, which is about documents that carry their id in a field.
+            op.text = read_document(
+                doc,
+                id_field=None,
+                text_fields=op.rule.text_fields,
+                position=op.item.number,
+                unit="bulk item",
+                where=where,
+            ).text
         except InputError as exc:
-            problem = str(exc).split(": ", 1)[-1]
             if self.config.on_encode_error == "passthrough":
                 self.metrics.enrich_passthrough.labels("encode_error").inc()
                 op.doc = op.text = None
@@ -471,7 +483,7 @@ class Enricher:
             self.metrics.enrich_item_errors.labels("encode").inc()
             op.answer = self._error(
                 op,
-                f"{where}: {problem}; not indexed: splade-es serve cannot compute its "
+                f"{exc}; not indexed: splade-es serve cannot compute its "
                 f"{op.rule.sparse_field!r} vector (--on-encode-error passthrough indexes such "
                 "documents without one)",
             )
