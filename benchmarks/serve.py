@@ -8,7 +8,16 @@ micro-batching, the in-process encoder for reference, and the passthrough overhe
    ``splade-es serve --max-batch 32`` and ``--max-batch 1``; the query cache is off and every
    text is distinct, so every request is encoded.
 2. ``SpladeEncoder.encode_queries([text])`` in a loop, in process (no HTTP).
-3. A plain ``match`` search sent straight to the cluster and through the proxy, one at a time.
+3. A plain ``match`` search sent straight to the cluster and through the proxy, one at a time,
+   with each of uvicorn's HTTP parsers (serve runs h11: httptools drops the body of a request
+   offering an h2c upgrade, see ``serve.app.SERVER_OPTIONS``).
+4. ``--only long``: encoding a 12 MB text (``"token " * 2,000,000``, issue 28) and its first
+   part, in process: the encoder tokenizes a bounded prefix, so both take about as long.
+5. ``--only hol``: head-of-line blocking. One client sends long texts (0.8 MB each, 16 at a
+   time) to ``/_splade/encode`` while another sends one-word queries one after another; the
+   small queries' latency with and without the flood.
+
+``--only`` picks sections (translate, passthrough, long, hol; default all).
 
 The cluster is an ``osmem-server`` emulator started here unless ``--url`` names one. Each
 proxy runs in its own process (``python -m splade_es.cli serve``); the load comes from this
@@ -52,9 +61,27 @@ def load_queries(path: Path | None, n: int) -> list[str]:
     return [f"{base[i % len(base)]} {i}" for i in range(n)]
 
 
+# serve's app under uvicorn with the HTTP parser named (the CLI always runs h11).
+_WITH_PARSER = """
+import sys, uvicorn
+from splade_es.connect import ConnectionConfig
+from splade_es.serve import ServeConfig, create_app
+from splade_es.serve.app import SERVER_OPTIONS
+url, model, port, http = sys.argv[1:]
+config = ServeConfig(connection=ConnectionConfig(hosts=(url,)), model=model, cache_size=0)
+options = {**SERVER_OPTIONS, "http": http}
+uvicorn.run(create_app(config), host="127.0.0.1", port=int(port), log_level="warning", **options)
+"""
+
+
 @contextlib.contextmanager
 def serve(
-    model: str, url: str, max_batch: int, max_wait_ms: float, threads: int | None = None
+    model: str,
+    url: str,
+    max_batch: int,
+    max_wait_ms: float,
+    threads: int | None = None,
+    parser: str | None = None,
 ) -> Iterator[str]:
     port = free_port()
     command = [
@@ -64,6 +91,8 @@ def serve(
     ]  # fmt: skip
     if threads:
         command += ["--threads", str(threads)]
+    if parser:
+        command = [sys.executable, "-c", _WITH_PARSER, url, model, str(port), parser]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     listen = f"http://127.0.0.1:{port}"
     try:
@@ -171,6 +200,73 @@ async def passthrough(cluster: str, proxy: str, n: int) -> tuple[dict, dict]:
     return results[0], results[1]
 
 
+def long_text_rows(model: str, seconds: float) -> list[tuple[str, dict[str, float]]]:
+    """Encoding the issue's 12 MB text and its first part (the prefix the model reads)."""
+    from splade_es import SpladeEncoder
+
+    encoder = SpladeEncoder.from_pretrained(model)
+    text = "token " * 2_000_000
+    part = text[: 8 * encoder.max_length]
+    encoder.encode_queries(["warm up"])
+    rows = []
+    for name, sample in ((f"encode_queries([{len(text)} characters])", text), (
+        f"encode_queries([its first {len(part)} characters])", part,
+    )):  # fmt: skip
+        latencies = []
+        started = time.perf_counter()
+        while len(latencies) < 20 and time.perf_counter() - started < seconds:
+            t = time.perf_counter()
+            encoder.encode_queries([sample])
+            latencies.append(time.perf_counter() - t)
+        rows.append((name, summary(latencies, time.perf_counter() - started)))
+    return rows
+
+
+async def head_of_line(proxy: str, n_small: int, seconds: float) -> tuple[dict, dict, float]:
+    """Small queries' latency alone, then while a flood of long texts runs."""
+    base = "token tax law depreciation " * 30_000  # 0.8 MB, under --max-text-chars
+    long_texts = (f"{i} {base}" for i in range(400))  # made one at a time
+    async with aiohttp.ClientSession() as session:
+
+        async def encode(text: str) -> float:
+            started = time.perf_counter()
+            async with session.post(f"{proxy}/_splade/encode", json={"texts": [text]}) as r:
+                await r.read()
+                assert r.status == 200, r.status
+            return time.perf_counter() - started
+
+        async def small_queries(tag: str) -> dict[str, float]:
+            latencies = []
+            started = time.perf_counter()
+            for i in range(n_small):
+                latencies.append(await encode(f"tax law {tag} {i}"))
+                if time.perf_counter() - started > seconds:
+                    break
+            return summary(latencies, time.perf_counter() - started)
+
+        alone = await small_queries("alone")
+        queue = long_texts
+        stop = False
+
+        async def flooder() -> int:
+            sent = 0
+            for text in queue:
+                if stop:
+                    break
+                await encode(text)
+                sent += 1
+            return sent
+
+        flood = [asyncio.ensure_future(flooder()) for _ in range(16)]
+        await asyncio.sleep(0.5)
+        started = time.perf_counter()
+        flooded = await small_queries("flooded")
+        elapsed = time.perf_counter() - started
+        stop = True
+        sent = sum(await asyncio.gather(*flood))
+    return alone, flooded, sent / elapsed
+
+
 def prepare_index(url: str) -> None:
     from opensearchpy import OpenSearch, helpers
 
@@ -206,7 +302,13 @@ def main() -> None:
         "--threads", type=int, help="the proxy's torch threads (default: serve's own default)"
     )
     parser.add_argument("--output", type=Path, help="also write the Markdown table here")
+    parser.add_argument(
+        "--only",
+        default="translate,passthrough,long,hol",
+        help="sections to run: translate, passthrough, long, hol",
+    )
     args = parser.parse_args()
+    only = set(args.only.split(","))
     levels = [int(x) for x in args.levels.split(",")]
     texts = load_queries(args.queries, args.requests * (len(levels) + 1) * 2 + 200)
     rows = [
@@ -221,9 +323,30 @@ def main() -> None:
 
     print("\n".join(rows), flush=True)
     offset = 0
+    notes = []
+    if "long" in only:
+        for name, stats in long_text_rows(args.model, args.seconds):
+            row(name, 1, stats)
     with cluster_url(args.url) as url:
         prepare_index(url)
-        for max_batch in (32, 1):
+        if "hol" in only:
+            with serve(args.model, url, 32, args.max_wait_ms, args.threads) as proxy:
+                alone, flooded, rate = asyncio.run(
+                    head_of_line(proxy, min(args.requests, 200), args.seconds)
+                )
+            row("one-word /_splade/encode, alone", 1, alone)
+            row(f"one-word /_splade/encode, during a flood ({rate:.1f} long texts/s)", 1, flooded)
+        if "passthrough" in only:
+            for parser in ("h11", "httptools"):
+                with serve(args.model, url, 32, args.max_wait_ms, parser=parser) as proxy:
+                    direct, proxied = asyncio.run(passthrough(url, proxy, min(args.requests, 500)))
+                row("match query, direct to cluster", 1, direct)
+                row(f"match query, through the proxy ({parser})", 1, proxied)
+                notes.append(
+                    f"Passthrough overhead with {parser} (p50, proxy - direct): "
+                    f"{proxied['p50'] - direct['p50']:.2f} ms"
+                )
+        for max_batch in (32, 1) if "translate" in only else ():
             with serve(args.model, url, max_batch, args.max_wait_ms, args.threads) as proxy:
                 for c in levels:
                     chunk = texts[offset : offset + args.requests + c]
@@ -236,17 +359,12 @@ def main() -> None:
                     ]
                     stats = asyncio.run(load(proxy, "/_splade/query", bodies, c, args.seconds))
                     row(f"/_splade/query, --max-batch {max_batch}", c, stats)
-                if max_batch == 32:
-                    direct, proxied = asyncio.run(passthrough(url, proxy, min(args.requests, 500)))
-                    row("match query, direct to cluster", 1, direct)
-                    row("match query, through the proxy", 1, proxied)
-                    overhead = proxied["p50"] - direct["p50"]
-        for threads in sorted({1, os.cpu_count() or 1}):
+        for threads in sorted({1, os.cpu_count() or 1}) if "translate" in only else ():
             stats = in_process(args.model, texts[offset:], args.seconds, threads)
             row(f"encode_queries([text]) in process, {threads} torch thread(s)", 1, stats)
     rows.append("")
-    rows.append(f"Passthrough overhead (p50, proxy - direct): {overhead:.2f} ms")
-    print(rows[-1])
+    rows.extend(notes)
+    print("\n".join(notes))
     if args.output:
         args.output.write_text("\n".join(rows) + "\n")
 

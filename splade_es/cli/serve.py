@@ -124,11 +124,11 @@ def default_threads(enriching: bool) -> int:
 )
 @click.option(
     "--bulk-batch",
-    default=8,
-    show_default=True,
-    type=click.IntRange(1),
+    default=0,
+    type=click.IntRange(0),
     help="Documents and long query texts per model call; a query waits for at most one such "
-    "call (more: document throughput on a GPU; fewer: query latency under document load).",
+    "call (more: document throughput; fewer: query latency under document load) "
+    "[default: 2 on a CPU, 32 on a GPU].",
 )
 @click.option(
     "--device",
@@ -256,7 +256,7 @@ def serve(**opts: Any) -> None:
         max_text_chars=opts["max_text_chars"],
         max_json_depth=opts["max_json_depth"],
         max_request_seconds=opts["max_request_seconds"],
-        bulk_batch=opts["bulk_batch"],
+        bulk_batch=opts["bulk_batch"] or None,
         threads=opts["threads"] or default_threads(enrich is not None),
         batch_threads=opts["batch_threads"] or opts["threads"] or (os.cpu_count() or 1),
         enrich=enrich,

@@ -142,7 +142,7 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait: float = 0.002,
         cache_size: int = 10_000,
-        bulk_batch: int = 8,
+        bulk_batch: int = 2,
         metrics: Metrics | None = None,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("bulk_batch", bulk_batch)):

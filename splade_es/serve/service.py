@@ -56,10 +56,10 @@ class ServeConfig:
     enrich: EnrichConfig | None = None  # the write path (``serve --enrich``); None: off
     document_batch_size: int = 32  # as ``splade-es ingest --batch-size``: the same batches
     # Texts per model call for documents and long query texts (the bulk lane of batcher.py):
-    # a query waits for at most one such call. On a CPU 8 texts of 512 tokens take about as
-    # long as a micro-batch of short queries (benchmarks/serve.py --only hol); on a GPU more
-    # texts a call raise document throughput.
-    bulk_batch: int = 8
+    # a query waits for at most one such call. None: 2 on a CPU (a text of 512 tokens takes
+    # ~0.2 s there: benchmarks/serve.py --only hol), 32 on an accelerator, where larger
+    # calls raise document throughput and still take milliseconds.
+    bulk_batch: int | None = None
     # Per-request limits, each answered in the engines' error shape (README "Limits").
     # Texts one request has encoded: the splade clauses of a search or msearch body, the
     # texts of /_splade/encode, the inputs of /embed_sparse (ES's clause limit is 1024+).
@@ -88,7 +88,7 @@ class ServeConfig:
             "max_json_depth",
             "bulk_batch",
         ):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigurationError.bad_value(name, getattr(self, name), "must be >= 1")
         if not self.max_request_seconds > 0:
             raise ConfigurationError.bad_value(
@@ -129,6 +129,12 @@ def check_texts(texts: Sequence[str], config: ServeConfig, what: str = "texts") 
             f"{what} of {chars} characters in one request, more than the proxy's limit of "
             f"{config.max_text_chars} (--max-text-chars)",
         )
+
+
+def default_bulk_batch(encoder: object) -> int:
+    """``ServeConfig.bulk_batch`` when none is given: 2 texts a call on a CPU, 32 elsewhere."""
+    device = getattr(encoder, "device", None)
+    return 2 if device is None or device.type == "cpu" else 32
 
 
 def model_name(name: str) -> str:
@@ -186,7 +192,7 @@ class Service:
             max_batch=self.config.max_batch,
             max_wait=self.config.max_wait_ms / 1000,
             cache_size=self.config.cache_size,
-            bulk_batch=self.config.bulk_batch,
+            bulk_batch=self.config.bulk_batch or default_bulk_batch(encoder),
             metrics=self.metrics,
         )
         self.batcher.start()
