@@ -287,7 +287,7 @@ def test_small_queries_are_not_held_up_by_a_flood_of_long_texts(real_model_dir):
     # One bulk call (2 long texts) plus the query's own batch, the HTTP round trip and room
     # for a shared CI machine; a batch of 16 long texts would be 16 x one_long.
     assert worst < 4 * one_long + 0.5, (worst, one_long, flood)
-    assert flood > 10 * one_long  # the flood did keep the model busy meanwhile
+    assert len(small) >= 5, flood  # sent while the flood ran (they stop when it ends)
 
 
 async def _flood(url: str, long_texts: list[str], n_small: int) -> tuple[list[float], float]:
