@@ -7,16 +7,28 @@ partitions through the same pipeline as ``splade-es ingest``.
     from splade_es import spark as splade_spark
 
     vectors = splade_spark.encode(df, model="naver/splade-v3", text_cols=["title", "text"])
-    vectors.select("_id", "splade").show()        # splade: map<string, float>, engine keys
+    vectors.select("_id", "splade", "splade_error").show()  # splade: map<string, float>
 
     summary = splade_spark.write(df, index="docs", model="naver/splade-v3",
                                  client_config=ConnectionConfig(hosts=("https://es:9200",)))
+
+    lines = spark.read.text("corpus.jsonl")            # JSONL lines, read as ingest reads them
+    summary = splade_spark.write(lines, json_field="value", index="docs", ...)
+
+Which rows are refused, their id and the text their vector comes from, is the rule
+``splade-es ingest`` applies (``documents.read_document``), so a row gets the vector ingest
+gives the same record, or the same refusal. A reason names the row by its place in its
+partition (``partition 3 row 7: field 'title' is int, expected text``). A typed DataFrame
+cannot hold what a JSONL line can (``spark.read.json`` turns a number in a text column into
+a string): read JSONL with ``spark.read.text`` and ``json_field``/``json_col`` to refuse
+exactly what ingest refuses.
 
 Each Python worker loads the model once and keeps it (Spark reuses Python workers). ``write``
 runs a ``foreachPartition`` job: rows are validated, encoded and bulk-indexed with
 deterministic ids and per-item retries; counts come back through accumulators (applied once
 per successful task, so a retried partition is not counted twice); refused records go to
-``dead_letter_dir/part-<partition>.jsonl`` (rewritten when a partition is retried).
+``dead_letter_dir/part-<partition>.jsonl`` (rewritten when a partition is retried) and come
+back in ``summary.dead_letters``.
 
 PySpark is imported only when this module is used (``pip install 'splade-es[spark]'``).
 """
@@ -30,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from .connect import ConnectionConfig
+from .documents import read_document
 from .engines import FieldType
+from .exceptions import ConfigurationError, InputError
 from .ingest import RetryPolicy
 from .scaleout import (
     ScaleOutSummary,
@@ -38,6 +52,7 @@ from .scaleout import (
     crash_marker,
     crash_once_if_asked,
     prepare_job,
+    row_records,
 )
 from .tokens import KeyScheme, TokenCodec
 
@@ -62,22 +77,122 @@ def encode_frames(
     key_scheme: KeyScheme = "token",
     batch_size: int = 32,
     device: str = "auto",
+    id_col: str | None = None,
+    json_col: str | None = None,
+    error_col: str = "splade_error",
 ) -> Iterator[Any]:
-    """The ``mapInPandas`` function: each pandas frame gains ``output_col``, a dict of
-    feature key -> weight (empty for a row without text). Usable outside Spark too."""
+    """Pandas frames (the rows of one partition, in order) with ``output_col`` (feature key
+    -> weight) and ``error_col`` (why the row has no vector) added; for use outside Spark.
+    ``encode`` runs the same over Arrow batches, which keep integers and nulls as they are."""
     encoder = _encoder(model, device)
     codec = TokenCodec(encoder.vocab, scheme=key_scheme)
+    done = 0
     for frame in frames:
-        texts = [
-            " ".join(
-                str(row[c]) for c in text_cols if row.get(c) is not None and str(row[c]).strip()
-            )
-            for row in frame.to_dict(orient="records")
-        ]
-        batch = encoder.encode_documents(texts, batch_size=batch_size, empty="empty_vector")
+        rows = frame.to_dict(orient="records")
+        vectors, errors = _encode_rows(
+            rows,
+            encoder=encoder,
+            codec=codec,
+            text_cols=text_cols,
+            id_col=id_col,
+            json_col=json_col,
+            batch_size=batch_size,
+            start=done + 1,
+        )
+        done += len(rows)
         out = frame.copy()
-        out[output_col] = [codec.encode(batch, i) for i in range(len(batch))]
+        out[output_col] = vectors
+        out[error_col] = errors
         yield out
+
+
+def encode_batches(
+    batches: Iterator[Any],
+    *,
+    model: str,
+    text_cols: Sequence[str],
+    output_col: str = "splade",
+    key_scheme: KeyScheme = "token",
+    batch_size: int = 32,
+    device: str = "auto",
+    id_col: str | None = None,
+    json_col: str | None = None,
+    error_col: str = "splade_error",
+) -> Iterator[Any]:
+    """The ``mapInArrow`` function of ``encode``: each Arrow batch gains ``output_col`` and
+    ``error_col``."""
+    import pyarrow as pa
+
+    encoder = _encoder(model, device)
+    codec = TokenCodec(encoder.vocab, scheme=key_scheme)
+    vector_type = pa.map_(pa.string(), pa.float32())
+    done = 0
+    for batch in batches:
+        rows = batch.to_pylist()
+        vectors, errors = _encode_rows(
+            rows,
+            encoder=encoder,
+            codec=codec,
+            text_cols=text_cols,
+            id_col=id_col,
+            json_col=json_col,
+            batch_size=batch_size,
+            start=done + 1,
+        )
+        done += len(rows)
+        pairs = [None if v is None else list(v.items()) for v in vectors]
+        yield pa.RecordBatch.from_arrays(
+            [*batch.columns, pa.array(pairs, type=vector_type), pa.array(errors, pa.string())],
+            names=[*batch.schema.names, output_col, error_col],
+        )
+
+
+def _encode_rows(
+    rows: Sequence[dict[str, Any]],
+    *,
+    encoder: Any,
+    codec: TokenCodec,
+    text_cols: Sequence[str],
+    id_col: str | None,
+    json_col: str | None,
+    batch_size: int,
+    start: int,
+) -> tuple[list[dict[str, float] | None], list[str | None]]:
+    """Per row, its vector or why it has none (one of them null; both for a blank JSON
+    line, which is no document, as ingest skips it)."""
+    vectors: list[dict[str, float] | None] = [None] * len(rows)
+    errors: list[str | None] = [None] * len(rows)
+    texts: dict[int, str] = {}
+    for record in row_records(rows, json_field=json_col, unit=_row_unit(), start=start):
+        slot = record.position - start
+        try:
+            if record.doc is None:
+                raise InputError(record.error or "unreadable row", position=record.position)
+            texts[slot] = read_document(
+                record.doc,
+                id_field=id_col,
+                text_fields=text_cols,
+                position=record.position,
+                unit=record.unit,
+            ).text
+        except InputError as exc:
+            errors[slot] = str(exc)
+    if texts:
+        batch = encoder.encode_documents(list(texts.values()), batch_size=batch_size)
+        for i, slot in enumerate(texts):
+            vectors[slot] = codec.encode(batch, i)
+    return vectors, errors
+
+
+def _row_unit() -> str:
+    """How messages name a row: by partition inside a Spark task, else by position."""
+    try:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+    except ImportError:
+        context = None
+    return f"partition {context.partitionId()} row" if context is not None else "row"
 
 
 def encode(
@@ -89,26 +204,47 @@ def encode(
     key_scheme: KeyScheme = "token",
     batch_size: int = 32,
     device: str = "auto",
+    id_col: str | None = None,
+    json_col: str | None = None,
+    error_col: str = "splade_error",
 ) -> Any:
-    """``df`` plus ``output_col: map<string, float>`` (the engines' feature keys)."""
+    """``df`` plus ``output_col: map<string, float>`` (the engines' feature keys) and
+    ``error_col: string``: each row has a vector, or the reason ``splade-es ingest`` would
+    dead-letter it (then the vector is null).
+
+    ``text_cols``: the fields the text is made of (columns, or fields of the JSON document);
+    ``id_col``: also refuse rows without a usable id there, as ingest does; ``json_col``: a
+    column of JSONL lines (``spark.read.text`` names it ``value``), each read as ingest
+    reads a line.
+    """
     from pyspark.sql.types import FloatType, MapType, StringType, StructField, StructType
 
+    taken = {output_col, error_col} & set(df.columns)
+    if taken:
+        raise ConfigurationError(f"the DataFrame already has column(s) {sorted(taken)}")
     schema = StructType(
-        [*df.schema.fields, StructField(output_col, MapType(StringType(), FloatType()), False)]
+        [
+            *df.schema.fields,
+            StructField(output_col, MapType(StringType(), FloatType()), True),
+            StructField(error_col, StringType(), True),
+        ]
     )
 
-    def run(frames: Iterator[Any]) -> Iterator[Any]:
-        return encode_frames(
-            frames,
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        return encode_batches(
+            batches,
             model=model,
             text_cols=text_cols,
             output_col=output_col,
             key_scheme=key_scheme,
             batch_size=batch_size,
             device=device,
+            id_col=id_col,
+            json_col=json_col,
+            error_col=error_col,
         )
 
-    return df.mapInPandas(run, schema)
+    return df.mapInArrow(run, schema)
 
 
 def write(
@@ -127,8 +263,13 @@ def write(
     retry: RetryPolicy | None = None,
     device: str = "auto",
     dead_letter_dir: str | None = None,
+    json_field: str | None = None,
 ) -> ScaleOutSummary:
-    """Encode and index every row of ``df`` (``foreachPartition``); returns the accounting."""
+    """Encode and index every row of ``df`` (``foreachPartition``); returns the accounting,
+    with the refused records in ``dead_letters`` when ``dead_letter_dir`` keeps them.
+
+    ``json_field``: a column of JSONL lines (``spark.read.text`` names it ``value``), each
+    read as ``splade-es ingest`` reads a line."""
     config = prepare_job(
         client_config,
         index=index,
@@ -154,7 +295,13 @@ def write(
         from .ingest import ingest
 
         partition = TaskContext.get().partitionId()
-        documents = [_plain(row.asDict(recursive=True)) for row in rows]
+        documents = list(
+            row_records(
+                (row.asDict(recursive=True) for row in rows),
+                json_field=json_field,
+                unit=f"partition {partition} row",
+            )
+        )
         if not documents:
             return
         letters = None
@@ -180,12 +327,3 @@ def write(
         for path in sorted(Path(dead_letter_dir).glob("part-*.jsonl")):
             letters.extend(json.loads(line) for line in path.read_text().splitlines())
     return ScaleOutSummary({"spark": total}, total, tuple(letters))
-
-
-def _text(row: dict[str, Any], cols: Sequence[str]) -> str:
-    parts = (row.get(c) for c in cols)
-    return " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip())
-
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if v is not None}
