@@ -93,8 +93,8 @@ class BatchIndexer:
 
 
 class _RayIndexer(BatchIndexer):
-    """The actor: a ``map_batches`` callable over Arrow batches (``to_pylist`` gives the
-    values as they were; pandas would turn an integer column with a gap into floats)."""
+    """The actor: a ``map_batches`` callable over Arrow batches: ``to_pylist`` gives plain
+    Python values, as ingest sees a record, whatever pandas dtypes a Ray version picks."""
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
