@@ -8,10 +8,22 @@ between the two sets of vectors, and peak RSS (and peak GPU memory on CUDA).
     python benchmarks/encode.py ... --families mini,small,distilbert   # random-weight models
     python benchmarks/encode.py ... --stream 20000                     # memory over a long stream
     python benchmarks/encode.py ... --queries 300    # one-query latency: inference-free vs siamese
+    python benchmarks/encode.py ... --onnx --docs 200  # vs ONNX Runtime: rounds in one process
 
 Random-weight models of the larger families get their output bias shifted so that about 200
 vocabulary entries are active per document, as with trained SPLADE models (with zero bias,
 half the vocabulary would be active and the comparison would measure something else).
+
+The ONNX Runtime table (``--onnx``) runs in one process, each implementation in turn on the same
+documents, round after round (the order rotating), so that a noisy minute hits every row alike:
+sentence-transformers ``SparseEncoder`` (MLMTransformer + SpladePooling) on torch; the same
+SparseEncoder with its transformer replaced by an ``onnxruntime`` CPU session of the masked-LM
+exported by ``torch.onnx.export`` (the peer a CPU user tries next; sentence-transformers' own
+``backend="onnx"`` does not load with transformers 5); splade-es; and splade-es without the bf16
+screen where the CPU turns it on. It needs ``pip install onnx onnxruntime onnxscript``.
+``--threads`` sets torch's and ONNX Runtime's intra-op threads alike; ``--load N`` starts N
+busy processes for the duration (contention on purpose); ``OMP_WAIT_POLICY=passive`` in the
+environment changes how torch's OpenMP threads wait.
 
 The query latency table (``--queries N``) times ``encode_queries([q])``, one query per call as
 a search does, in one process: the checkpoint itself (siamese: a forward pass per query), and
@@ -31,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import scipy.sparse
 
 FAMILIES = {  # name: (architecture, layers, hidden, heads, intermediate)
@@ -255,6 +268,217 @@ def make_random_model(family: str, tokenizer_dir: Path, out_dir: Path, data: Pat
     return out_dir
 
 
+# ---------------------------------------------------------------------- ONNX Runtime peer
+def cpu_header() -> str:
+    """The CPU, the flags that decide the fast paths, and how loaded the machine is."""
+    model, flags = "unknown", set()
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    shown = " ".join(f"{f}{'+' if f in flags else '-'}" for f in wanted)
+    return f"{model}, {os.cpu_count()} CPUs, flags {shown}"
+
+
+def sentence_transformers_stack(model: str, max_length: int):
+    """sentence-transformers' SPLADE stack on a masked-LM folder: MLMTransformer + SpladePooling
+    (max of log(1 + relu(logits)) over the tokens)."""
+    from sentence_transformers import SparseEncoder
+
+    try:
+        from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+    except ImportError:  # sentence-transformers 5.x
+        from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    mlm = MLMTransformer(model, max_seq_length=max_length)
+    return SparseEncoder(modules=[mlm, SpladePooling(pooling_strategy="max")], device="cpu")
+
+
+def export_onnx(model: str, path: Path) -> str:
+    """The masked-LM (input ids, attention mask -> logits) as ONNX, batch and length dynamic.
+    A fresh copy of the model is exported: the exporter may leave the one it traces altered."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    class Logits(torch.nn.Module):
+        def __init__(self, mlm: torch.nn.Module) -> None:
+            super().__init__()
+            self.mlm = mlm
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    mlm = AutoModelForMaskedLM.from_pretrained(model, dtype=torch.float32).eval()
+    sample = AutoTokenizer.from_pretrained(model)(
+        ["an example input", "two"], padding=True, return_tensors="pt"
+    )
+    inputs = (sample["input_ids"], sample["attention_mask"])
+    names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
+    try:  # torch's default exporter (torch.export + onnxscript)
+        batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=512)
+        shapes = {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}
+        torch.onnx.export(
+            Logits(mlm), inputs, str(path), dynamic_shapes=shapes, dynamo=True, **names
+        )
+        return "torch.onnx.export (dynamo)"
+    except Exception as exc:  # older torch, or no onnxscript: the TorchScript exporter
+        print(f"note: the dynamo exporter failed ({type(exc).__name__}); using TorchScript's")
+        axes = {name: {0: "batch", 1: "length"} for name in ("input_ids", "attention_mask")}
+        torch.onnx.export(
+            Logits(mlm),
+            inputs,
+            str(path),
+            dynamic_axes=axes,
+            dynamo=False,
+            opset_version=17,
+            **names,
+        )
+        return "torch.onnx.export (TorchScript)"
+
+
+def onnx_stack(model: str, max_length: int, onnx_path: Path, threads: int):
+    """The sentence-transformers stack with its transformer's forward replaced by an ONNX
+    Runtime CPU session: same tokenization, same pooling, only the masked-LM differs."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    stack = sentence_transformers_stack(model, max_length)
+    transformer = stack[0]
+
+    def forward(features: dict, **_: object) -> dict:
+        feed = {
+            "input_ids": features["input_ids"].numpy().astype(np.int64),
+            "attention_mask": features["attention_mask"].numpy().astype(np.int64),
+        }
+        logits = session.run(["logits"], feed)[0]
+        return {**features, "token_embeddings": torch.from_numpy(logits)}
+
+    transformer.forward = forward  # nn.Module.__call__ looks forward up on the instance
+    return stack
+
+
+def st_matrix(tensor) -> scipy.sparse.csr_matrix:
+    tensor = tensor.coalesce().cpu()
+    idx, val = tensor.indices().numpy(), tensor.values().float().numpy()
+    return scipy.sparse.csr_matrix((val, (idx[0], idx[1])), shape=tuple(tensor.shape))
+
+
+def start_load(n: int, seconds: float) -> list[subprocess.Popen]:
+    """``n`` busy processes (pure Python spin), each ending by itself after ``seconds``."""
+    spin = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
+
+
+def onnx_comparison(args: argparse.Namespace):
+    """docs/s per implementation over interleaved rounds, the ratio to sentence-transformers
+    (median of the per-round ratios: robust to a load that changes between rounds) and the
+    largest weight difference to sentence-transformers' vectors."""
+    import statistics
+
+    import onnxruntime as ort
+    import torch
+    from rich.markup import escape
+    from rich.table import Table
+    from transformers.utils import logging as hf_logging
+
+    from splade_es import SpladeEncoder
+
+    hf_logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    texts = load_texts(Path(args.data), args.docs)
+    batch, max_len = args.batch_size, args.max_length
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "mlm.onnx"
+        exporter = export_onnx(args.model, onnx_path)
+        reference = sentence_transformers_stack(args.model, max_len)
+        onnx = onnx_stack(args.model, max_len, onnx_path, threads)
+        shipped = SpladeEncoder.from_pretrained(args.model, device="cpu", max_length=max_len)
+        impls = {
+            "sentence-transformers (torch)": lambda docs: st_matrix(
+                reference.encode_document(docs, batch_size=batch, convert_to_tensor=True)
+            ),
+            "sentence-transformers + ONNX Runtime": lambda docs: st_matrix(
+                onnx.encode_document(docs, batch_size=batch, convert_to_tensor=True)
+            ),
+            "splade-es": lambda docs: shipped.encode_documents(docs, batch_size=batch).to_scipy(),
+        }
+        if shipped.head.screen:  # this CPU turns the screen on: show what it is worth
+            plain = SpladeEncoder.from_pretrained(
+                args.model, device="cpu", max_length=max_len, screen=False
+            )
+            impls["splade-es, bf16 screen off"] = lambda docs: plain.encode_documents(
+                docs, batch_size=batch
+            ).to_scipy()
+        load = start_load(args.load, seconds=1800) if args.load else []
+        load_before = os.getloadavg()[0]
+        try:
+            for encode in impls.values():  # first calls allocate and pick kernels
+                encode(texts[:batch])
+            seconds: dict[str, list[float]] = {name: [] for name in impls}
+            vectors: dict[str, scipy.sparse.csr_matrix] = {}
+            names = list(impls)
+            for round_no in range(args.rounds):
+                shift = round_no % len(names)  # each implementation takes each place in turn
+                for name in names[shift:] + names[:shift]:
+                    started = time.perf_counter()
+                    vectors[name] = impls[name](texts)
+                    seconds[name].append(time.perf_counter() - started)
+        finally:
+            for proc in load:
+                proc.kill()
+                proc.wait()
+        load_after = os.getloadavg()[0]
+
+    base = "sentence-transformers (torch)"
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    wait = f", OMP_WAIT_POLICY={escape(policy)}" if policy else ""
+    title = (
+        f"{escape(Path(args.model).name)}, {len(texts)} documents of "
+        f"{escape(Path(args.data).name)}, max_length {max_len}, batch {batch}, "
+        f"{args.rounds} interleaved rounds; torch {torch.__version__} ({threads} threads{wait})"
+        f", onnxruntime {ort.__version__} ({threads} intra-op threads), {exporter}\n"
+        f"{escape(cpu_header())}; load average {load_before:.1f} -> {load_after:.1f}"
+        f"{f', {args.load} busy processes started' if args.load else ''}"
+    )
+    table = Table(title=title)
+    for col in (
+        "implementation",
+        "docs/s (median)",
+        "min-max",
+        "vs s-t (median of rounds)",
+        "max |diff| vs s-t",
+        "same non-zero ids",
+    ):
+        table.add_column(col, justify="right")
+    ref = vectors[base]
+    for name in impls:
+        rates = [len(texts) / s for s in seconds[name]]
+        ratios = [b / s for b, s in zip(seconds[base], seconds[name], strict=True)]
+        diff = abs(vectors[name] - ref)
+        same = sum(
+            np.array_equal(vectors[name][i].indices, ref[i].indices) for i in range(len(texts))
+        )
+        table.add_row(
+            name,
+            f"{statistics.median(rates):.1f}",
+            f"{min(rates):.1f}-{max(rates):.1f}",
+            f"{statistics.median(ratios):.2f}x",
+            f"{diff.max() if diff.nnz else 0.0:.2e}",
+            f"{same}/{len(texts)}",
+        )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -280,6 +504,14 @@ def main() -> None:
         "--queries", type=int, default=0, help="also time N one-query encodes (queries.jsonl)"
     )
     parser.add_argument("--queries-only", action="store_true", help="only the query latency table")
+    parser.add_argument(
+        "--onnx", action="store_true", help="only the ONNX Runtime table (one process, rounds)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (--onnx)")
+    parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (--onnx)")
+    parser.add_argument(
+        "--load", type=int, default=0, help="busy processes to run alongside (--onnx)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stream-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
@@ -296,6 +528,9 @@ def main() -> None:
     from rich.table import Table
 
     console = Console(width=150)
+    if args.onnx:
+        console.print(onnx_comparison(args))
+        return
     if args.queries:
         with tempfile.TemporaryDirectory() as tmp:
             rows = query_latency(args, Path(tmp))
