@@ -81,10 +81,10 @@ HTTP_ERRORS: dict[type[BaseException], tuple[int, str]] = {
     ConfigurationError: (400, "illegal_argument_exception"),
     UnsupportedFeatureError: (400, "illegal_argument_exception"),
     rewrite.RewriteError: (400, "parsing_exception"),
-    writes.WriteBodyError: (400, "illegal_argument_exception"),  # not in the tree (writes.py)
+    writes.WriteBodyError: (400, "illegal_argument_exception"),
     # The proxy cannot take the work now: the same request may succeed later.
     OverloadedError: (429, "es_rejected_execution_exception"),
-    TooManyRequests: (429, "es_rejected_execution_exception"),  # not in the tree (enrich.py)
+    TooManyRequests: (429, "es_rejected_execution_exception"),
     ServiceUnavailableError: (503, "unavailable_exception"),
     # The proxy's own time limit for a request (--max-request-seconds).
     RequestTimeout: (504, "timeout_exception"),

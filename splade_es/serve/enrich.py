@@ -49,7 +49,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 from ..documents import read_document
-from ..exceptions import ConfigurationError, InputError
+from ..exceptions import ConfigurationError, InputError, OverloadedError
 from ..tokens import TokenCodec
 from . import writes
 from .batcher import DocumentBatcher, QueueFull, Row
@@ -129,7 +129,7 @@ class EnrichConfig:
             raise ConfigurationError("the enrich queue and batch sizes must be >= 1")
 
 
-class TooManyRequests(Exception):
+class TooManyRequests(OverloadedError):
     """The encode queue is full: answered 429 (``es_rejected_execution_exception``)."""
 
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
+from ..exceptions import InputError
 from .upstream import Headers
 
 WRITE_ACTIONS = ("index", "create", "update", "delete")
 
 
-class WriteBodyError(Exception):
+class WriteBodyError(InputError):
     """A write request the proxy cannot read; answered 400 in the cluster's error shape."""
 
     def __init__(self, message: str, error_type: str = "illegal_argument_exception") -> None:
@@ -107,7 +108,7 @@ def parse_document(raw: bytes) -> Any:
     """
     try:
         return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
 
 
@@ -140,7 +141,7 @@ def split_bulk(body: bytes) -> list[BulkItem]:
         number = len(items) + 1
         try:
             parsed = json.loads(header)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise WriteBodyError(
                 f"bulk item {number}: the action line is not JSON ({exc})", "parse_exception"
             ) from None
