@@ -22,6 +22,7 @@ import uvicorn
 from splade_es import QueryBuilder, create_index
 from splade_es.connect import ConnectionConfig
 from splade_es.serve import ServeConfig, create_app
+from splade_es.serve.app import SERVER_OPTIONS
 from tests.integration.corpus import bulk_index, document_text, make_documents
 
 
@@ -58,15 +59,9 @@ def running_proxy(upstream: str, encoder: Any, **options: Any) -> Iterator[Any]:
     app = create_app(ServeConfig(connection=connection, **options), encoder=encoder)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-            date_header=False,
-        )
+        # The server options `splade-es serve` runs with (h11 among them), so the suite
+        # tests the proxy as users run it.
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **SERVER_OPTIONS)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
