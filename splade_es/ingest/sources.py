@@ -187,7 +187,8 @@ def records_of(documents: Iterable[dict[str, Any] | Record]) -> Iterator[Record]
         elif isinstance(doc, dict):
             yield Record(i, doc)
         else:
-            message = f"record {i}: expected a dict, got {type(doc).__name__}"
+            # The words of the one rule (documents.read_document) for a record not an object.
+            message = f"record {i}: expected a JSON object, got {type(doc).__name__}"
             yield Record(i, None, message, repr(doc))
 
 
