@@ -143,7 +143,8 @@ def test_dead_letters_of_in_memory_records_keep_their_id_and_say_record(encoder,
         for d in map(json.loads, (tmp_path / "dead.jsonl").read_text().splitlines())
     }
     assert dead[2]["id"] == "b" and dead[2]["reason"].startswith("record 2: field 'title' is int")
-    assert dead[3]["id"] is None and dead[3]["reason"].startswith("record 3: expected a JSON object, got")
+    assert dead[3]["id"] is None
+    assert dead[3]["reason"].startswith("record 3: expected a JSON object")
     assert dead[4]["id"] == "d" and dead[4]["reason"].startswith("record 4: the document already")
     assert all("line" not in d["reason"] for d in dead.values())
 
