@@ -123,6 +123,15 @@ def default_threads(enriching: bool) -> int:
     "past it, 504 timeout_exception. Writes under --enrich are not cut once sent.",
 )
 @click.option(
+    "--max-client-requests",
+    default=256,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Requests of one client address in flight at once; one more is answered 429 "
+    "es_rejected_execution_exception. Clients behind one NAT or load balancer share an "
+    "address: raise it there. 0: no limit.",
+)
+@click.option(
     "--bulk-batch",
     default=0,
     type=click.IntRange(0),
@@ -256,6 +265,7 @@ def serve(**opts: Any) -> None:
         max_text_chars=opts["max_text_chars"],
         max_json_depth=opts["max_json_depth"],
         max_request_seconds=opts["max_request_seconds"],
+        max_client_requests=opts["max_client_requests"] or None,
         bulk_batch=opts["bulk_batch"] or None,
         threads=opts["threads"] or default_threads(enrich is not None),
         batch_threads=opts["batch_threads"] or opts["threads"] or (os.cpu_count() or 1),

@@ -194,6 +194,41 @@ class RequestLine:
         await self.app(scope, receive, send)
 
 
+class ClientConcurrency:
+    """At most ``limit`` requests of one client address in flight; one more is answered 429
+    ``es_rejected_execution_exception`` (what the engines answer when their queues are full,
+    which clients back off and retry on) until one of them ends. Health and metrics are never
+    counted or refused: monitoring must see a proxy that is busy with one client."""
+
+    EXEMPT = ("/_splade/health", "/_splade/metrics")
+
+    def __init__(self, app: ASGIApp, limit: int | None) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit is None or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown",))[0]
+        if self.in_flight.get(client, 0) >= self.limit:
+            reason = (
+                f"too many requests in flight from {client}: at most {self.limit} at once "
+                "(splade-es serve --max-client-requests)"
+            )
+            body = error_body(429, "es_rejected_execution_exception", reason)
+            await Response(body, 429, media_type="application/json")(scope, receive, send)
+            return
+        self.in_flight[client] = self.in_flight.get(client, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[client] -= 1
+            if not self.in_flight[client]:
+                del self.in_flight[client]  # the table holds only clients with requests now
+
+
 # ---------------------------------------------------------------------- request helpers
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
@@ -494,7 +529,11 @@ def create_app(
         Route("/embed_sparse", embed_sparse, methods=["POST"]),
         Route("/{path:path}", proxy, methods=list(METHODS)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestLine)])
+    middleware = [
+        Middleware(RequestLine),
+        Middleware(ClientConcurrency, limit=config.max_client_requests),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.service = service
     return app
 

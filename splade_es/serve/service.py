@@ -72,6 +72,11 @@ class ServeConfig:
     # The proxy's own time for a request: reading its body, waiting for and running the
     # encoder, the cluster's answer (a write's cluster exchange is not cut: see app.py).
     max_request_seconds: float = 60.0
+    # Per-client limit: requests of one client address in flight at once (app.py
+    # ``ClientConcurrency``), so one client's flood cannot fill the encoder's queues and the
+    # connection pool for everyone. Every app host behind one NAT or load balancer shares an
+    # address: raise it there. None: no limit.
+    max_client_requests: int | None = 256
 
     def __post_init__(self) -> None:
         parse_device(self.device)  # a device this machine lacks is refused before start
@@ -87,6 +92,7 @@ class ServeConfig:
             "max_text_chars",
             "max_json_depth",
             "bulk_batch",
+            "max_client_requests",
         ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigurationError.bad_value(name, getattr(self, name), "must be >= 1")
