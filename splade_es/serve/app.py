@@ -436,7 +436,7 @@ def create_app(
     async def health(request: Request) -> Response:
         started = time.perf_counter()
         model_loaded = service.encoder is not None and service.batcher is not None
-        cluster: dict[str, Any] = {"url": service.upstream.description}
+        cluster: dict[str, Any] = {}  # no address: health is open to every client
         try:
             answer, _ = await service.upstream.get_json("/")
             cluster.update(reachable=answer.status < 500, status=answer.status)

@@ -182,13 +182,19 @@ class Upstream:
                     payload,
                     response.headers.get("Content-Length"),
                 )
+        # What apps are told names no address (the cluster's is the operator's business, and
+        # aiohttp's messages carry host:port); the log has the whole story.
         except TimeoutError as exc:  # aiohttp's own timeouts derive from it too
+            seconds = self._timeout.total
+            log.warning("cluster at %s: no answer within %g s", self.description, seconds)
             raise UpstreamTimeout(
-                f"cluster at {self.description}: no answer within {self._timeout.total:g} s"
+                f"the cluster behind splade-es serve gave no answer within {seconds:g} s"
             ) from exc
         except aiohttp.ClientConnectionError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise UpstreamUnavailable(f"cluster at {self.description}: {reason}") from exc
+            log.warning("cluster at %s: %s", self.description, str(exc) or type(exc).__name__)
+            raise UpstreamUnavailable(
+                f"the cluster behind splade-es serve cannot be reached ({type(exc).__name__})"
+            ) from exc
 
     async def get_json(
         self, target: str, authorization: str | None = None
