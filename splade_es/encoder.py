@@ -32,7 +32,14 @@ from torch import nn
 
 from .exceptions import ConfigurationError, EmptyTextError, InputError, ModelLoadError
 from .fast_forward import FastForward
-from .model_files import CheckpointLayout, Mode, default_model, read_layout, resolve_checkpoint
+from .model_files import (
+    CheckpointLayout,
+    Mode,
+    default_model,
+    read_layout,
+    require_trusted_layout,
+    resolve_checkpoint,
+)
 from .pooling import SparseRows, SpladeHead
 from .sparse import SparseBatch, Vocabulary
 from .static_query import StaticQueryEncoder
@@ -115,6 +122,7 @@ class SpladeEncoder:
         screen: bool | Literal["auto"] = "auto",
         compile: bool = False,
         revision: str | None = None,
+        trust_remote_code: bool = False,
     ) -> SpladeEncoder:
         """Load a checkpoint by Hub id or local path; none: ``model_files.default_model()``
         (``SPLADE_ES_MODEL``, ``../shared/models/splade-tiny``, the user cache folder, then
@@ -123,6 +131,10 @@ class SpladeEncoder:
         ``device``: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"...
         ``dtype``: "auto" (bf16/fp16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16".
         ``screen``: the exact bf16-screened head (default on for fp32 on CPUs with fast bf16).
+        ``trust_remote_code``: run the Python code a checkpoint ships (its config.json or
+        tokenizer_config.json ``auto_map``); off, such a checkpoint is refused
+        (``ModelLoadError``). Only for checkpoints whose source you trust: the code runs in
+        this process with its rights.
         """
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -132,11 +144,16 @@ class SpladeEncoder:
         torch_device = parse_device(device)
         torch_dtype = parse_dtype(dtype, torch_device)
         layout = read_layout(resolve_checkpoint(name_or_path, revision=revision))
+        require_trusted_layout(layout, name_or_path, trust_remote_code)
         try:
             with _no_transformers_progress_bars():
-                tokenizer = AutoTokenizer.from_pretrained(str(layout.mlm_dir))
+                # trust_remote_code is always a bool here: left None, transformers asks on
+                # standard input (and waits) whether to run a checkpoint's code.
+                tokenizer = AutoTokenizer.from_pretrained(
+                    str(layout.mlm_dir), trust_remote_code=trust_remote_code
+                )
                 model = AutoModelForMaskedLM.from_pretrained(
-                    str(layout.mlm_dir), dtype=torch.float32
+                    str(layout.mlm_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{name_or_path}: not a masked-LM checkpoint ({exc})") from exc
@@ -170,7 +187,10 @@ class SpladeEncoder:
         )
         if layout.query_files is not None:
             encoder.query_encoder = StaticQueryEncoder.from_files(
-                layout.query_files, vocab=encoder.vocab, name=name_or_path
+                layout.query_files,
+                vocab=encoder.vocab,
+                name=name_or_path,
+                trust_remote_code=trust_remote_code,
             )
             _require_same_vocabulary(encoder.query_encoder, tokenizer, name_or_path)
         return encoder

@@ -198,14 +198,17 @@ class FastForward:
 
 
 def _build(model: nn.Module) -> FastForward | None:
-    config = model.config
-    kind = getattr(config, "model_type", None)
+    from transformers import BertForMaskedLM, DistilBertForMaskedLM
+
     if model.training:
         return None
-    if kind == "bert":
-        return _bert(model, config)
-    if kind == "distilbert":
-        return _distilbert(model, config)
+    # transformers' own classes only, not subclasses or a checkpoint's own code that reuses
+    # the model type "bert": their forward may differ where the load-time probe does not look
+    # (longer inputs, other ids), which only the class itself can rule out.
+    if type(model) is BertForMaskedLM:
+        return _bert(model, model.config)
+    if type(model) is DistilBertForMaskedLM:
+        return _distilbert(model, model.config)
     return None
 
 

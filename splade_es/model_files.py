@@ -25,13 +25,32 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .exceptions import ModelLoadError
-from .pooling import Activation, Pooling
-from .static_query import StaticQueryFiles
+
+if TYPE_CHECKING:
+    # Annotations only: pooling imports torch, and reading a layout (the query side of an
+    # inference-free model included) needs no torch.
+    from .pooling import Activation, Pooling
 
 Mode = Literal["siamese", "inference-free"]
+
+
+# Here rather than in static_query, which reads a layout: the dependency runs one way,
+# static_query -> model_files (static_query re-exports the name).
+@dataclass(frozen=True)
+class StaticQueryFiles:
+    """Where an inference-free model keeps its query side (found by ``read_layout``).
+
+    ``add_special_tokens``: whether the reference tokenizes the query with [CLS]/[SEP] (the
+    OpenSearch model cards do; sentence-transformers does not). The special tokens never get a
+    weight, but they take two places of the truncation budget.
+    """
+
+    tokenizer_dir: Path
+    weights: Path  # idf.json ({token: weight}), or a safetensors / torch file holding "weight"
+    add_special_tokens: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,6 +303,52 @@ def _require_model_config(folder: Path) -> None:
             f"{folder}: no config.json: not a model folder (expected a Hugging Face masked-LM "
             "checkpoint or a sentence-transformers SparseEncoder folder)"
         )
+
+
+# The auto classes a SPLADE load goes through. A checkpoint's ``auto_map`` entry for one of
+# them names Python code in the checkpoint that transformers runs only with
+# ``trust_remote_code=True``; without it, transformers refuses, or (when the model type is
+# one it knows) silently builds its own class instead of the checkpoint's, with other weights
+# ignored. Either way the model the checkpoint describes is not what runs: it is refused.
+_LOADED_AUTO_CLASSES = ("AutoConfig", "AutoModelForMaskedLM", "AutoTokenizer")
+
+
+def custom_code(folder: Path) -> list[str]:
+    """The checkpoint's own classes (``auto_map`` of config.json and tokenizer_config.json)
+    that loading ``folder`` as a masked-LM and its tokenizer would run; [] when none."""
+    found: list[str] = []
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        config = _read_json(path) if path.is_file() else {}
+        auto_map = config.get("auto_map") if isinstance(config, dict) else None
+        if not isinstance(auto_map, dict):
+            continue
+        for auto_class in _LOADED_AUTO_CLASSES:
+            entry = auto_map.get(auto_class)
+            # AutoTokenizer's entry is a [slow, fast] pair, either of which may be null.
+            for target in entry if isinstance(entry, list) else [entry]:
+                if isinstance(target, str) and target not in found:
+                    found.append(target)
+    return found
+
+
+def require_trusted_code(folder: Path, name: str, trust_remote_code: bool) -> None:
+    """``ModelLoadError`` naming the option when ``folder`` ships code that is not trusted."""
+    classes = custom_code(folder)
+    if classes and not trust_remote_code:
+        raise ModelLoadError(
+            f"{name}: the checkpoint ships its own Python code ({', '.join(classes)}), which "
+            "runs only with --trust-remote-code (trust_remote_code=True): pass it if you "
+            "trust this checkpoint's source"
+        )
+
+
+def require_trusted_layout(layout: CheckpointLayout, name: str, trust_remote_code: bool) -> None:
+    """``require_trusted_code`` for every folder a load of ``layout`` reads: the masked-LM's
+    and, for an inference-free model, the query tokenizer's."""
+    require_trusted_code(layout.mlm_dir, name, trust_remote_code)
+    if layout.query_files is not None:
+        require_trusted_code(layout.query_files.tokenizer_dir, name, trust_remote_code)
 
 
 def _read_json(path: Path) -> dict:

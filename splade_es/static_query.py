@@ -29,33 +29,19 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .exceptions import EmptyTextError, InputError, ModelLoadError
+from .model_files import StaticQueryFiles, read_layout, resolve_checkpoint
 from .sparse import SparseBatch, Vocabulary
 
 log = logging.getLogger(__name__)
 
 # transformers' "no limit" model_max_length is 1e30; anything this large means "not set".
 _NO_LIMIT = 10**9
-
-
-@dataclass(frozen=True)
-class StaticQueryFiles:
-    """Where an inference-free model keeps its query side (found by ``checkpoint.read_layout``).
-
-    ``add_special_tokens``: whether the reference tokenizes the query with [CLS]/[SEP] (the
-    OpenSearch model cards do; sentence-transformers does not). The special tokens never get a
-    weight, but they take two places of the truncation budget.
-    """
-
-    tokenizer_dir: Path
-    weights: Path  # idf.json ({token: weight}), or a safetensors / torch file holding "weight"
-    add_special_tokens: bool
 
 
 class StaticQueryEncoder:
@@ -94,14 +80,27 @@ class StaticQueryEncoder:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_files(
-        cls, files: StaticQueryFiles, *, vocab: Vocabulary | None = None, name: str = ""
+        cls,
+        files: StaticQueryFiles,
+        *,
+        vocab: Vocabulary | None = None,
+        name: str = "",
+        trust_remote_code: bool = False,
     ) -> StaticQueryEncoder:
         """Load the tokenizer and the weight table; ``vocab`` names the output ids (the
-        document encoder's, so query and document batches share one vocabulary)."""
+        document encoder's, so query and document batches share one vocabulary).
+        ``trust_remote_code``: as ``SpladeEncoder.from_pretrained``'s (a tokenizer's own code)."""
         from transformers import AutoTokenizer
 
+        from .model_files import require_trusted_code
+
+        require_trusted_code(
+            files.tokenizer_dir, name or str(files.tokenizer_dir), trust_remote_code
+        )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(files.tokenizer_dir))
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(files.tokenizer_dir), trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{files.tokenizer_dir}: no usable tokenizer ({exc})") from exc
         if not getattr(tokenizer, "is_fast", False):
@@ -134,19 +133,19 @@ class StaticQueryEncoder:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str, *, revision: str | None = None
+        cls, name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
     ) -> StaticQueryEncoder:
         """The query side of an inference-free model alone: no torch model is loaded (for a
         process that only translates queries, such as a search front end)."""
-        from .model_files import read_layout, resolve_checkpoint
-
         layout = read_layout(resolve_checkpoint(name_or_path, revision=revision))
         if layout.query_files is None:
             raise ModelLoadError(
                 f"{name_or_path}: not an inference-free model (no idf.json and no "
                 "SparseStaticEmbedding query route): its queries need the model"
             )
-        return cls.from_files(layout.query_files, name=name_or_path)
+        return cls.from_files(
+            layout.query_files, name=name_or_path, trust_remote_code=trust_remote_code
+        )
 
     # ------------------------------------------------------------------ encoding
     def query_ids(self, text: str) -> tuple[np.ndarray, bool]:

@@ -13,6 +13,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -356,7 +357,8 @@ def model_option(
     required: bool = True,
     describe: str = "Hugging Face id or local folder of a SPLADE checkpoint.",
 ) -> Callable[..., Any]:
-    """``--model`` / ``-m`` (env ``SPLADE_ES_MODEL``), shared by every command that encodes.
+    """``--model`` / ``-m`` (env ``SPLADE_ES_MODEL``) and ``--trust-remote-code``, shared by
+    every command that encodes.
 
     Not given: the default model (``model_files.default_model``: ``../shared/models/splade-tiny``,
     the user cache folder, then ``rasyosef/splade-tiny`` through the Hugging Face cache).
@@ -365,7 +367,7 @@ def model_option(
     already on disk is taken, nothing is downloaded, and the option stays ``None`` if none is.
     """
     from ..exceptions import ModelLoadError
-    from ..model_files import default_model
+    from ..model_files import default_model, read_layout, require_trusted_layout
 
     class NoModel(click.ClickException):
         # A ClickException, not a UsageError: no usage lines, the one line fail_cleanly prints.
@@ -376,6 +378,7 @@ def model_option(
 
     def resolve(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         if value:
+            check_code(value, bool(ctx.params.get("trust_remote_code")))
             return value
         try:
             return default_model(download=required)
@@ -384,7 +387,7 @@ def model_option(
                 raise NoModel(str(exc)) from exc
             return None
 
-    return click.option(
+    model = click.option(
         "--model",
         "-m",
         envvar="SPLADE_ES_MODEL",
@@ -393,6 +396,36 @@ def model_option(
         "~/.cache/splade-es/models/splade-tiny, then rasyosef/splade-tiny from the Hugging Face "
         "cache or Hub]",
     )
+    # Beside --model on every command that loads one, so no command lacks it.
+    trust = click.option(
+        "--trust-remote-code",
+        is_flag=True,
+        is_eager=True,  # read before --model, whose callback checks the folder's code
+        help="Run the Python code the checkpoint ships (auto_map in its config.json), as "
+        "models such as GTE-based ones need. It runs with this command's rights: only for "
+        "checkpoints whose source you trust.",
+    )
+
+    def check_code(value: str, trusted: bool) -> None:
+        # A local folder's own code is refused as the command line is read: commands connect
+        # to the cluster before they load the model, and an unreachable cluster would hide
+        # this. A Hub id is checked when the model loads (the same rule, as one line too).
+        folder = Path(value).expanduser()
+        if trusted or not folder.is_dir():
+            return
+        try:
+            layout = read_layout(folder)
+        except ModelLoadError:
+            return  # not a checkpoint: the load says so, as for any model
+        try:
+            require_trusted_layout(layout, value, trusted)
+        except ModelLoadError as exc:
+            raise NoModel(str(exc)) from exc
+
+    def both(func: Callable[..., Any]) -> Callable[..., Any]:
+        return model(trust(func))
+
+    return both
 
 
 def print_table(table: Table, console: Console | None = None) -> None:

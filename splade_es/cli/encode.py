@@ -125,7 +125,11 @@ def encode(**opts: Any) -> None:
         or default_dead_letter(source.stem, None if to_stdout else opts["output_path"])
     )
     encoder = SpladeEncoder.from_pretrained(
-        opts["model"], device=opts["device"], dtype=opts["dtype"], max_length=opts["max_length"]
+        opts["model"],
+        device=opts["device"],
+        dtype=opts["dtype"],
+        max_length=opts["max_length"],
+        trust_remote_code=opts["trust_remote_code"],
     )
     # A plain file is counted for the bar's total; a stream or compressed input is read once
     # only, and the bar shows a count and a rate without a total.

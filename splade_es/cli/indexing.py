@@ -171,7 +171,10 @@ def ingest(**opts: Any) -> None:
     check_resumable(opts["input_path"], config)  # before the cluster and the model
     cluster = connect(connection_config(opts))
     encoder = SpladeEncoder.from_pretrained(
-        opts["model"], device=opts["device"], dtype=opts["dtype"]
+        opts["model"],
+        device=opts["device"],
+        dtype=opts["dtype"],
+        trust_remote_code=opts["trust_remote_code"],
     )
     # A plain file is counted for the bars' totals; a stream or compressed input is read
     # once only, and the bars show counts and rates without a total.

@@ -150,7 +150,9 @@ def migrate(**opts: Any) -> None:
     )
     from ..encoder import SpladeEncoder
 
-    encoder = SpladeEncoder.from_pretrained(opts["model"], device=opts["device"])
+    encoder = SpladeEncoder.from_pretrained(
+        opts["model"], device=opts["device"], trust_remote_code=opts["trust_remote_code"]
+    )
     quiet = opts["quiet"] or opts["as_json"]
     total, already = _copy_counts(cluster.client, opts["source"], opts["target"])
     if already and not quiet:

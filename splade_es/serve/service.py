@@ -16,7 +16,7 @@ from ..connect import ConnectionConfig
 from ..encoder import SpladeEncoder, parse_device
 from ..engines import FieldType, Hybrid, dialect_for
 from ..exceptions import ConfigurationError, InputError, ServiceUnavailableError
-from ..model_files import read_layout, resolve_checkpoint
+from ..model_files import read_layout, require_trusted_layout, resolve_checkpoint
 from ..query import QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
 from ..static_query import StaticQueryEncoder
@@ -37,6 +37,8 @@ class ServeConfig:
     connection: ConnectionConfig
     model: str = ""
     device: str = "auto"
+    # Run the Python code the checkpoint ships (``SpladeEncoder.from_pretrained``'s option).
+    trust_remote_code: bool = False
     max_batch: int = 32
     max_wait_ms: float = 2.0
     cache_size: int = 10_000
@@ -156,13 +158,25 @@ def model_name(name: str) -> str:
     return path.resolve().name or name
 
 
-def load_query_encoder(model: str, device: str = "auto") -> SpladeEncoder | StaticQueryEncoder:
+def check_model_code(config: ServeConfig) -> None:
+    """Before the server starts (the model loads as it starts, where a refusal would be a
+    failed start, not one line): ``ModelLoadError`` when the checkpoint ships Python code
+    and ``trust_remote_code`` is off. Reads only the checkpoint's JSON files."""
+    layout = read_layout(resolve_checkpoint(config.model))
+    require_trusted_layout(layout, config.model, config.trust_remote_code)
+
+
+def load_query_encoder(
+    model: str, device: str = "auto", trust_remote_code: bool = False
+) -> SpladeEncoder | StaticQueryEncoder:
     """What the query path needs: an inference-free model's token weight table alone (no torch
     model, microseconds a query), or the whole model for a siamese one."""
     layout = read_layout(resolve_checkpoint(model))
     if layout.query_files is not None:
-        return StaticQueryEncoder.from_files(layout.query_files, name=model)
-    return SpladeEncoder.from_pretrained(model, device=device)
+        return StaticQueryEncoder.from_files(
+            layout.query_files, name=model, trust_remote_code=trust_remote_code
+        )
+    return SpladeEncoder.from_pretrained(model, device=device, trust_remote_code=trust_remote_code)
 
 
 class Service:
@@ -185,7 +199,10 @@ class Service:
     async def start(self) -> None:
         if self.encoder is None:
             self.encoder = await asyncio.to_thread(
-                load_query_encoder, self.config.model, self.config.device
+                load_query_encoder,
+                self.config.model,
+                self.config.device,
+                self.config.trust_remote_code,
             )
         encoder = self.encoder
 
@@ -294,7 +311,10 @@ class Service:
             return self.encoder
         if self._document_encoder is None:
             self._document_encoder = await asyncio.to_thread(
-                SpladeEncoder.from_pretrained, self.config.model, device=self.config.device
+                SpladeEncoder.from_pretrained,
+                self.config.model,
+                device=self.config.device,
+                trust_remote_code=self.config.trust_remote_code,
             )
         return self._document_encoder
 

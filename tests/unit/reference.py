@@ -8,12 +8,20 @@ import torch
 
 
 def reference_vectors(
-    model_dir, texts, *, max_length: int, pooling: str = "max", activation: str = "relu"
+    model_dir,
+    texts,
+    *,
+    max_length: int,
+    pooling: str = "max",
+    activation: str = "relu",
+    trust_remote_code: bool = False,
 ) -> np.ndarray:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForMaskedLM.from_pretrained(str(model_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    model = AutoModelForMaskedLM.from_pretrained(
+        str(model_dir), trust_remote_code=trust_remote_code
+    ).eval()
     rows = []
     for text in texts:
         batch = tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt")
