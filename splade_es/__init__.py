@@ -6,9 +6,10 @@ The data flow, one module per stage::
          -> QueryBuilder / search / evaluate -> cluster (connect)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .connect import Cluster, ConnectionConfig, connect
 from .doctor import DoctorReport, doctor
-from .encoder import SpladeEncoder
 from .engines import Dialect, Hybrid, dialect_for
 from .evaluate import EvaluationReport, evaluate
 from .exceptions import (
@@ -25,7 +26,33 @@ from .search import Explanation, SearchResult, create_hybrid_pipeline, create_in
 from .sparse import SparseBatch, Vocabulary, stored_precision
 from .tokens import TokenCodec
 
+if TYPE_CHECKING:
+    from .encoder import SpladeEncoder
+
 __version__ = "0.1.0"
+
+# Names whose module imports torch are loaded on first use (PEP 562), so a process that only
+# builds queries (QueryBuilder, documented as needing no cluster) does not pay for torch. The
+# other names stay eager on purpose: several share their submodule's name (connect, doctor,
+# evaluate, ingest, search), and a lazy one would be shadowed by the submodule as soon as any
+# module imported it (the import system binds ``splade_es.connect`` to the module).
+_LAZY = {"SpladeEncoder": ".encoder"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Cluster",
