@@ -105,6 +105,13 @@ class SpladeEncoder:
         self.query_encoder = query_encoder
 
     @property
+    def fast_tokenizer(self) -> bool:
+        """Whether the tokenizer is a fast (Rust) one. A slow (Python) one, such as the
+        Japanese SPLADE models' BertJapaneseTokenizer, has no word ids or overflow rows:
+        ``_token_ids`` tokenizes its texts whole."""
+        return bool(getattr(self.tokenizer, "is_fast", False))
+
+    @property
     def mode(self) -> Mode:
         """How queries are encoded: "siamese" (by the model) or "inference-free" (a lookup)."""
         return "siamese" if self.query_encoder is None else "inference-free"
@@ -157,8 +164,6 @@ class SpladeEncoder:
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{name_or_path}: not a masked-LM checkpoint ({exc})") from exc
-        if not getattr(tokenizer, "is_fast", False):
-            raise ModelLoadError(f"{name_or_path}: a fast (Rust) tokenizer is required")
         decoder = _detach_vocab_projection(model, name_or_path)
         fast_paths = cpu_fast_paths()
         if screen == "auto":
@@ -313,6 +318,10 @@ class SpladeEncoder:
         whitespace runs, one word of many characters, a tokenizer that does not split words)
         the cut moves 4x further, up to the whole text, which is then tokenized as before.
         """
+        # Slow only where the tokenizer says so (every transformers tokenizer does); a wrapper
+        # without ``is_fast`` (a test's spy around a fast one) keeps the fast path.
+        if not getattr(self.tokenizer, "is_fast", True):
+            return self._slow_token_ids(texts)
         ids: list[list[int]] = [[] for _ in texts]
         truncated = [False] * len(texts)
         pending = list(range(len(texts)))
@@ -340,6 +349,37 @@ class SpladeEncoder:
                     retry.append(k)
             pending = retry
             cut *= 4
+        return ids, truncated
+
+    def _slow_token_ids(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """``_token_ids`` for a slow (Python) tokenizer: each text tokenized whole.
+
+        The bounded prefix of the fast path is correct only where the cut cannot change the
+        tokens before it, which it proves with the fast tokenizer's word ids; a Python
+        tokenizer has none, and some split words by context (MeCab's lattice for Japanese),
+        so nothing bounds the effect of a cut. Each text is tokenized once, without special
+        tokens or truncation, and ``prepare_for_model`` (the second half of the slow
+        tokenizer's own ``__call__``) adds the special tokens and truncates as a call with
+        ``truncation=True, max_length=...`` would; the text was cut when its tokens and the
+        special ones are more than ``max_length``. (``verbose=False``: the untruncated ids
+        are meant to be longer than the model's limit; transformers would warn.)
+        """
+        ids: list[list[int]] = []
+        truncated: list[bool] = []
+        specials = self.tokenizer.num_special_tokens_to_add()
+        for text in texts:
+            tokens = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+            ready = self.tokenizer.prepare_for_model(
+                tokens,
+                add_special_tokens=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )
+            ids.append(list(ready["input_ids"]))
+            truncated.append(len(tokens) + specials > self.max_length)
         return ids, truncated
 
     def _encode_window(self, tok: _Tokenized, size: int, batch_size: int) -> SparseBatch:

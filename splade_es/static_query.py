@@ -29,13 +29,14 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .exceptions import EmptyTextError, InputError, ModelLoadError
-from .model_files import StaticQueryFiles, read_layout, resolve_checkpoint
+from .model_files import StaticQueryFiles, read_layout, require_trusted_code, resolve_checkpoint
 from .sparse import SparseBatch, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ class StaticQueryEncoder:
         truncate_left: bool = False,
         name: str = "",
     ) -> None:
-        """``backend``: a ``tokenizers.Tokenizer``; ``table[id]`` the weight of token ``id``;
-        ``max_tokens``: how many non-added tokens of a query count (``None``: all)."""
+        """``backend``: a ``tokenizers.Tokenizer`` (or ``_SlowBackend``); ``table[id]`` the
+        weight of token ``id``; ``max_tokens``: how many non-added tokens of a query count
+        (``None``: all)."""
         self.backend = backend
         self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary(vocab)
         size = max(len(self.vocab), len(table))
@@ -92,8 +94,6 @@ class StaticQueryEncoder:
         ``trust_remote_code``: as ``SpladeEncoder.from_pretrained``'s (a tokenizer's own code)."""
         from transformers import AutoTokenizer
 
-        from .model_files import require_trusted_code
-
         require_trusted_code(
             files.tokenizer_dir, name or str(files.tokenizer_dir), trust_remote_code
         )
@@ -103,8 +103,6 @@ class StaticQueryEncoder:
             )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{files.tokenizer_dir}: no usable tokenizer ({exc})") from exc
-        if not getattr(tokenizer, "is_fast", False):
-            raise ModelLoadError(f"{files.tokenizer_dir}: a fast (Rust) tokenizer is required")
         token_ids = tokenizer.get_vocab()
         if files.weights.suffix == ".json":
             table = _table_from_json(files.weights, token_ids, tokenizer.unk_token_id)
@@ -196,10 +194,37 @@ class StaticQueryEncoder:
         return batch.prune(top_k=top_k, min_weight=min_weight)
 
 
+@dataclass(frozen=True)
+class _Encoding:
+    ids: list[int]
+
+
+class _SlowBackend:
+    """The two calls ``StaticQueryEncoder`` makes of a ``tokenizers.Tokenizer``, answered by a
+    slow (Python) tokenizer of transformers, which has no Rust tokenizer to copy."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> _Encoding:
+        # No truncation here either (query_ids applies it); verbose=False: no warning about
+        # a query longer than the model's limit, which query_ids cuts.
+        encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, verbose=False)
+        return _Encoding(list(encoded["input_ids"]))
+
+    def get_vocab(self, with_added_tokens: bool = True) -> dict[str, int]:
+        # transformers' get_vocab includes the added tokens.
+        return dict(self.tokenizer.get_vocab())
+
+
 def _plain_backend(tokenizer: Any) -> Any:
     """A copy of the Rust tokenizer without the truncation/padding a tokenizer.json may carry:
-    truncation is applied here, the way transformers applies it for the reference."""
+    truncation is applied here, the way transformers applies it for the reference. A slow
+    tokenizer is used through ``_SlowBackend``."""
     from tokenizers import Tokenizer
+
+    if not getattr(tokenizer, "is_fast", False):
+        return _SlowBackend(tokenizer)
 
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()

@@ -192,6 +192,12 @@ def encode(**opts: Any) -> None:
     elapsed = time.perf_counter() - started
     table = Table(title=f"encoded with {opts['model']}", show_header=False)
     table.add_row("mode", _MODE_NOTES[encoder.mode])
+    if not encoder.fast_tokenizer:
+        table.add_row(
+            "tokenizer",
+            f"slow ({type(encoder.tokenizer).__name__}, Python): texts are tokenized whole, "
+            "slower than a fast (Rust) tokenizer",
+        )
     table.add_row("documents", f"{stats['documents']:,}")
     table.add_row(
         "truncated documents", f"{stats['truncated']:,} (max {encoder.max_length} tokens)"
