@@ -237,10 +237,10 @@ class QueryBuilder:
         self,
         vector: QueryVector,
         *,
-        filters: Sequence[dict] = (),
+        filters: Sequence[dict[str, Any]] = (),
         reserve: int = 0,
         pruning: QueryPruning | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """The query clause: its score is the dot product of ``vector`` with each document.
         ``EmptyQueryError`` when no token is left to search for."""
         kept, report = self.prune(vector, reserve=reserve, pruning=pruning)
@@ -258,7 +258,7 @@ class QueryBuilder:
             )
         raise EmptyQueryError("nothing to search for: the query has no tokens with a weight")
 
-    def _clause(self, features: Mapping[str, float]) -> dict:
+    def _clause(self, features: Mapping[str, float]) -> dict[str, Any]:
         """The dialect's query for already-pruned features, on this builder's field."""
         return self.dialect.sparse_query(
             features,
@@ -274,7 +274,7 @@ class QueryBuilder:
         *,
         k: int = 10,
         text: str | None = None,
-        filters: Sequence[dict] = (),
+        filters: Sequence[dict[str, Any]] = (),
         hybrid: Hybrid | None = None,
         source: Any = True,
         pruning: QueryPruning | None = None,
@@ -301,7 +301,7 @@ class QueryBuilder:
             # server/src/main/java/org/{elasticsearch,opensearch}/index/query/
             # MatchNoneQueryBuilder.java -> MatchNoDocsQuery.
             log.warning("no SPLADE query tokens left; the hybrid query ranks by BM25 alone")
-            sparse: dict = {"match_none": {}}
+            sparse: dict[str, Any] = {"match_none": {}}
         else:
             sparse = self._clause(kept)
         request = self.dialect.search_request(
@@ -332,7 +332,9 @@ def field_type_from_mapping(mappings: Mapping[str, Any], index: str, field: str)
         name: body.get("mappings", {}).get("properties", {}).get(field, {}).get("type")
         for name, body in mappings.items()
     }
-    sparse = {kind for kind in kinds.values() if kind in ("rank_features", "sparse_vector")}
+    sparse: set[FieldType] = {
+        kind for kind in kinds.values() if kind in ("rank_features", "sparse_vector")
+    }
     if len(sparse) == 1:
         return sparse.pop()
     if len(sparse) > 1:

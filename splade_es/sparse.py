@@ -79,7 +79,8 @@ def stored_precision(values: np.ndarray | Sequence[float]) -> np.ndarray:
     [0.69921875, 1.5]
     """
     bits = np.asarray(values, dtype=np.float32).view(np.uint32)
-    return (bits & np.uint32(0xFFFF8000)).view(np.float32)
+    stored: np.ndarray = (bits & np.uint32(0xFFFF8000)).view(np.float32)
+    return stored
 
 
 # What "the same vector" means, everywhere (tests, doctor, the README): two encodings of one text
@@ -198,14 +199,16 @@ class SparseBatch:
     @classmethod
     def from_rows(
         cls,
-        rows: Iterable[tuple[Sequence[int], Sequence[float]]],
+        rows: Iterable[tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray]],
         *,
         vocab: Sequence[str],
         truncated: np.ndarray | None = None,
     ) -> SparseBatch:
-        indptr, indices, values = [0], [], []
-        for ids, weights in rows:
-            ids = np.asarray(ids, dtype=np.int64)
+        indptr: list[int] = [0]
+        indices: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        for row_ids, weights in rows:
+            ids = np.asarray(row_ids, dtype=np.int64)
             order = np.argsort(ids, kind="stable")
             indices.append(ids[order])
             values.append(np.asarray(weights, dtype=np.float32)[order])

@@ -233,7 +233,7 @@ class Dialect(ABC):
         field: str,
         field_type: FieldType,
         style: QueryStyle,
-        options: dict,
+        options: dict[str, Any],
     ) -> Query: ...
 
     def search_request(
@@ -428,4 +428,5 @@ def with_filters(query: Query, filters: Sequence[Query]) -> Query:
 def load_template(engine: Engine, field_type: FieldType) -> dict[str, Any]:
     """The JSON body shipped in ``splade_es/mappings`` (``mappings/`` at the repository root)."""
     text = resources.files("splade_es.mappings").joinpath(f"{engine}.{field_type}.json")
-    return json.loads(text.read_text(encoding="utf-8"))
+    body: dict[str, Any] = json.loads(text.read_text(encoding="utf-8"))
+    return body

@@ -83,7 +83,7 @@ class ElasticsearchDialect(Dialect):
         field: str,
         field_type: FieldType,
         style: QueryStyle,
-        options: dict,
+        options: dict[str, Any],
     ) -> Query:
         # No weight range to check: the query boosts each term (BoostQuery), unlike
         # FeatureField.newLinearQuery (elastic/elasticsearch, x-pack ml WeightedTokensUtils).
@@ -149,7 +149,8 @@ class ElasticsearchDialect(Dialect):
         return "rank_window_size" if self.since(8, 15) else "window_size"
 
     def open_pit(self, client: Any, index: str, keep_alive: str) -> str:
-        return client.open_point_in_time(index=index, keep_alive=keep_alive)["id"]
+        pit_id: str = client.open_point_in_time(index=index, keep_alive=keep_alive)["id"]
+        return pit_id
 
     def close_pit(self, client: Any, pit_id: str) -> None:
         client.close_point_in_time(id=pit_id)

@@ -104,7 +104,7 @@ class OpenSearchDialect(Dialect):
         field: str,
         field_type: FieldType,
         style: QueryStyle,
-        options: dict,
+        options: dict[str, Any],
     ) -> Query:
         unknown = set(options) - {"method_parameters"}
         if unknown:
@@ -144,7 +144,8 @@ class OpenSearchDialect(Dialect):
         return ["_shard_doc"] if self.since(3, 3) else None
 
     def open_pit(self, client: Any, index: str, keep_alive: str) -> str:
-        return client.create_pit(index=index, keep_alive=keep_alive)["pit_id"]
+        pit_id: str = client.create_pit(index=index, keep_alive=keep_alive)["pit_id"]
+        return pit_id
 
     def close_pit(self, client: Any, pit_id: str) -> None:
         client.delete_pit(body={"pit_id": [pit_id]})
