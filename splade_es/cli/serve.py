@@ -233,7 +233,6 @@ def serve(**opts: Any) -> None:
         from ..serve import ServeConfig, create_app
         from ..serve.app import SERVER_OPTIONS
         from ..serve.enrich import EnrichConfig, parse_rule
-        from ..serve.service import check_model_code
     except ImportError as exc:
         raise ConfigurationError(
             f"serve needs the serve extra: pip install 'splade-es[serve]' ({exc.name} missing)"
@@ -276,7 +275,6 @@ def serve(**opts: Any) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    check_model_code(config)  # a checkpoint's own code without --trust-remote-code: one line
     app = create_app(config)  # checks the checkpoint: a wrong --model is the only line printed
     err_console.print(
         f"splade-es serve on http://{host}:{port} -> {config.connection.redacted_hosts}",

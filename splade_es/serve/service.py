@@ -16,7 +16,7 @@ from ..connect import ConnectionConfig
 from ..encoder import SpladeEncoder, parse_device
 from ..engines import FieldType, Hybrid, dialect_for
 from ..exceptions import ConfigurationError, InputError, ServiceUnavailableError
-from ..model_files import read_layout, require_trusted_layout, resolve_checkpoint
+from ..model_files import read_layout, resolve_checkpoint
 from ..query import QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
 from ..static_query import StaticQueryEncoder
@@ -156,14 +156,6 @@ def model_name(name: str) -> str:
     if not path.is_dir():
         return name
     return path.resolve().name or name
-
-
-def check_model_code(config: ServeConfig) -> None:
-    """Before the server starts (the model loads as it starts, where a refusal would be a
-    failed start, not one line): ``ModelLoadError`` when the checkpoint ships Python code
-    and ``trust_remote_code`` is off. Reads only the checkpoint's JSON files."""
-    layout = read_layout(resolve_checkpoint(config.model))
-    require_trusted_layout(layout, config.model, config.trust_remote_code)
 
 
 def load_query_encoder(
