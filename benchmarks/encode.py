@@ -316,19 +316,18 @@ def export_onnx(model: str, path: Path) -> str:
         ["an example input", "two"], padding=True, return_tensors="pt"
     )
     inputs = (sample["input_ids"], sample["attention_mask"])
+    wrapper = Logits(mlm).eval()
     names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
     try:  # torch's default exporter (torch.export + onnxscript)
         batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=512)
         shapes = {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}
-        torch.onnx.export(
-            Logits(mlm), inputs, str(path), dynamic_shapes=shapes, dynamo=True, **names
-        )
+        torch.onnx.export(wrapper, inputs, str(path), dynamic_shapes=shapes, dynamo=True, **names)
         return "torch.onnx.export (dynamo)"
     except Exception as exc:  # older torch, or no onnxscript: the TorchScript exporter
         print(f"note: the dynamo exporter failed ({type(exc).__name__}); using TorchScript's")
         axes = {name: {0: "batch", 1: "length"} for name in ("input_ids", "attention_mask")}
         torch.onnx.export(
-            Logits(mlm),
+            wrapper,
             inputs,
             str(path),
             dynamic_axes=axes,
