@@ -630,6 +630,7 @@ class Context:
     models: dict[str, Path]  # name -> folder
     shapes: dict[str, str]  # name -> "12x768 (random)"
     tmp: Path
+    errors: list[dict[str, str]] = field(default_factory=list)
     best_batch: dict[tuple[str, int, str], int] = field(default_factory=dict)
 
 
@@ -655,15 +656,13 @@ def config_order(ctx: Context) -> list[tuple[str, int, str]]:
 
 
 def section_encode(ctx: Context) -> None:
-    device, results, budget = ctx.device, ctx.results, ctx.budget
-    pool = ctx.corpus.texts
+    budget = ctx.budget
     loaded: dict[tuple[str, str, str], Any] = {}
     for model, length, dtype in config_order(ctx):
         label = f"{model} L{length} {dtype}"
         if budget.expired():
             budget.skip(label)
             continue
-        folder = ctx.models[model]
         measured: dict[str, Timed] = {}
         for impl in ("sentence-transformers", "splade-es"):
             if budget.expired():
@@ -671,56 +670,17 @@ def section_encode(ctx: Context) -> None:
                 continue
             for key in [k for k in loaded if k[:2] != (model, dtype)]:
                 del loaded[key]  # one model in memory at a time
-            device.free()
-            handle = loaded.get((model, dtype, impl))
-            if handle is None:
-                if impl == "splade-es":
-                    handle = load_splade_es(folder, device, dtype, length)
-                else:
-                    handle = load_sentence_transformers(folder, device, dtype, length)
-                loaded[(model, dtype, impl)] = handle
-            if impl == "splade-es":
-                handle.max_length = length
-
-                def fn_for(b: int, enc: Any = handle) -> Callable[[list[str]], Any]:
-                    return lambda texts: enc.encode_documents(texts, batch_size=b)
-
-            else:
-                handle.max_seq_length = length
-
-                def fn_for(b: int, st: Any = handle) -> Callable[[list[str]], Any]:
-                    return lambda texts: st.encode_document(
-                        texts, batch_size=b, convert_to_tensor=True, show_progress_bar=False
-                    ).cpu()
-
-            batch, timed, rates = sweep(fn_for, pool, device, ctx.profile, budget)
-            measured[impl] = timed
-            common = {"max_length": length, "batch_size": batch, "sweep": rates}
-            results.add(
-                "encode_docs_per_s",
-                timed.rate,
-                "docs/s",
-                **tag(model, impl, dtype),
-                docs=timed.docs,
-                seconds=round(timed.seconds, 3),
-                **common,
-            )
-            if timed.peak_mb is not None:
-                results.add(
-                    "gpu_peak_mb", timed.peak_mb, "MiB", **tag(model, impl, dtype), **common
-                )
-            print(
-                f"  {label:28s} {impl:22s} {timed.rate:10.1f} docs/s at batch {batch} "
-                f"(sweep {rates})",
-                flush=True,
-            )
-            if impl == "splade-es":
-                ctx.best_batch[(model, length, dtype)] = batch
-                if dtype != "float16" and not budget.expired():
-                    tokenize_share(ctx, handle, model, length, dtype, batch, timed)
+            ctx.device.free()
+            try:
+                measured[impl] = encode_one(ctx, loaded, model, length, dtype, impl)
+            except Exception as exc:
+                # One configuration that fails (a dtype a kernel lacks, say) costs only itself.
+                ctx.errors.append({"section": "encode", "error": f"{label} {impl}: {exc!r}"})
+                traceback.print_exc()
+                loaded.clear()
         if len(measured) == 2:
             ratio = measured["splade-es"].rate / measured["sentence-transformers"].rate
-            results.add(
+            ctx.results.add(
                 "speedup_vs_sentence_transformers",
                 ratio,
                 "x",
@@ -728,7 +688,57 @@ def section_encode(ctx: Context) -> None:
                 max_length=length,
             )
     loaded.clear()
-    device.free()
+    ctx.device.free()
+
+
+def encode_one(ctx: Context, loaded: dict, model: str, length: int, dtype: str, impl: str) -> Timed:
+    """One implementation at one (model, length, dtype): the batch sweep and its rows."""
+    device, results = ctx.device, ctx.results
+    handle = loaded.get((model, dtype, impl))
+    if handle is None:
+        folder = ctx.models[model]
+        if impl == "splade-es":
+            handle = load_splade_es(folder, device, dtype, length)
+        else:
+            handle = load_sentence_transformers(folder, device, dtype, length)
+        loaded[(model, dtype, impl)] = handle
+    if impl == "splade-es":
+        handle.max_length = length
+
+        def fn_for(b: int) -> Callable[[list[str]], Any]:
+            return lambda texts: handle.encode_documents(texts, batch_size=b)
+
+    else:
+        handle.max_seq_length = length
+
+        def fn_for(b: int) -> Callable[[list[str]], Any]:
+            return lambda texts: handle.encode_document(
+                texts, batch_size=b, convert_to_tensor=True, show_progress_bar=False
+            ).cpu()
+
+    batch, timed, rates = sweep(fn_for, ctx.corpus.texts, device, ctx.profile, ctx.budget)
+    common = {"max_length": length, "batch_size": batch, "sweep": rates}
+    results.add(
+        "encode_docs_per_s",
+        timed.rate,
+        "docs/s",
+        **tag(model, impl, dtype),
+        docs=timed.docs,
+        seconds=round(timed.seconds, 3),
+        **common,
+    )
+    if timed.peak_mb is not None:
+        results.add("gpu_peak_mb", timed.peak_mb, "MiB", **tag(model, impl, dtype), **common)
+    print(
+        f"  {model} L{length} {dtype:9s} {impl:22s} {timed.rate:10.1f} docs/s at batch {batch} "
+        f"(sweep {rates})",
+        flush=True,
+    )
+    if impl == "splade-es":
+        ctx.best_batch[(model, length, dtype)] = batch
+        if dtype != "float16" and not ctx.budget.expired():
+            tokenize_share(ctx, handle, model, length, dtype, batch, timed)
+    return timed
 
 
 def tokenize_share(
@@ -1380,7 +1390,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 family, shape, Path(model_dir), tmp / family, corpus.texts, device
             )
             shapes[family] = f"{shape[1]}x{shape[2]} (random)"
-        ctx = Context(args, profile, device, budget, results, corpus, models, shapes, tmp)
+        ctx = Context(args, profile, device, budget, results, corpus, models, shapes, tmp, errors)
         runners = {
             "encode": section_encode,
             "fidelity": section_fidelity,

@@ -72,7 +72,8 @@ def test_smoke_report_names_the_machine(smoke: dict) -> None:
     assert smoke["torch"] and smoke["machine"]["torch"] == smoke["torch"]
     assert smoke["profile"] == "smoke"
     assert smoke["errors"] == []
-    assert smoke["seconds"] < 120
+    # The smoke budget is 100 s; a measurement started before a cap may finish after it.
+    assert smoke["seconds"] < 150
 
 
 def test_smoke_rows_are_well_formed(smoke: dict) -> None:
