@@ -36,4 +36,5 @@ rm -rf "$kit/splade-tiny" "$kit/scifact"
 if [ -d "$model" ]; then cp -rL "$model" "$kit/splade-tiny"; chmod -R u+w "$kit/splade-tiny"; fi
 if [ -d "$data" ]; then cp -rL "$data" "$kit/scifact"; chmod -R u+w "$kit/scifact"; fi
 ls -1 "$kit/whl"
-du -sh "$kit/whl" "$kit"
+du -sh "$kit"/*
+du -sh "$kit"
