@@ -48,7 +48,7 @@ from ..exceptions import (
     SpladeEsError,
     UnsupportedFeatureError,
 )
-from ..model_files import read_layout, resolve_checkpoint
+from ..model_files import read_layout, require_trusted_layout, resolve_checkpoint
 from ..sparse import SparseBatch
 from ..static_query import StaticQueryEncoder
 from ..tokens import TokenCodec
@@ -287,7 +287,8 @@ def create_app(
     the app starts).
     """
     if encoder is None:
-        read_layout(resolve_checkpoint(config.model))
+        layout = read_layout(resolve_checkpoint(config.model))
+        require_trusted_layout(layout, config.model, config.trust_remote_code)
     service = Service(config, encoder)
 
     @contextlib.asynccontextmanager
@@ -414,7 +415,7 @@ def create_app(
         encoding = _header(headers, "content-encoding")
         plain = decompress(body, encoding, config.max_body_bytes) if encoding else body
         authorization = _header(headers, "authorization")
-        rewritten = await service.rewrite(sp, plain, authorization)
+        rewritten = await service.rewrite_clauses(sp, plain, authorization)
         if rewritten is None:
             return await forward(method, target, headers, body)  # untouched, bytes as they came
         new_body, used = rewritten
@@ -424,7 +425,7 @@ def create_app(
             # The mapping may have changed behind the proxy: re-read the facts this body
             # used, and try once more if they differ.
             before = [service.facts.forget_index(index, field) for index, field in used]
-            rewritten = await service.rewrite(sp, plain, authorization)
+            rewritten = await service.rewrite_clauses(sp, plain, authorization)
             assert rewritten is not None
             after = [await service.facts.facts(i, f, authorization) for i, f in used]
             if any(

@@ -315,7 +315,7 @@ class Service:
         return await self.batcher.encode(texts)
 
     # ------------------------------------------------------------------ rewriting
-    async def rewrite(
+    async def rewrite_clauses(
         self, sp: rewrite.SearchPath, body: bytes, authorization: str | None
     ) -> tuple[bytes, list[tuple[str | None, str]]] | None:
         """The rewritten body and the (index, field) facts it used; None if nothing to do."""
