@@ -199,6 +199,19 @@ def _parse_fields(value: str) -> None:
 
 
 DEVICE = LibraryValue("device", _parse_device, "DEVICE")
+
+
+def device_option() -> Callable[..., Any]:
+    """``--device``, shared by every command that loads a model; checked as it is read."""
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        type=DEVICE,
+        help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
+    )
+
+
 FIELDS = LibraryValue("fields", _parse_fields, "FIELD,...")
 
 

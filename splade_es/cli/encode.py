@@ -24,10 +24,10 @@ from ..documents import parse_fields
 from ..exceptions import InputError
 from ..ingest.inputs import compression_of, open_output_text
 from .app import (
-    DEVICE,
     EXIT_PARTIAL,
     FIELDS,
     NEW_FILE,
+    device_option,
     err_console,
     fail_cleanly,
     main,
@@ -88,13 +88,7 @@ _MODE_NOTES = {
     "<output>.dead-letter.jsonl; <input>.dead-letter.jsonl here for stdout).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    type=DEVICE,
-    help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
-)
+@device_option()
 @click.option(
     "--dtype",
     default="auto",

@@ -12,12 +12,12 @@ from rich.table import Table
 from ..connect import connect
 from ..documents import parse_fields
 from .app import (
-    DEVICE,
     EXIT_PARTIAL,
     FIELDS,
     NEW_FILE,
     connection_config,
     connection_options,
+    device_option,
     err_console,
     fail_cleanly,
     main,
@@ -120,13 +120,7 @@ def create_index(**opts: Any) -> None:
     show_default=True,
     help="With --create.",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    type=DEVICE,
-    help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
-)
+@device_option()
 @click.option(
     "--dtype",
     default="auto",

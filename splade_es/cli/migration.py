@@ -13,12 +13,12 @@ from rich.text import Text
 from ..connect import call, connect
 from ..documents import parse_fields
 from .app import (
-    DEVICE,
     EXIT_PARTIAL,
     FIELDS,
     NEW_FILE,
     connection_config,
     connection_options,
+    device_option,
     err_console,
     fail_cleanly,
     main,
@@ -83,13 +83,7 @@ from .app import (
     type=NEW_FILE,
     help="Markdown report; a PNG chart is written next to it.",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    type=DEVICE,
-    help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
-)
+@device_option()
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @fail_cleanly

@@ -18,10 +18,10 @@ from ..connect import Cluster, connect
 from ..documents import parse_fields
 from ..exceptions import EmptyQueryError
 from .app import (
-    DEVICE,
     FIELDS,
     connection_config,
     connection_options,
+    device_option,
     err_console,
     fail_cleanly,
     main,
@@ -62,13 +62,7 @@ def sparse_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.FloatRange(0, 1, min_open=True),
                 help="Keep the heaviest tokens holding this fraction of the query weight.",
             ),
-            click.option(
-                "--device",
-                default="auto",
-                show_default=True,
-                type=DEVICE,
-                help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
-            ),
+            device_option(),
             click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
         ],
     )

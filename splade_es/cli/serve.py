@@ -12,10 +12,10 @@ import click
 from ..documents import parse_fields
 from ..exceptions import ConfigurationError
 from .app import (
-    DEVICE,
     FIELDS,
     connection_config,
     connection_options,
+    device_option,
     err_console,
     fail_cleanly,
     main,
@@ -139,13 +139,7 @@ def default_threads(enriching: bool) -> int:
     "call (more: document throughput; fewer: query latency under document load) "
     "[default: 2 on a CPU, 32 on a GPU].",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    type=DEVICE,
-    help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
-)
+@device_option()
 @click.option(
     "--threads",
     default=0,
