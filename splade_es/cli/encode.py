@@ -101,7 +101,8 @@ _MODE_NOTES = {
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @fail_cleanly
 def encode(**opts: Any) -> None:
-    """Encode a JSONL file of documents into SPLADE {token: weight} vectors.
+    """Encode documents (JSONL or CSV: a file, compressed or not, or standard input) into
+    SPLADE {token: weight} vectors.
 
     Exit status: 0 when every line was encoded, 1 when some went to the dead-letter file,
     2 on errors that stopped the run (the output file is then left as it was).
