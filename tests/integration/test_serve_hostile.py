@@ -11,19 +11,14 @@ import json
 import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
-from splade_es.connect import ConnectionConfig
 from splade_es.encoder import SpladeEncoder
-from splade_es.serve import ServeConfig, create_app
-from splade_es.serve.app import SERVER_OPTIONS
-from tests.integration.serve_support import Recorded, StubServer, free_port
+from tests.integration.serve_support import Recorded, StubServer, running_proxy
 
 JSON = {"Content-Type": "application/json"}
 
@@ -48,25 +43,9 @@ def answer_search(request: Recorded) -> tuple[int, list[tuple[str, str]], bytes]
 
 @contextlib.contextmanager
 def serving(upstream: str, encoder: Any, **options: Any) -> Iterator[tuple[Any, int]]:
-    """The proxy as ``splade-es serve`` runs it, on a free loopback port."""
-    app = create_app(
-        ServeConfig(connection=ConnectionConfig(hosts=(upstream,)), **options), encoder=encoder
-    )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **SERVER_OPTIONS)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the proxy did not start"
-        time.sleep(0.01)
-    try:
-        yield app, port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    """The proxy as ``splade-es serve`` runs it (``running_proxy``), and its port."""
+    with running_proxy(upstream, encoder, **options) as app:
+        yield app, int(app.state.url.rsplit(":", 1)[1])
 
 
 def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
