@@ -8,8 +8,10 @@ The data flow, one module per stage::
 
 from typing import TYPE_CHECKING, Any
 
+from . import _moved
 from .connect import Cluster, ConnectionConfig, connect
 from .doctor import DoctorReport, doctor
+from .encoding.protocol import DocumentEncoder, Encoder
 from .engines import Dialect, Hybrid, dialect_for
 from .evaluate import EvaluationReport, evaluate
 from .exceptions import (
@@ -20,14 +22,18 @@ from .exceptions import (
     SpladeEsError,
     UnsupportedFeatureError,
 )
-from .ingest import IngestConfig, IngestReport, RetryPolicy, ingest, ingest_file
+from .ingest import IngestConfig, IngestReport, ingest, ingest_file
 from .query import PruneReport, QueryBuilder, QueryPruning
+from .retry import RetryPolicy
 from .search import Explanation, SearchResult, create_hybrid_pipeline, create_index, explain, search
 from .sparse import SparseBatch, Vocabulary, stored_precision
 from .tokens import TokenCodec
 
+_moved.install()  # old module names (splade_es.encoder, splade_es.migrate_sync, ...) keep working
+
 if TYPE_CHECKING:
-    from .encoder import SpladeEncoder
+    from .encoding.encoder import SpladeEncoder
+    from .encoding.static_query import StaticQueryEncoder
 
 __version__ = "0.1.0"
 
@@ -36,7 +42,7 @@ __version__ = "0.1.0"
 # other names stay eager on purpose: several share their submodule's name (connect, doctor,
 # evaluate, ingest, search), and a lazy one would be shadowed by the submodule as soon as any
 # module imported it (the import system binds ``splade_es.connect`` to the module).
-_LAZY = {"SpladeEncoder": ".encoder"}
+_LAZY = {"SpladeEncoder": ".encoding.encoder", "StaticQueryEncoder": ".encoding.static_query"}
 
 
 def __getattr__(name: str) -> Any:
@@ -61,6 +67,8 @@ __all__ = [
     "ConnectionConfig",
     "Dialect",
     "DoctorReport",
+    "DocumentEncoder",
+    "Encoder",
     "EvaluationReport",
     "Explanation",
     "Hybrid",
@@ -76,6 +84,7 @@ __all__ = [
     "SparseBatch",
     "SpladeEncoder",
     "SpladeEsError",
+    "StaticQueryEncoder",
     "TokenCodec",
     "UnsupportedFeatureError",
     "Vocabulary",

@@ -66,7 +66,7 @@ class BatchIndexer:
         crash_marker: str | None = None,
         json_field: str | None = None,
     ) -> None:
-        from .encoder import SpladeEncoder
+        from .encoding.encoder import SpladeEncoder
 
         self.encoder = SpladeEncoder.from_pretrained(model, device=device)
         self.client = connect(client_config).client

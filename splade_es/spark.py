@@ -60,7 +60,7 @@ _ENCODERS: dict[tuple[str, str], Any] = {}  # per Python worker: (model, device)
 
 
 def _encoder(model: str, device: str) -> Any:
-    from .encoder import SpladeEncoder
+    from .encoding.encoder import SpladeEncoder
 
     key = (model, device)
     if key not in _ENCODERS:

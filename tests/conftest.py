@@ -94,7 +94,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def _fast_paths_line() -> str:
     """Which CPU paths the encoders of this run take: CI runs the suite under each."""
-    from splade_es.encoder import FAST_PATHS_ENV, _cpu_has_fast_bf16, cpu_fast_paths
+    from splade_es.encoding.encoder import FAST_PATHS_ENV, _cpu_has_fast_bf16, cpu_fast_paths
 
     mode = cpu_fast_paths()
     has = _cpu_has_fast_bf16()

@@ -187,7 +187,7 @@ class LibraryValue(click.ParamType):
 
 def _parse_device(value: str) -> None:
     if value != "auto":  # torch is imported only when a device is named
-        from ..encoder import parse_device
+        from ..encoding.encoder import parse_device
 
         parse_device(value)
 
@@ -379,8 +379,8 @@ def model_option(
     line (exit 2); otherwise (search and migrate, whose BM25 modes need no model) only what is
     already on disk is taken, nothing is downloaded, and the option stays ``None`` if none is.
     """
+    from ..encoding.model_files import default_model, read_layout, require_trusted_layout
     from ..exceptions import ModelLoadError
-    from ..model_files import default_model, read_layout, require_trusted_layout
 
     class NoModel(click.ClickException):
         # A ClickException, not a UsageError: no usage lines, the one line fail_cleanly prints.

@@ -107,7 +107,7 @@ def encode(**opts: Any) -> None:
     Exit status: 0 when every line was encoded, 1 when some went to the dead-letter file,
     2 on errors that stopped the run (the output file is then left as it was).
     """
-    from ..encoder import SpladeEncoder
+    from ..encoding.encoder import SpladeEncoder
     from ..ingest.checkpoint import DeadLetters, dead_letter_entry, default_dead_letter
     from ..ingest.inputs import InputFile
     from ..ingest.sources import count_records, prepare, read_source

@@ -136,7 +136,7 @@ def ingest(**opts: Any) -> None:
     Exit status: 0 when every record was indexed, 1 when some went to the dead-letter file,
     2 on errors that stopped the job.
     """
-    from ..encoder import SpladeEncoder
+    from ..encoding.encoder import SpladeEncoder
     from ..ingest import IngestConfig, RetryPolicy, ingest_file, parse_shard
     from ..ingest.checkpoint import default_dead_letter
     from ..ingest.inputs import InputFile

@@ -98,9 +98,9 @@ def migrate(**opts: Any) -> None:
     seconds; --no-write-block to skip, at the risk of missing writes made meanwhile).
     """
     from ..ingest.checkpoint import default_dead_letter
-    from ..migrate import Gate, MigrationConfig, report_json, require_source, rollback
-    from ..migrate import migrate as run_migration
-    from ..report import gate_table, summary_lines, write_chart, write_markdown
+    from ..migrate.report import gate_table, summary_lines, write_chart, write_markdown
+    from ..migrate.run import Gate, MigrationConfig, report_json, require_source, rollback
+    from ..migrate.run import migrate as run_migration
 
     cluster = connect(connection_config(opts))
     if opts["mode"] == "rollback":
@@ -142,7 +142,7 @@ def migrate(**opts: Any) -> None:
         max_passes=opts["max_passes"],
         write_block=not opts["no_write_block"],
     )
-    from ..encoder import SpladeEncoder
+    from ..encoding.encoder import SpladeEncoder
 
     encoder = SpladeEncoder.from_pretrained(
         opts["model"], device=opts["device"], trust_remote_code=opts["trust_remote_code"]

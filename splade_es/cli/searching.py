@@ -154,7 +154,7 @@ def _hybrid(cluster: Cluster, builder: Any, opts: dict[str, Any], weight: float)
 
 
 def _encoder(opts: dict[str, Any]) -> Any:
-    from ..encoder import SpladeEncoder
+    from ..encoding.encoder import SpladeEncoder
 
     return SpladeEncoder.from_pretrained(
         opts["model"], device=opts["device"], trust_remote_code=opts["trust_remote_code"]

@@ -33,28 +33,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from ..retry import RETRYABLE_STATUS, TRANSIENT_ERRORS, RetryPolicy, status_of
+
 log = logging.getLogger(__name__)
-
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-# Failures of the whole request that are worth another try.
-_TRANSIENT_ERRORS = (
-    elasticsearch.ConnectionError,
-    elasticsearch.ConnectionTimeout,
-    opensearchpy.ConnectionError,
-    opensearchpy.ConnectionTimeout,
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """``max_retries`` re-sends after the first try, waiting ``initial_backoff * 2^n``
-    seconds (capped at ``max_backoff``) plus up to ``jitter`` seconds of random jitter."""
-
-    max_retries: int = 8
-    initial_backoff: float = 0.5
-    max_backoff: float = 30.0
-    jitter: float = 1.0
-
 
 @dataclass(frozen=True)
 class Action:
@@ -179,12 +160,12 @@ def send_bulk(
         nonlocal pending
         try:
             response = client.bulk(body=bulk_body(index, pending))
-        except _TRANSIENT_ERRORS as exc:
+        except TRANSIENT_ERRORS as exc:
             for action in pending:
                 last_reason[action.doc_id] = (None, f"{type(exc).__name__}: {exc}")
             raise
         except (elasticsearch.ApiError, opensearchpy.TransportError) as exc:
-            status = _status_of(exc)
+            status = status_of(exc)
             if status not in RETRYABLE_STATUS:
                 raise
             for action in pending:
@@ -205,7 +186,7 @@ def send_bulk(
         wait=wait_exponential_jitter(
             multiplier=policy.initial_backoff, max=policy.max_backoff, jitter=policy.jitter
         ),
-        retry=retry_if_exception_type(_TRANSIENT_ERRORS) | retry_if_result(bool),
+        retry=retry_if_exception_type(TRANSIENT_ERRORS) | retry_if_result(bool),
         retry_error_callback=give_up,
         sleep=sleep or time.sleep,
         reraise=False,
@@ -226,15 +207,6 @@ def send_bulk(
             Failure(action, status, f"gave up after {policy.max_retries} retries: {reason}")
         )
     return outcome
-
-
-def _status_of(exc: Exception) -> int | None:
-    for attr in ("status_code", "status"):
-        value = getattr(exc, attr, None)
-        if isinstance(value, int):
-            return value
-    meta = getattr(exc, "meta", None)
-    return getattr(meta, "status", None)
 
 
 def _reason(error: Any) -> str:

@@ -34,7 +34,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..encoder import SpladeEncoder
+from ..encoding.encoder import SpladeEncoder
+from ..encoding.model_files import read_layout, require_trusted_layout, resolve_checkpoint
+from ..encoding.static_query import StaticQueryEncoder
 from ..exceptions import (
     AuthenticationError,
     ClusterError,
@@ -48,9 +50,7 @@ from ..exceptions import (
     SpladeEsError,
     UnsupportedFeatureError,
 )
-from ..model_files import read_layout, require_trusted_layout, resolve_checkpoint
 from ..sparse import SparseBatch
-from ..static_query import StaticQueryEncoder
 from ..tokens import TokenCodec
 from . import rewrite, writes
 from .enrich import TooManyRequests

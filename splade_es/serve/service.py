@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ..connect import ConnectionConfig
-from ..encoder import SpladeEncoder, parse_device
+from ..encoding.encoder import SpladeEncoder, parse_device
+from ..encoding.model_files import read_layout, resolve_checkpoint
+from ..encoding.static_query import StaticQueryEncoder
 from ..engines import FieldType, Hybrid, dialect_for
 from ..exceptions import ConfigurationError, InputError, ServiceUnavailableError
-from ..model_files import read_layout, resolve_checkpoint
 from ..query import QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
-from ..static_query import StaticQueryEncoder
 from . import rewrite
 from .batcher import DocumentBatcher, MicroBatcher
 from .enrich import EnrichConfig, Enricher

@@ -15,7 +15,7 @@ import pytest
 
 from splade_es import SpladeEncoder, search
 from splade_es.migrate import Gate, MigrationConfig, alias_indices, migrate, rollback
-from splade_es.report import write_chart, write_markdown
+from splade_es.migrate.report import write_chart, write_markdown
 from tests.integration.corpus import make_documents
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from splade_es.encoder import SpladeEncoder
+from splade_es.encoding.encoder import SpladeEncoder
 from tests.integration.serve_support import Recorded, StubServer, running_proxy
 
 JSON = {"Content-Type": "application/json"}

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from splade_es.encoder import SpladeEncoder, _prefix
+from splade_es.encoding.encoder import SpladeEncoder, _prefix
 from tests.fuzz import FUZZ
 from tests.vectors import assert_same_vector
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from splade_es import SpladeEncoder
-from splade_es.encoder import FAST_PATHS_ENV, _cpu_has_fast_bf16
+from splade_es.encoding.encoder import FAST_PATHS_ENV, _cpu_has_fast_bf16
 from splade_es.exceptions import ConfigurationError
 from tests.vectors import assert_same_vectors
 

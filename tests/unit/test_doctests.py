@@ -2,15 +2,15 @@ import doctest
 
 import pytest
 
-import splade_es.fast_forward
-import splade_es.fused_screen
-import splade_es.pooling
+import splade_es.encoding.fast_forward
+import splade_es.encoding.fused_screen
+import splade_es.encoding.pooling
 import splade_es.sparse
 
 
 @pytest.mark.parametrize(
     "module",
-    [splade_es.sparse, splade_es.pooling, splade_es.fast_forward, splade_es.fused_screen],
+    [splade_es.sparse, splade_es.encoding.pooling, splade_es.encoding.fast_forward, splade_es.encoding.fused_screen],
 )
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)

@@ -127,7 +127,7 @@ def test_json_rows_are_read_as_ingest_reads_a_line():
 
 
 def test_spark_encode_frames_follows_the_rule(tiny_bert_dir):
-    from splade_es.encoder import SpladeEncoder
+    from splade_es.encoding.encoder import SpladeEncoder
     from splade_es.spark import encode_frames
     from splade_es.tokens import TokenCodec
     from tests.vectors import assert_same_vector

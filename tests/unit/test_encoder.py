@@ -247,7 +247,7 @@ def test_single_query_fast_path_matches_reference_without_threads(
     def no_pool(*args, **kwargs):
         raise AssertionError("the single-query path must not start a thread pool")
 
-    monkeypatch.setattr("splade_es.encoder.ThreadPoolExecutor", no_pool)
+    monkeypatch.setattr("splade_es.encoding.encoder.ThreadPoolExecutor", no_pool)
     for i, text in enumerate(TEXTS):
         one = dense(encoder.encode_queries([text]))[0]
         assert np.abs(one - ref[i]).max() <= 1e-5

@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
 from splade_es import SpladeEncoder
-from splade_es.encoder import FAST_PATHS_ENV
-from splade_es.fast_forward import FastForward
+from splade_es.encoding.encoder import FAST_PATHS_ENV
+from splade_es.encoding.fast_forward import FastForward
 from tests.vectors import assert_same_dense
 
 
@@ -76,7 +76,7 @@ def test_a_model_it_does_not_reproduce_keeps_transformers_forward(tiny_bert_dir,
     # A hook changes what transformers' forward computes; FastForward cannot see hooks, so
     # the load-time probe must notice the difference and refuse.
     model.bert.embeddings.register_forward_hook(lambda module, args, out: out + 0.5)
-    with caplog.at_level(logging.WARNING, logger="splade_es.fast_forward"):
+    with caplog.at_level(logging.WARNING, logger="splade_es.encoding.fast_forward"):
         assert FastForward.for_model(model) is None
     assert "disagrees" in caplog.text
 

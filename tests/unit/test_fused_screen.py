@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splade_es.fused_screen import FusedScreen
-from splade_es.pooling import SpladeHead
+from splade_es.encoding.fused_screen import FusedScreen
+from splade_es.encoding.pooling import SpladeHead
 
 pytestmark = pytest.mark.skipif(
     FusedScreen.build(torch.randn(64, 16), torch.zeros(64)) is None,

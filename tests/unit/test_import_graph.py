@@ -48,7 +48,7 @@ def test_package_import_is_lazy_about_the_encoder_only() -> None:
         + BUILD_QUERY
         + "assert 'torch' not in sys.modules, 'torch imported'\n"
         "from splade_es import SpladeEncoder\n"
-        "from splade_es.encoder import SpladeEncoder as Direct\n"
+        "from splade_es.encoding.encoder import SpladeEncoder as Direct\n"
         "assert SpladeEncoder is Direct and splade_es.SpladeEncoder is Direct\n"
         "assert 'torch' in sys.modules\n"
     )
@@ -75,7 +75,7 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
 def test_static_query_encoder_does_not_import_torch() -> None:
     # The query side of an inference-free model: the tokenizer and a weight table, no torch.
     run_python(
-        "import sys\nimport splade_es.static_query, splade_es.model_files\n"
+        "import sys\nimport splade_es.encoding.static_query, splade_es.encoding.model_files\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
 
@@ -187,6 +187,27 @@ def test_static_query_and_model_files_import_one_way() -> None:
     # The query table's file description lives with the rest of a checkpoint's layout, so
     # static_query reads model_files at module level and model_files never reads static_query
     # (not even from inside a function, which would only hide the cycle).
-    for node in ast.walk(ast.parse((PACKAGE / "model_files.py").read_text())):
+    for node in ast.walk(ast.parse((PACKAGE / "encoding" / "model_files.py").read_text())):
         if isinstance(node, ast.ImportFrom):
             assert node.module != "static_query", "model_files imports static_query"
+
+
+def test_moved_modules_keep_their_old_names() -> None:
+    """Grouping the root into encoding/ and migrate/ must not break code importing the old
+    names: each resolves, with a DeprecationWarning, to the very module of the new name."""
+    run_python(
+        "import importlib, warnings\n"
+        "from splade_es._moved import MOVED\n"
+        "for old, new in MOVED.items():\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        warnings.simplefilter('always')\n"
+        "        module = importlib.import_module(old)\n"
+        "    assert module is importlib.import_module(new), old\n"
+        "    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)\n"
+        "               for w in caught), (old, [str(w.message) for w in caught])\n"
+        "from splade_es.migrate import migrate, Gate, MigrationConfig, target_body, verify\n"
+        "from splade_es.encoding import Encoder, DocumentEncoder\n"
+        "from splade_es.report import write_chart\n"
+        "import splade_es.migrate.report as report\n"
+        "assert write_chart is report.write_chart\n"
+    )

@@ -13,7 +13,7 @@ import pytest
 
 from splade_es import SpladeEncoder
 from splade_es.exceptions import EmptyTextError, ModelLoadError
-from splade_es.static_query import StaticQueryEncoder
+from splade_es.encoding.static_query import StaticQueryEncoder
 from tests.conftest import build_tiny_model, real_model_path
 from tests.unit.reference import reference_vectors
 
@@ -328,7 +328,7 @@ def test_router_with_the_masked_lm_at_the_root(router_layout, tmp_path):
 def test_module_docstring_example_runs():
     import doctest
 
-    import splade_es.static_query
+    import splade_es.encoding.static_query
 
-    result = doctest.testmod(splade_es.static_query)
+    result = doctest.testmod(splade_es.encoding.static_query)
     assert result.attempted > 0 and result.failed == 0

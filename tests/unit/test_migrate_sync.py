@@ -28,7 +28,7 @@ from splade_es.engines import dialect_for
 from splade_es.exceptions import ClusterError
 from splade_es.ingest import IngestReport
 from splade_es.ingest.index_source import read_shard_changes
-from splade_es.migrate_sync import (
+from splade_es.migrate.sync import (
     catch_up,
     decode_watermarks,
     delete_body,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splade_es.pooling import SpladeHead
+from splade_es.encoding.pooling import SpladeHead
 
 
 def brute_force(hidden, mask, weight, bias, pooling, activation):

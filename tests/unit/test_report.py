@@ -8,7 +8,7 @@ from rich.console import Console
 
 from splade_es.evaluate import Latency
 from splade_es.migrate import GateResult, GateRow, MigrationReport, Verification
-from splade_es.report import gate_table, summary_lines
+from splade_es.migrate.report import gate_table, summary_lines
 
 
 def make_report(source: str, target: str) -> MigrationReport:

@@ -10,7 +10,7 @@ import pytest
 
 import splade_es.exceptions as tree
 from splade_es.connect import ConnectionConfig
-from splade_es.encoder import SpladeEncoder
+from splade_es.encoding.encoder import SpladeEncoder
 from splade_es.exceptions import (
     AuthenticationError,
     ClusterError,

@@ -14,7 +14,7 @@ from transformers import BertJapaneseTokenizer
 
 from splade_es import SpladeEncoder
 from splade_es.cli import main
-from splade_es.static_query import StaticQueryEncoder
+from splade_es.encoding.static_query import StaticQueryEncoder
 from tests.unit.reference import reference_vectors
 from tests.vectors import assert_same_dense, assert_same_vectors
 

@@ -25,12 +25,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .connect import call
-from .engines import Dialect
-from .exceptions import ClusterError
-from .ingest import IngestReport
-from .ingest.index_source import read_index, read_shard_changes
-from .ingest.sources import Record
+from ..connect import call
+from ..engines import Dialect
+from ..exceptions import ClusterError
+from ..ingest import IngestReport
+from ..ingest.index_source import read_index, read_shard_changes
+from ..ingest.sources import Record
 
 Watermarks = dict[int, int]  # shard number -> global checkpoint (-1: nothing written yet)
 Copier = Callable[[Iterable[Record], int], IngestReport]  # (records, pass number) -> report

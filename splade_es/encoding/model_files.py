@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .exceptions import ModelLoadError
+from ..exceptions import ModelLoadError
 
 if TYPE_CHECKING:
     # Annotations only: pooling imports torch, and reading a layout (the query side of an

@@ -33,14 +33,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .connect import Cluster, call, client_of
-from .engines import Dialect, FieldType, Hybrid, dialect_of
-from .evaluate import Latency, overlap_at, run_queries, score_run
-from .exceptions import ConfigurationError
-from .ingest import IngestConfig, IngestReport, ingest
-from .ingest.index_source import read_index, skip_existing
-from .ingest.sources import Record
-from .migrate_sync import (
+from ..connect import Cluster, call, client_of
+from ..engines import Dialect, FieldType, Hybrid, dialect_of
+from ..evaluate import Latency, overlap_at, run_queries, score_run
+from ..exceptions import ConfigurationError
+from ..ingest import IngestConfig, IngestReport, ingest
+from ..ingest.index_source import read_index, skip_existing
+from ..ingest.sources import Record
+from ..query import QueryBuilder
+from .sync import (
     SyncPass,
     Watermarks,
     catch_up,
@@ -53,8 +54,7 @@ from .migrate_sync import (
     take_watermarks,
     write_block,
 )
-from .migrate_verify import Verification, verify
-from .query import QueryBuilder
+from .verify import Verification, verify
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from .migrate import MigrationReport
+from .run import MigrationReport
 
 QUALITY = ("ndcg@10", "mrr@10", "recall@100", "overlap@10")
 

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .exceptions import ConfigurationError, EmptyTextError, InputError, ModelLoadError
+from ..exceptions import ConfigurationError, EmptyTextError, InputError, ModelLoadError
+from ..sparse import SparseBatch, Vocabulary
 from .fast_forward import FastForward
 from .model_files import (
     CheckpointLayout,
@@ -41,7 +42,6 @@ from .model_files import (
     resolve_checkpoint,
 )
 from .pooling import SparseRows, SpladeHead
-from .sparse import SparseBatch, Vocabulary
 from .static_query import StaticQueryEncoder
 
 log = logging.getLogger(__name__)

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import EmptyTextError, InputError, ModelLoadError
+from ..exceptions import EmptyTextError, InputError, ModelLoadError
+from ..sparse import SparseBatch, Vocabulary
 from .model_files import StaticQueryFiles, read_layout, require_trusted_code, resolve_checkpoint
-from .sparse import SparseBatch, Vocabulary
 
 log = logging.getLogger(__name__)
 

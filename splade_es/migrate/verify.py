@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from .connect import call
-from .engines import Dialect
-from .ingest.index_source import read_index
-from .migrate_sync import Watermarks, read_ids, read_max_seq_nos
+from ..connect import call
+from ..engines import Dialect
+from ..ingest.index_source import read_index
+from .sync import Watermarks, read_ids, read_max_seq_nos
 
 
 @dataclass(frozen=True)

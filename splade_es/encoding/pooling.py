@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
 from .fused_screen import FusedScreen
 
 Pooling = Literal["max", "sum"]

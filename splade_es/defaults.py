@@ -1,0 +1,52 @@
+"""The one home of splade-es's defaults: every function, config class and CLI option reads
+its default from here, so changing one changes it everywhere (and the docs can cite one place).
+
+Grouped by the stage of the data flow they belong to.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ------------------------------------------------------------------ documents
+TEXT_FIELDS: Final[tuple[str, ...]] = ("title", "text")
+"""The source fields joined (with a space) into the text a document is encoded from."""
+ID_FIELD: Final = "_id"
+"""Where a document's id is read from in input records."""
+
+# ------------------------------------------------------------------ encoding
+BATCH_SIZE: Final = 32
+"""Texts per forward pass."""
+DEVICE: Final = "auto"
+"""``auto``: the GPU when there is one, else the CPU."""
+
+# ------------------------------------------------------------------ the index
+VECTOR_FIELD: Final = "splade"
+"""The field that holds a document's sparse vector."""
+FIELD_TYPE: Final = "rank_features"
+"""The sparse field type every supported engine version has (``sparse_vector`` where newer)."""
+
+# ------------------------------------------------------------------ search
+TOP_K: Final = 10
+"""Hits a search returns."""
+EVALUATION_DEPTH: Final = 100
+"""Hits per query an evaluation ranks."""
+
+# ------------------------------------------------------------------ ingestion
+BULK_DOCS: Final = 500
+"""Documents per bulk request (at most)."""
+BULK_BYTES: Final = 8 * 1024 * 1024
+"""Bytes per bulk request (at most; a larger single document is sent alone)."""
+PAGE_SIZE: Final = 500
+"""Documents per page when reading an existing index (PIT + search_after)."""
+KEEP_ALIVE: Final = "5m"
+"""How long a point in time stays open between pages."""
+
+# ------------------------------------------------------------------ retries (splade_es.retry)
+MAX_RETRIES: Final = 8
+"""Re-sends after the first try of what the cluster pushed back on."""
+INITIAL_BACKOFF: Final = 0.5
+"""Seconds before the first re-send; doubled each time, up to MAX_BACKOFF."""
+MAX_BACKOFF: Final = 30.0
+JITTER: Final = 1.0
+"""Up to this many random seconds added to each wait, so clients do not retry in step."""
