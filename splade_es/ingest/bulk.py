@@ -37,6 +37,7 @@ from ..retry import RETRYABLE_STATUS, TRANSIENT_ERRORS, RetryPolicy, status_of
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Action:
     """One document to index."""

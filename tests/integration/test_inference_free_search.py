@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from splade_es import QueryBuilder, SpladeEncoder, create_index, search
+from splade_es.encoding.static_query import StaticQueryEncoder
 from splade_es.evaluate import run_queries
 from splade_es.sparse import stored_precision
-from splade_es.encoding.static_query import StaticQueryEncoder
 from tests.conftest import WORDS
 from tests.integration.corpus import bulk_index, document_text, make_documents
 

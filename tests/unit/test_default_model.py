@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from splade_es.cli import main as cli
-from splade_es.exceptions import ModelLoadError
 from splade_es.encoding.model_files import DEFAULT_HUB_MODEL, default_model, resolve_checkpoint
+from splade_es.exceptions import ModelLoadError
 from tests.conftest import REPO_ROOT, real_model_path
 
 SAMPLE = str(REPO_ROOT / "examples" / "sample.jsonl")

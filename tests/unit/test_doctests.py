@@ -10,7 +10,12 @@ import splade_es.sparse
 
 @pytest.mark.parametrize(
     "module",
-    [splade_es.sparse, splade_es.encoding.pooling, splade_es.encoding.fast_forward, splade_es.encoding.fused_screen],
+    [
+        splade_es.sparse,
+        splade_es.encoding.pooling,
+        splade_es.encoding.fast_forward,
+        splade_es.encoding.fused_screen,
+    ],
 )
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)

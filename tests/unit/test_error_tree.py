@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from splade_es.encoding.encoder import SpladeEncoder, parse_device, parse_dtype
+from splade_es.encoding.pooling import SpladeHead
 from splade_es.evaluate import run_queries
 from splade_es.exceptions import (
     ClusterTimeoutError,
@@ -19,7 +20,6 @@ from splade_es.exceptions import (
     ShuttingDownError,
     SpladeEsError,
 )
-from splade_es.encoding.pooling import SpladeHead
 from splade_es.sparse import SparseBatch
 from splade_es.tokens import TokenCodec
 

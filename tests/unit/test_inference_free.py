@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from splade_es import SpladeEncoder
-from splade_es.exceptions import EmptyTextError, ModelLoadError
 from splade_es.encoding.static_query import StaticQueryEncoder
+from splade_es.exceptions import EmptyTextError, ModelLoadError
 from tests.conftest import build_tiny_model, real_model_path
 from tests.unit.reference import reference_vectors
 

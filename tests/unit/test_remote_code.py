@@ -15,9 +15,9 @@ from transformers import BertConfig, BertForMaskedLM
 
 from splade_es import SpladeEncoder
 from splade_es.cli import main
-from splade_es.exceptions import ModelLoadError
 from splade_es.encoding.fast_forward import FastForward
 from splade_es.encoding.static_query import StaticQueryEncoder
+from splade_es.exceptions import ModelLoadError
 from tests.unit.reference import reference_vectors
 from tests.vectors import assert_same_dense, assert_same_vectors
 
