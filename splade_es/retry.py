@@ -65,7 +65,7 @@ class RetryPolicy:
         """Seconds to wait before re-send ``retry_number`` (1-based), jitter included: for
         loops that are not one call tenacity can wrap (rounds of a bulk, say)."""
         exponential = self.initial_backoff * 2 ** max(retry_number - 1, 0)
-        return min(exponential + random.uniform(0, self.jitter), self.max_backoff)
+        return float(min(exponential + random.uniform(0, self.jitter), self.max_backoff))
 
     def retrying(
         self,

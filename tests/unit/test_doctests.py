@@ -5,6 +5,7 @@ import pytest
 import splade_es.encoding.fast_forward
 import splade_es.encoding.fused_screen
 import splade_es.encoding.pooling
+import splade_es.retry
 import splade_es.sparse
 
 
@@ -15,6 +16,7 @@ import splade_es.sparse
         splade_es.encoding.pooling,
         splade_es.encoding.fast_forward,
         splade_es.encoding.fused_screen,
+        splade_es.retry,
     ],
 )
 def test_docstring_examples_run(module):
