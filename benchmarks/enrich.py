@@ -35,7 +35,9 @@ import opensearchpy.helpers
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Appended, not prepended: the repository's tests/ (the node harness) must be importable, but a
+# splade_es put first on PYTHONPATH (benchmarks/revisions.py) must stay the one imported.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from splade_es import SpladeEncoder, create_index
 from splade_es.ingest import IngestConfig, ingest
