@@ -1,11 +1,11 @@
 """Run one benchmark against two revisions of splade-es in the same minutes: did a change make
 it slower?
 
-Each revision is checked out in a throwaway git worktree; the benchmark script of the *current*
-tree runs with that worktree first on PYTHONPATH, so only the package differs. Runs alternate
-(base, change, base, change, ...) so that a machine getting busier or quieter shows in both,
-and the table prints every figure the benchmark printed that matches ``--metric``, per run and
-as the median of each side.
+Each revision is checked out in a throwaway git worktree and runs its own copy of the benchmark
+script, with that worktree first on PYTHONPATH; the command line and the data are the same.
+Runs alternate (base, change, base, change, ...) so that a machine getting busier or quieter
+shows in both, and the table prints every figure the benchmark printed that matches
+``--metric``, per run and as the median of each side.
 
     python benchmarks/revisions.py --base d8896c0 --metric 'docs/s' --rounds 3 -- \
         benchmarks/encode.py --model ../shared/models/splade-tiny --data ../shared/data/scifact \
@@ -47,9 +47,17 @@ def run_once(package_root: Path, command: list[str]) -> tuple[str, float]:
     env = dict(
         os.environ, PYTHONPATH=f"{package_root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     )
+    # The revision's own copy of the script (its imports match its package); arguments such as
+    # data paths stay relative to this repository.
+    script = package_root / command[0]
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True, check=False
+        [sys.executable, str(script), *command[1:]],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed under {package_root}:\n{done.stderr[-3000:]}")
