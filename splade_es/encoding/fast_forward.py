@@ -31,11 +31,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:  # transformers is imported when a model is built, not with this module
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+    )
+    from transformers.models.distilbert.modeling_distilbert import TransformerBlock
+
+    _MaskedLM = BertForMaskedLM | DistilBertForMaskedLM
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +122,17 @@ class FastForward:
     def for_model(cls, model: nn.Module) -> FastForward | None:
         """The fast forward of ``model`` (an eval-mode BERT or DistilBERT masked LM), or None
         when the model is of another kind or the fast forward does not reproduce its output."""
+        masked_lm = _supported(model)
+        if masked_lm is None:
+            return None
         try:
-            fast = _build(model)
+            fast = _build(masked_lm)
         except (AttributeError, TypeError, ValueError) as exc:
             log.debug("no fast forward for this model: %s", exc)
             return None
         if fast is None:
             return None
-        if not _agrees(fast, model):
+        if not _agrees(fast, masked_lm):
             log.warning(
                 "the fast forward disagrees with transformers' on this model; using transformers'"
             )
@@ -173,8 +187,8 @@ class FastForward:
                     t.new_zeros(batch * length, t.shape[1]).index_copy_(0, slots, t)
                     for t in (q, k, v)
                 )
-            heads = [t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v)]
-            context = F.scaled_dot_product_attention(*heads, attn_mask=mask)
+            q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             context = context.transpose(1, 2).reshape(batch * length, -1)
             return context.index_select(0, slots) if padded else context
 
@@ -197,7 +211,8 @@ class FastForward:
         return self.transform_norm(x)
 
 
-def _build(model: nn.Module) -> FastForward | None:
+def _supported(model: nn.Module) -> _MaskedLM | None:
+    """``model`` when it is an eval-mode model this module can run, else None."""
     from transformers import BertForMaskedLM, DistilBertForMaskedLM
 
     if model.training:
@@ -205,14 +220,20 @@ def _build(model: nn.Module) -> FastForward | None:
     # transformers' own classes only, not subclasses or a checkpoint's own code that reuses
     # the model type "bert": their forward may differ where the load-time probe does not look
     # (longer inputs, other ids), which only the class itself can rule out.
-    if type(model) is BertForMaskedLM:
-        return _bert(model, model.config)
-    if type(model) is DistilBertForMaskedLM:
-        return _distilbert(model, model.config)
+    if type(model) is BertForMaskedLM or type(model) is DistilBertForMaskedLM:
+        return model
     return None
 
 
-def _bert(model: nn.Module, config: Any) -> FastForward | None:
+def _build(model: _MaskedLM) -> FastForward | None:
+    from transformers import BertForMaskedLM
+
+    if isinstance(model, BertForMaskedLM):
+        return _bert(model, model.config)
+    return _distilbert(model, model.config)
+
+
+def _bert(model: BertForMaskedLM, config: BertConfig) -> FastForward | None:
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
         return None
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
@@ -248,11 +269,12 @@ def _bert(model: nn.Module, config: Any) -> FastForward | None:
     )
 
 
-def _distilbert(model: nn.Module, config: Any) -> FastForward | None:
+def _distilbert(model: DistilBertForMaskedLM, config: DistilBertConfig) -> FastForward | None:
     body = model.distilbert
     embeddings = body.embeddings
     layers = []
-    for block in body.transformer.layer:
+    # a ModuleList's items are typed as Module; DistilBERT's are TransformerBlocks
+    for block in cast("list[TransformerBlock]", body.transformer.layer):
         attention = block.attention
         layers.append(
             _Layer(
@@ -281,7 +303,7 @@ def _distilbert(model: nn.Module, config: Any) -> FastForward | None:
 
 
 @torch.inference_mode()
-def _agrees(fast: FastForward, model: nn.Module) -> bool:
+def _agrees(fast: FastForward, model: _MaskedLM) -> bool:
     """Run a probe batch (one unpadded row, one padded) through both forwards and compare."""
     device = fast.word.device
     vocab = fast.word.shape[0]
