@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from tenacity import retry_if_exception
 
 from ..connect import call
 from ..engines import Dialect
@@ -31,9 +33,13 @@ from ..exceptions import ClusterError
 from ..ingest import IngestReport
 from ..ingest.index_source import read_index, read_shard_changes
 from ..ingest.sources import Record
+from ..retry import RetryPolicy, is_retryable
 
 Watermarks = dict[int, int]  # shard number -> global checkpoint (-1: nothing written yet)
 Copier = Callable[[Iterable[Record], int], IngestReport]  # (records, pass number) -> report
+
+# Lifting the write block: short waits (writes are refused meanwhile), five tries in all.
+LIFT_RETRIES = RetryPolicy(max_retries=4, initial_backoff=0.2, max_backoff=3.0, jitter=0.2)
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,8 @@ def take_watermarks(client: Any, index: str) -> Watermarks:
 def read_ids(client: Any, index: str, *, dialect: Dialect) -> set[str]:
     """Every id in ``index`` (refreshed first), read without the documents."""
     call(lambda: client.indices.refresh(index=index), f"refreshing {index}")
-    return {str(r.doc["_id"]) for r in read_index(client, index, dialect=dialect, source=False)}
+    records = read_index(client, index, dialect=dialect, source=False)
+    return {str(r.doc["_id"]) for r in records if r.doc is not None}  # an index read has docs
 
 
 def delete_ids(client: Any, index: str, ids: Iterable[str], *, batch: int = 500) -> int:
@@ -238,16 +245,11 @@ def write_block(
 
 
 def lift_write_block(client: Any, index: str, *, dialect: Dialect, attempts: int = 5) -> None:
-    """Remove the write block, retrying (with jitter) what the cluster pushes back on; the
-    error says how to lift it by hand if it could not."""
-    from tenacity import Retrying, stop_after_attempt, wait_random_exponential
-
+    """Remove the write block, retrying (``LIFT_RETRIES``, at most ``attempts`` tries) what
+    the cluster pushes back on; the error says how to lift it by hand if it could not."""
+    policy = replace(LIFT_RETRIES, max_retries=attempts - 1)
     try:
-        for attempt in Retrying(
-            stop=stop_after_attempt(attempts),
-            wait=wait_random_exponential(multiplier=0.2, max=3),
-            reraise=True,
-        ):
+        for attempt in policy.retrying(retry=retry_if_exception(lift_is_retryable), reraise=True):
             with attempt:
                 call(
                     lambda: dialect.remove_write_block(client, index),
@@ -258,6 +260,17 @@ def lift_write_block(client: Any, index: str, *, dialect: Dialect, attempts: int
             f"{index} still refuses writes: lifting its write block failed ({exc}); lift it "
             f'with PUT /{index}/_settings {{"index.blocks.write": null}}'
         ) from exc
+
+
+def lift_is_retryable(exc: BaseException) -> bool:
+    """``is_retryable``, looking through ``connect.call``'s error (a ``ClusterError`` whose
+    ``__cause__`` is the client's) and counting a bare socket failure (``ConnectionError``,
+    what a transport raises below the client's own classes) as the transient failure it is."""
+    return (
+        is_retryable(exc)
+        or (exc.__cause__ is not None and is_retryable(exc.__cause__))
+        or isinstance(exc, ConnectionError)
+    )
 
 
 def _shard_stats(client: Any, index: str) -> Mapping[str, Any]:

@@ -4,6 +4,7 @@ after the final catch-up pass."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -51,44 +52,66 @@ def verify(
     source's max sequence numbers when the final pass began), the shards written since."""
     written_after: tuple[int, ...] = ()
     if synced_at is not None:
-        now = read_max_seq_nos(client, source)
-        written_after = tuple(s for s in sorted(now) if now[s] != synced_at.get(s))
+        written_after = shards_written_since(synced_at, read_max_seq_nos(client, source))
     source_ids = read_ids(client, source, dialect=dialect)
     target_ids = read_ids(client, target, dialect=dialect)
     source_count = _count(client, source)
     target_count = _count(client, target)
-    missing = tuple(sorted(source_ids - target_ids)[:20])
-    extra = tuple(sorted(target_ids - source_ids)[:20])
-    records = list(
-        islice(read_index(client, source, dialect=dialect, page_size=max(sample, 1)), sample)
-    )
-    mismatches: list[tuple[str, str]] = []
-    if records:
-        source = dialect.full_source()  # vector fields too, or a lost one goes unnoticed
-        docs = [{"_id": str(r.doc["_id"]), "_source": source} for r in records]
-        response = call(lambda: client.mget(index=target, body={"docs": docs}), f"reading {target}")
-        copies = {d["_id"]: d.get("_source") for d in response["docs"] if d.get("found")}
-        for record in records:
-            doc_id = str(record.doc["_id"])
-            original = {k: v for k, v in record.doc.items() if k != "_id"}
-            copied = copies.get(doc_id)
-            if copied is None:
-                continue  # counted as missing above
-            copied = {k: v for k, v in copied.items() if k != sparse_field}
-            for name in sorted(set(original) | set(copied)):
-                if original.get(name) != copied.get(name):
-                    mismatches.append((doc_id, name))
-            if sparse_field not in copies[doc_id]:
-                mismatches.append((doc_id, sparse_field))
+    records = islice(read_index(client, source, dialect=dialect, page_size=max(sample, 1)), sample)
+    originals = [r.doc for r in records if r.doc is not None]  # an index read has docs
+    copies = _read_copies(client, target, [str(d["_id"]) for d in originals], dialect=dialect)
     return Verification(
         source_count,
         target_count,
-        missing,
-        extra,
-        len(records),
-        tuple(mismatches),
+        tuple(sorted(source_ids - target_ids)[:20]),
+        tuple(sorted(target_ids - source_ids)[:20]),
+        len(originals),
+        field_mismatches(originals, copies, sparse_field=sparse_field),
         written_after,
     )
+
+
+def shards_written_since(synced_at: Watermarks, now: Watermarks) -> tuple[int, ...]:
+    """The shards whose max sequence number moved from ``synced_at`` to ``now``. Pure."""
+    return tuple(s for s in sorted(now) if now[s] != synced_at.get(s))
+
+
+def field_mismatches(
+    originals: Iterable[Mapping[str, Any]],
+    copies: Mapping[str, Mapping[str, Any]],
+    *,
+    sparse_field: str,
+) -> tuple[tuple[str, str], ...]:
+    """(id, field) where a copy differs from its source document (``_id`` among its fields):
+    a field that differs or is on one side only, or a copy without its sparse field. A
+    document without a copy is not compared (the id comparison counts it missing). Pure."""
+    mismatches: list[tuple[str, str]] = []
+    for doc in originals:
+        doc_id = str(doc["_id"])
+        copied = copies.get(doc_id)
+        if copied is None:
+            continue
+        original = {k: v for k, v in doc.items() if k != "_id"}
+        fields = {k: v for k, v in copied.items() if k != sparse_field}
+        for name in sorted(set(original) | set(fields)):
+            if original.get(name) != fields.get(name):
+                mismatches.append((doc_id, name))
+        if sparse_field not in copied:
+            mismatches.append((doc_id, sparse_field))
+    return tuple(mismatches)
+
+
+def _read_copies(
+    client: Any, target: str, ids: list[str], *, dialect: Dialect
+) -> dict[str, dict[str, Any]]:
+    """The target's ``_source`` of each of ``ids`` it holds (one ``mget``)."""
+    if not ids:
+        return {}
+    spec = dialect.full_source()  # vector fields too, or a lost one goes unnoticed
+    docs = [{"_id": doc_id, "_source": spec} for doc_id in ids]
+    response = call(lambda: client.mget(index=target, body={"docs": docs}), f"reading {target}")
+    found = (d for d in response["docs"] if d.get("found") and d.get("_source") is not None)
+    return {d["_id"]: d["_source"] for d in found}
 
 
 def _count(client: Any, index: str) -> int:
