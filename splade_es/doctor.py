@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import elasticsearch
@@ -232,31 +232,36 @@ class _Doctor:
 
     # ------------------------------------------------------------------ orchestration
     def run(self) -> DoctorReport:
+        facts = self._facts()
+        left_behind: tuple[str, ...] = ()
+        try:
+            indices = {ft: self._field_type(ft) for ft in FIELD_TYPES}
+            rank_index = indices.get("rank_features")
+            if rank_index:
+                self._clause_limit(rank_index, facts.clause_limit)
+                for method in HYBRID_METHODS:
+                    self._hybrid(rank_index, method)
+        finally:
+            left_behind = self._cleanup()
+        return DoctorReport(
+            facts=replace(facts, clause_limit_probed=self.probed),
+            checks=tuple(self.checks),
+            index_prefix=self.base,
+            left_behind=left_behind,
+        )
+
+    def _facts(self) -> ClusterFacts:
+        """What the cluster says about itself (the clause limit is probed later)."""
         info = call(self.client.info, "reading cluster info")
         self.plugins = plugins = self._plugins()
-        facts = dict(
+        return ClusterFacts(
             engine=self.cluster.engine,
             version=str(info.get("version", {}).get("number", self.dialect.version_text)),
             distribution=_distribution(info),
             license=self._license(),
             plugins=plugins,
             clause_limit=clause_limit_of(self.client, self.dialect),
-        )
-        left_behind: tuple[str, ...] = ()
-        try:
-            indices = {ft: self._field_type(ft) for ft in FIELD_TYPES}
-            rank_index = indices.get("rank_features")
-            if rank_index:
-                self._clause_limit(rank_index, facts["clause_limit"])
-                for method in HYBRID_METHODS:
-                    self._hybrid(rank_index, method)
-        finally:
-            left_behind = self._cleanup()
-        return DoctorReport(
-            facts=ClusterFacts(**facts, clause_limit_probed=self.probed),
-            checks=tuple(self.checks),
-            index_prefix=self.base,
-            left_behind=left_behind,
+            clause_limit_probed=None,
         )
 
     @contextlib.contextmanager
@@ -351,6 +356,7 @@ class _Doctor:
         by_reader = {
             str(r.doc["_id"]): r.doc.get("splade")
             for r in read_index(self.client, index, dialect=self.dialect, page_size=4)
+            if r.doc is not None  # the index reader yields documents only, no error records
         }
         for how, got in (("mget", by_mget), ("the migration reader", by_reader)):
             if set(got) != set(vectors):

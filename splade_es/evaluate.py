@@ -20,7 +20,9 @@ from typing import Any, Literal
 import ir_measures
 import numpy as np
 
+from . import defaults
 from .connect import client_of
+from .encoding.protocol import Encoder
 from .engines import Hybrid, SearchRequest
 from .exceptions import ConfigurationError, EmptyQueryError
 from .query import PruneReport, QueryBuilder
@@ -114,13 +116,13 @@ def run_queries(
     index: str,
     queries: Mapping[str, str],
     *,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
     mode: Mode = "splade",
-    k: int = 100,
+    k: int = defaults.EVALUATION_DEPTH,
     hybrid: Hybrid | None = None,
     builder: QueryBuilder | None = None,
-    field: str = "splade",
-    text_fields: Sequence[str] = ("title", "text"),
+    field: str = defaults.VECTOR_FIELD,
+    text_fields: Sequence[str] = defaults.TEXT_FIELDS,
     progress: Callable[[int], None] | None = None,
 ) -> QueryRun:
     """Run every query (``{id: text}``) through ``index`` in ``mode``; no judgments needed."""
@@ -131,8 +133,10 @@ def run_queries(
         raise ConfigurationError(
             f"mode {mode!r} needs an encoder (the model the index was built with)"
         )
-    if mode != "bm25":
-        builder = builder or QueryBuilder.for_index(client, index, field=field)
+    # None in bm25 mode: no query vectors to build
+    sparse_builder = (
+        None if mode == "bm25" else builder or QueryBuilder.for_index(client, index, field=field)
+    )
     if mode == "hybrid":
         hybrid = hybrid or Hybrid(text_fields=tuple(text_fields))
     run: Run = {}
@@ -140,12 +144,18 @@ def run_queries(
     search_ms: list[float] = []
     pruned = empty = 0
     for n, (qid, text) in enumerate(queries.items(), 1):
-        if mode == "bm25":
+        if sparse_builder is None or encoder is None:  # bm25 (the checks above)
             response, elapsed = send(client, index, _bm25_request(text, text_fields, k))
             hits, encoded = hits_of(response), 0.0
         else:
             hits, encoded, elapsed, report = _sparse_search(
-                client, index, text, encoder, builder, k, hybrid if mode == "hybrid" else None
+                client,
+                index,
+                text,
+                encoder,
+                sparse_builder,
+                k,
+                hybrid if mode == "hybrid" else None,
             )
             empty += report is None
             pruned += report is not None and report.pruned
@@ -169,7 +179,7 @@ def _sparse_search(
     client: Any,
     index: str,
     text: str,
-    encoder: Any,
+    encoder: Encoder,
     builder: QueryBuilder,
     k: int,
     hybrid: Hybrid | None,
@@ -197,13 +207,13 @@ def evaluate(
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],
     *,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
     mode: Mode = "splade",
-    k: int = 100,
+    k: int = defaults.EVALUATION_DEPTH,
     hybrid: Hybrid | None = None,
     builder: QueryBuilder | None = None,
-    field: str = "splade",
-    text_fields: Sequence[str] = ("title", "text"),
+    field: str = defaults.VECTOR_FIELD,
+    text_fields: Sequence[str] = defaults.TEXT_FIELDS,
     progress: Callable[[int], None] | None = None,
 ) -> EvaluationReport:
     """Run every judged query (those in ``qrels``) through ``index`` and score the run.
@@ -235,7 +245,7 @@ def evaluate(
 def overlap_at(
     run: Mapping[str, Mapping[str, float]],
     reference: Mapping[str, Mapping[str, float]],
-    k: int = 10,
+    k: int = defaults.TOP_K,
 ) -> float:
     """Mean share of ``reference``'s top-``k`` documents that ``run`` also has in its top
     ``k``, over the queries where ``reference`` returned anything (1.0: same top ``k``)."""
@@ -259,7 +269,7 @@ def in_memory_run(
     documents: SparseBatch,
     doc_ids: Sequence[str],
     *,
-    k: int = 100,
+    k: int = defaults.EVALUATION_DEPTH,
 ) -> Run:
     """Exact top-``k`` by full-precision dot product, for every query. Pure."""
     scores = queries.to_scipy().astype(np.float64) @ documents.to_scipy().astype(np.float64).T

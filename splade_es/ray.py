@@ -35,6 +35,7 @@ from pathlib import Path
 from tempfile import NamedTemporaryFile
 from typing import Any
 
+from . import defaults
 from .connect import ConnectionConfig, connect
 from .engines import FieldType
 from .exceptions import ConfigurationError
@@ -62,7 +63,7 @@ class BatchIndexer:
         model: str,
         client_config: ConnectionConfig,
         config: IngestConfig,
-        device: str = "auto",
+        device: str = defaults.DEVICE,
         crash_marker: str | None = None,
         json_field: str | None = None,
     ) -> None:
@@ -108,16 +109,16 @@ def ingest(
     index: str,
     model: str,
     client_config: ConnectionConfig,
-    id_field: str | None = "_id",
-    text_fields: tuple[str, ...] = ("title", "text"),
-    sparse_field: str = "splade",
+    id_field: str | None = defaults.ID_FIELD,
+    text_fields: tuple[str, ...] = defaults.TEXT_FIELDS,
+    sparse_field: str = defaults.VECTOR_FIELD,
     create: bool = False,
-    field_type: FieldType = "rank_features",
+    field_type: FieldType = defaults.FIELD_TYPE,
     workers: int = 2,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float | None = None,
-    batch_size: int = 32,
-    rows_per_task: int = 500,
+    batch_size: int = defaults.BATCH_SIZE,
+    rows_per_task: int = defaults.BULK_DOCS,
     retry: RetryPolicy | None = None,
     max_restarts: int = 3,
     dead_letter: str | None = None,
@@ -157,20 +158,38 @@ def ingest(
         concurrency=workers,
         num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker,
-        fn_constructor_kwargs={
-            "model": model,
-            "client_config": client_config,
-            "config": config,
-            "device": "cuda" if gpus_per_worker else "cpu",
-            "crash_marker": crash_marker(),
-            "json_field": json_field,
-        },
+        fn_constructor_kwargs=_actor_arguments(
+            model, client_config, config, gpus_per_worker, json_field
+        ),
         max_restarts=max_restarts,
         max_task_retries=max_restarts,
     )
     summary = summarize(stats.to_pandas().to_dict(orient="records"))
     if dead_letter:
-        with open(dead_letter, "w", encoding="utf-8") as handle:
-            for entry in summary.dead_letters:
-                handle.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        _write_dead_letters(dead_letter, summary)
     return summary
+
+
+def _actor_arguments(
+    model: str,
+    client_config: ConnectionConfig,
+    config: IngestConfig,
+    gpus_per_worker: float,
+    json_field: str | None,
+) -> dict[str, Any]:
+    """The keyword arguments each actor's ``BatchIndexer`` is constructed with."""
+    return {
+        "model": model,
+        "client_config": client_config,
+        "config": config,
+        "device": "cuda" if gpus_per_worker else "cpu",
+        "crash_marker": crash_marker(),
+        "json_field": json_field,
+    }
+
+
+def _write_dead_letters(path: str, summary: ScaleOutSummary) -> None:
+    """The refused records, one JSON object a line (the driver writes them)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for entry in summary.dead_letters:
+            handle.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")

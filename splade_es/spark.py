@@ -39,13 +39,15 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import defaults
 from .connect import ConnectionConfig
 from .documents import read_document
+from .encoding.protocol import DocumentEncoder
 from .engines import FieldType
 from .exceptions import ConfigurationError, InputError
-from .ingest import RetryPolicy
+from .ingest import IngestConfig, IngestReport, Record, RetryPolicy
 from .scaleout import (
     ScaleOutSummary,
     WorkerCounts,
@@ -56,10 +58,13 @@ from .scaleout import (
 )
 from .tokens import KeyScheme, TokenCodec
 
-_ENCODERS: dict[tuple[str, str], Any] = {}  # per Python worker: (model, device) -> encoder
+if TYPE_CHECKING:
+    from .encoding.encoder import SpladeEncoder
+
+_ENCODERS: dict[tuple[str, str], SpladeEncoder] = {}  # per Python worker: (model, device)
 
 
-def _encoder(model: str, device: str) -> Any:
+def _encoder(model: str, device: str) -> SpladeEncoder:
     from .encoding.encoder import SpladeEncoder
 
     key = (model, device)
@@ -73,10 +78,10 @@ def encode_frames(
     *,
     model: str,
     text_cols: Sequence[str],
-    output_col: str = "splade",
+    output_col: str = defaults.VECTOR_FIELD,
     key_scheme: KeyScheme = "token",
-    batch_size: int = 32,
-    device: str = "auto",
+    batch_size: int = defaults.BATCH_SIZE,
+    device: str = defaults.DEVICE,
     id_col: str | None = None,
     json_col: str | None = None,
     error_col: str = "splade_error",
@@ -111,10 +116,10 @@ def encode_batches(
     *,
     model: str,
     text_cols: Sequence[str],
-    output_col: str = "splade",
+    output_col: str = defaults.VECTOR_FIELD,
     key_scheme: KeyScheme = "token",
-    batch_size: int = 32,
-    device: str = "auto",
+    batch_size: int = defaults.BATCH_SIZE,
+    device: str = defaults.DEVICE,
     id_col: str | None = None,
     json_col: str | None = None,
     error_col: str = "splade_error",
@@ -150,7 +155,7 @@ def encode_batches(
 def _encode_rows(
     rows: Sequence[dict[str, Any]],
     *,
-    encoder: Any,
+    encoder: DocumentEncoder,
     codec: TokenCodec,
     text_cols: Sequence[str],
     id_col: str | None,
@@ -200,10 +205,10 @@ def encode(
     *,
     model: str,
     text_cols: Sequence[str],
-    output_col: str = "splade",
+    output_col: str = defaults.VECTOR_FIELD,
     key_scheme: KeyScheme = "token",
-    batch_size: int = 32,
-    device: str = "auto",
+    batch_size: int = defaults.BATCH_SIZE,
+    device: str = defaults.DEVICE,
     id_col: str | None = None,
     json_col: str | None = None,
     error_col: str = "splade_error",
@@ -253,15 +258,15 @@ def write(
     index: str,
     model: str,
     client_config: ConnectionConfig,
-    id_field: str | None = "_id",
-    text_fields: tuple[str, ...] = ("title", "text"),
-    sparse_field: str = "splade",
+    id_field: str | None = defaults.ID_FIELD,
+    text_fields: tuple[str, ...] = defaults.TEXT_FIELDS,
+    sparse_field: str = defaults.VECTOR_FIELD,
     create: bool = False,
-    field_type: FieldType = "rank_features",
-    batch_size: int = 32,
-    bulk_docs: int = 500,
+    field_type: FieldType = defaults.FIELD_TYPE,
+    batch_size: int = defaults.BATCH_SIZE,
+    bulk_docs: int = defaults.BULK_DOCS,
     retry: RetryPolicy | None = None,
-    device: str = "auto",
+    device: str = defaults.DEVICE,
     dead_letter_dir: str | None = None,
     json_field: str | None = None,
 ) -> ScaleOutSummary:
@@ -289,12 +294,7 @@ def write(
         Path(dead_letter_dir).mkdir(parents=True, exist_ok=True)
 
     def index_partition(rows: Iterator[Any]) -> None:
-        from pyspark import TaskContext
-
-        from .connect import connect
-        from .ingest import ingest
-
-        partition = TaskContext.get().partitionId()
+        partition = _partition_id()
         documents = list(
             row_records(
                 (row.asDict(recursive=True) for row in rows),
@@ -304,26 +304,58 @@ def write(
         )
         if not documents:
             return
-        letters = None
-        if dead_letter_dir:
-            letters = str(Path(dead_letter_dir) / f"part-{partition:05d}.jsonl")
-            Path(letters).unlink(missing_ok=True)  # a retried partition starts afresh
-        client = connect(client_config).client
-        crash_once_if_asked(client, marker)
-        report = ingest(
-            client,
-            documents,
-            encoder=_encoder(model, device),
-            config=replace(config, dead_letter=letters),
-        )
+        letters = _fresh_dead_letter_file(dead_letter_dir, partition)
+        job = replace(config, dead_letter=letters)
+        report = _index_partition(documents, client_config, marker, (model, device), job)
         read.add(report.read)
         indexed.add(report.indexed)
         dead.add(report.dead_lettered)
 
     df.foreachPartition(index_partition)
     total = WorkerCounts(read=read.value, indexed=indexed.value, dead_lettered=dead.value)
+    return ScaleOutSummary({"spark": total}, total, _read_dead_letters(dead_letter_dir))
+
+
+def _partition_id() -> int:
+    """The partition the running Spark task works on."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:  # index_partition runs in Spark tasks only
+        raise RuntimeError("not inside a Spark task")
+    return context.partitionId()
+
+
+def _fresh_dead_letter_file(dead_letter_dir: str | None, partition: int) -> str | None:
+    """This partition's dead-letter file, emptied: a retried partition starts afresh."""
+    if not dead_letter_dir:
+        return None
+    letters = Path(dead_letter_dir) / f"part-{partition:05d}.jsonl"
+    letters.unlink(missing_ok=True)
+    return str(letters)
+
+
+def _index_partition(
+    documents: list[Record],
+    client_config: ConnectionConfig,
+    marker: str | None,
+    model_on_device: tuple[str, str],
+    config: IngestConfig,
+) -> IngestReport:
+    """One partition's records through ``splade-es ingest``'s pipeline, on a worker (the
+    worker's encoder is loaded after the client connects)."""
+    from .connect import connect
+    from .ingest import ingest
+
+    client = connect(client_config).client
+    crash_once_if_asked(client, marker)
+    return ingest(client, documents, encoder=_encoder(*model_on_device), config=config)
+
+
+def _read_dead_letters(dead_letter_dir: str | None) -> tuple[dict[str, Any], ...]:
+    """Every partition's dead letters, partition by partition."""
     letters: list[dict[str, Any]] = []
     if dead_letter_dir:
         for path in sorted(Path(dead_letter_dir).glob("part-*.jsonl")):
             letters.extend(json.loads(line) for line in path.read_text().splitlines())
-    return ScaleOutSummary({"spark": total}, total, tuple(letters))
+    return tuple(letters)
