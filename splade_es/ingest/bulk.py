@@ -2,12 +2,14 @@
 
 A pipeline of small pieces, each testable alone:
 
+* ``make_action``    one document, serialized once: those bytes size its chunk and are the
+                     bytes sent, on the first try and on every retry;
 * ``chunk_actions``  splits actions by document count and request bytes (pure);
-* ``bulk_body``      the NDJSON-ready list for one chunk (pure);
+* ``ndjson_body``    the request body of one chunk, joined from those bytes (pure);
 * ``split_items``    sorts a bulk response into indexed / retryable / permanent (pure);
 * ``send_bulk``      sends a chunk, re-sending only the items that failed with a retryable
-                     status (429, 5xx) or all of them after a connection failure, with
-                     exponential backoff and full jitter (tenacity), a bounded number of times.
+                     status (429, 5xx) or all of them after a connection failure, waiting as
+                     ``splade_es.retry.RetryPolicy`` says, a bounded number of times.
 
 Every action carries an explicit ``_id`` and uses the ``index`` op, so re-sending an item
 that in fact succeeded overwrites it: retries never duplicate.
@@ -17,35 +19,55 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import elasticsearch
 import opensearchpy
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    retry_if_result,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, retry_if_result
 
-from ..retry import RETRYABLE_STATUS, TRANSIENT_ERRORS, RetryPolicy, status_of
+from ..retry import RETRYABLE_STATUS, TRANSIENT_ERRORS, RetryPolicy, is_retryable, status_of
+
+__all__ = [
+    "Action",
+    "ActionChunker",
+    "BulkOutcome",
+    "Failure",
+    "RetryPolicy",
+    "bulk_body",
+    "chunk_actions",
+    "make_action",
+    "ndjson_body",
+    "request_body",
+    "send_bulk",
+    "split_items",
+]
 
 log = logging.getLogger(__name__)
+
+# The clients that send a bytes body as it is (elasticsearch-py's NdjsonSerializer passes
+# bytes through; opensearch-py's _bulk_body only adds a missing final newline).
+NDJSON_CLIENTS: tuple[type, ...] = (elasticsearch.Elasticsearch, opensearchpy.OpenSearch)
+# A bulk request's fixed cost per action beyond its source and id: the action line's JSON.
+ACTION_LINE_BYTES = 40
+# What a whole bulk request can fail with, retryable or not (``is_retryable`` decides).
+REQUEST_ERRORS: tuple[type[Exception], ...] = (
+    *TRANSIENT_ERRORS,
+    elasticsearch.ApiError,
+    opensearchpy.TransportError,
+)
 
 
 @dataclass(frozen=True)
 class Action:
-    """One document to index."""
+    """One document to index, with its JSON as it will be sent (``make_action``)."""
 
     position: int
     doc_id: str
     source: dict[str, Any]
-    encoded: bytes = field(repr=False, default=b"")  # the source as JSON, for sizing
+    encoded: bytes = field(repr=False)  # the source as JSON: sized for chunks, sent as is
+    encoded_id: bytes = field(repr=False)  # the id as a JSON string, for the action line
 
 
 @dataclass(frozen=True)
@@ -64,9 +86,14 @@ class BulkOutcome:
     retried_items: int = 0
 
 
+def to_json(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON, as the clients' own serializers write it."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def make_action(position: int, doc_id: str, source: dict[str, Any]) -> Action:
-    encoded = json.dumps(source, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Action(position, doc_id, source, encoded)
+    """The action for one document; its source is serialized here, once."""
+    return Action(position, doc_id, source, to_json(source), to_json(doc_id))
 
 
 class ActionChunker:
@@ -88,7 +115,7 @@ class ActionChunker:
 
     def add(self, action: Action) -> list[list[Action]]:
         """Add one action; returns the chunks that became full (zero or one)."""
-        cost = len(action.encoded) + len(action.doc_id) + 40  # + the action line
+        cost = len(action.encoded) + len(action.doc_id) + ACTION_LINE_BYTES
         full = []
         if self._chunk and (
             len(self._chunk) >= self.max_docs or self._size + cost > self.max_bytes
@@ -116,11 +143,32 @@ def chunk_actions(
 
 
 def bulk_body(index: str, actions: Sequence[Action]) -> list[dict[str, Any]]:
+    """The request body as the bulk API's Python form: an action line, then the source."""
     body: list[dict[str, Any]] = []
     for action in actions:
         body.append({"index": {"_index": index, "_id": action.doc_id}})
         body.append(action.source)
     return body
+
+
+def ndjson_body(index: str, actions: Sequence[Action]) -> bytes:
+    """The request body as NDJSON, joined from each action's bytes (no source serialized
+    again): the lines ``bulk_body`` would be serialized to.
+
+    >>> ndjson_body("ix", [make_action(1, "a", {"t": 1})])
+    b'{"index":{"_index":"ix","_id":"a"}}\\n{"t":1}\\n'
+    """
+    head = b'{"index":{"_index":' + to_json(index) + b',"_id":'
+    return b"".join(b"%s%s}}\n%s\n" % (head, a.encoded_id, a.encoded) for a in actions)
+
+
+def request_body(client: Any, index: str, actions: Sequence[Action]) -> bytes | list[Any]:
+    """What ``client.bulk`` is given: the NDJSON bytes for elasticsearch-py and opensearch-py
+    clients, which send them as they are; the ``bulk_body`` dicts for any other object that
+    has a ``bulk`` (a test double, a wrapper), which may not take bytes."""
+    if isinstance(client, NDJSON_CLIENTS):
+        return ndjson_body(index, actions)
+    return bulk_body(index, actions)
 
 
 def split_items(
@@ -131,7 +179,9 @@ def split_items(
     if len(items) != len(actions):
         # Should never happen; treat the whole chunk as retryable rather than guess.
         return [], [Failure(a, None, "bulk response item count mismatch") for a in actions], []
-    indexed, retryable, permanent = [], [], []
+    indexed: list[Action] = []
+    retryable: list[Failure] = []
+    permanent: list[Failure] = []
     for action, item in zip(actions, items, strict=True):
         result = next(iter(item.values()))
         status = int(result.get("status", 0))
@@ -141,6 +191,56 @@ def split_items(
         failure = Failure(action, status, _reason(result.get("error")))
         (retryable if status in RETRYABLE_STATUS else permanent).append(failure)
     return indexed, retryable, permanent
+
+
+class BulkAttempts:
+    """One chunk's tries: each sends what is still pending, sorts the answer into the
+    outcome, and keeps the last reason of each item it will try again."""
+
+    def __init__(self, client: Any, index: str, actions: Sequence[Action]) -> None:
+        self.client = client
+        self.index = index
+        self.pending: list[Action] = list(actions)
+        self.outcome = BulkOutcome()
+        self.last_reason: dict[str, tuple[int | None, str]] = {}
+        self.tries = 0
+
+    def send_pending(self) -> list[Action]:
+        """Send the pending actions once; what is still pending after (empty: done).
+        Raises what no retry can fix (a 400 or 401 to the whole request, say)."""
+        if self.tries:
+            self.outcome.retried_items += len(self.pending)
+        self.tries += 1
+        try:
+            response = self.client.bulk(body=request_body(self.client, self.index, self.pending))
+        except REQUEST_ERRORS as exc:
+            if not is_retryable(exc):
+                raise
+            self._note_whole_request_failed(exc)
+            return self.pending
+        indexed, retryable, permanent = split_items(self.pending, dict(response))
+        self.outcome.indexed.extend(indexed)
+        self.outcome.failed.extend(permanent)
+        for failure in retryable:
+            self.last_reason[failure.action.doc_id] = (failure.status, failure.reason)
+        self.pending = [f.action for f in retryable]
+        return self.pending
+
+    def give_up(self, retries: int) -> BulkOutcome:
+        """The outcome, with what is still pending failed for its last reason."""
+        for action in self.pending:
+            status, reason = self.last_reason.get(action.doc_id, (None, "unknown failure"))
+            self.outcome.failed.append(
+                Failure(action, status, f"gave up after {retries} retries: {reason}")
+            )
+        self.pending = []
+        return self.outcome
+
+    def _note_whole_request_failed(self, exc: Exception) -> None:
+        status = status_of(exc) if not isinstance(exc, TRANSIENT_ERRORS) else None
+        reason = f"{type(exc).__name__}: {exc}" if status is None else f"bulk request failed: {exc}"
+        for action in self.pending:
+            self.last_reason[action.doc_id] = (status, reason)
 
 
 def send_bulk(
@@ -153,61 +253,16 @@ def send_bulk(
 ) -> BulkOutcome:
     """Index ``actions``; retry what the cluster pushes back on; give up after the policy's
     retries with the last reason. Never raises for per-item or connection failures."""
-    outcome = BulkOutcome()
-    pending: list[Action] = list(actions)
-    last_reason: dict[str, tuple[int | None, str]] = {}
+    attempts = BulkAttempts(client, index, actions)
 
-    def attempt_once() -> list[Action]:
-        nonlocal pending
-        try:
-            response = client.bulk(body=bulk_body(index, pending))
-        except TRANSIENT_ERRORS as exc:
-            for action in pending:
-                last_reason[action.doc_id] = (None, f"{type(exc).__name__}: {exc}")
-            raise
-        except (elasticsearch.ApiError, opensearchpy.TransportError) as exc:
-            status = status_of(exc)
-            if status not in RETRYABLE_STATUS:
-                raise
-            for action in pending:
-                last_reason[action.doc_id] = (status, f"bulk request failed: {exc}")
-            return pending
-        indexed, retryable, permanent = split_items(pending, dict(response))
-        outcome.indexed.extend(indexed)
-        outcome.failed.extend(permanent)
-        for failure in retryable:
-            last_reason[failure.action.doc_id] = (failure.status, failure.reason)
-        return [f.action for f in retryable]
+    def keep_pending(state: RetryCallState) -> None:
+        """Out of retries: what is pending stays pending (``give_up`` fails it)."""
 
-    def give_up(state: RetryCallState) -> list[Action]:
-        return pending
-
-    retrying = Retrying(
-        stop=stop_after_attempt(policy.max_retries + 1),
-        wait=wait_exponential_jitter(
-            multiplier=policy.initial_backoff, max=policy.max_backoff, jitter=policy.jitter
-        ),
-        retry=retry_if_exception_type(TRANSIENT_ERRORS) | retry_if_result(bool),
-        retry_error_callback=give_up,
-        sleep=sleep or time.sleep,
-        reraise=False,
+    retrying = policy.retrying(
+        retry=retry_if_result(bool), sleep=sleep, retry_error_callback=keep_pending
     )
-    first = True
-    for attempt in retrying:
-        if not first:
-            outcome.retried_items += len(pending)
-        first = False
-        with attempt:
-            still = attempt_once()
-        if not attempt.retry_state.outcome.failed:  # type: ignore[union-attr]
-            attempt.retry_state.set_result(still)
-            pending = still
-    for action in pending:
-        status, reason = last_reason.get(action.doc_id, (None, "unknown failure"))
-        outcome.failed.append(
-            Failure(action, status, f"gave up after {policy.max_retries} retries: {reason}")
-        )
-    return outcome
+    retrying(attempts.send_pending)
+    return attempts.give_up(policy.max_retries)
 
 
 def _reason(error: Any) -> str:
