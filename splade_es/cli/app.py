@@ -33,7 +33,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .. import __version__
+from .. import __version__, defaults
 from ..connect import ConnectionConfig
 from ..exceptions import SpladeEsError
 
@@ -205,7 +205,7 @@ def device_option() -> Callable[..., Any]:
     """``--device``, shared by every command that loads a model; checked as it is read."""
     return click.option(
         "--device",
-        default="auto",
+        default=defaults.DEVICE,
         show_default=True,
         type=DEVICE,
         help="Where the model runs: auto (CUDA when present), cpu, cuda, cuda:N, xpu, mps.",
@@ -365,6 +365,60 @@ def progress_display(quiet: bool) -> Progress:
     )
 
 
+class NoModel(click.ClickException):
+    """The model option names no usable model: one line, exit status 2 (a ClickException,
+    not a UsageError: no usage lines)."""
+
+    exit_code = EXIT_ERROR
+
+    def show(self, file: Any = None) -> None:
+        error(self.message)
+
+
+def _refuse_untrusted_code(value: str, trusted: bool) -> None:
+    """A local checkpoint folder that ships its own code needs ``--trust-remote-code``.
+
+    Checked as the command line is read: commands connect to the cluster before they load
+    the model, and an unreachable cluster would hide this. A Hub id is checked when the
+    model loads (the same rule, as one line too)."""
+    from ..encoding.model_files import read_layout, require_trusted_layout
+    from ..exceptions import ModelLoadError
+
+    folder = Path(value).expanduser()
+    if trusted or not folder.is_dir():
+        return
+    try:
+        layout = read_layout(folder)
+    except ModelLoadError:
+        return  # not a checkpoint: the load says so, as for any model
+    try:
+        require_trusted_layout(layout, value, trusted)
+    except ModelLoadError as exc:
+        raise NoModel(str(exc)) from exc
+
+
+def _model_resolver(
+    required: bool,
+) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """The ``--model`` callback: the model given (its code checked), else the default one
+    (downloaded only when ``required``; None when optional and not on disk)."""
+    from ..encoding.model_files import default_model
+    from ..exceptions import ModelLoadError
+
+    def resolve(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value:
+            _refuse_untrusted_code(value, bool(ctx.params.get("trust_remote_code")))
+            return value
+        try:
+            return default_model(download=required)
+        except ModelLoadError as exc:
+            if required:
+                raise NoModel(str(exc)) from exc
+            return None
+
+    return resolve
+
+
 def model_option(
     *,
     required: bool = True,
@@ -379,32 +433,11 @@ def model_option(
     line (exit 2); otherwise (search and migrate, whose BM25 modes need no model) only what is
     already on disk is taken, nothing is downloaded, and the option stays ``None`` if none is.
     """
-    from ..encoding.model_files import default_model, read_layout, require_trusted_layout
-    from ..exceptions import ModelLoadError
-
-    class NoModel(click.ClickException):
-        # A ClickException, not a UsageError: no usage lines, the one line fail_cleanly prints.
-        exit_code = EXIT_ERROR
-
-        def show(self, file: Any = None) -> None:
-            error(self.message)
-
-    def resolve(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-        if value:
-            check_code(value, bool(ctx.params.get("trust_remote_code")))
-            return value
-        try:
-            return default_model(download=required)
-        except ModelLoadError as exc:
-            if required:
-                raise NoModel(str(exc)) from exc
-            return None
-
     model = click.option(
         "--model",
         "-m",
         envvar="SPLADE_ES_MODEL",
-        callback=resolve,
+        callback=_model_resolver(required),
         help=f"{describe} [env: SPLADE_ES_MODEL; default: ../shared/models/splade-tiny, then "
         "~/.cache/splade-es/models/splade-tiny, then rasyosef/splade-tiny from the Hugging Face "
         "cache or Hub]",
@@ -418,22 +451,6 @@ def model_option(
         "models such as GTE-based ones need. It runs with this command's rights: only for "
         "checkpoints whose source you trust.",
     )
-
-    def check_code(value: str, trusted: bool) -> None:
-        # A local folder's own code is refused as the command line is read: commands connect
-        # to the cluster before they load the model, and an unreachable cluster would hide
-        # this. A Hub id is checked when the model loads (the same rule, as one line too).
-        folder = Path(value).expanduser()
-        if trusted or not folder.is_dir():
-            return
-        try:
-            layout = read_layout(folder)
-        except ModelLoadError:
-            return  # not a checkpoint: the load says so, as for any model
-        try:
-            require_trusted_layout(layout, value, trusted)
-        except ModelLoadError as exc:
-            raise NoModel(str(exc)) from exc
 
     def both(func: Callable[..., Any]) -> Callable[..., Any]:
         return model(trust(func))

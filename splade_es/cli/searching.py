@@ -8,12 +8,13 @@ works: it means ``--mode hybrid --hybrid-weight W``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
+from .. import defaults
 from ..connect import Cluster, connect
 from ..documents import parse_fields
 from ..exceptions import EmptyQueryError
@@ -30,6 +31,9 @@ from .app import (
     progress_display,
     warn,
 )
+
+if TYPE_CHECKING:
+    from ..search import Hit, SearchResult, TokenContribution
 
 MODES = ("splade", "bm25", "hybrid")
 
@@ -50,7 +54,7 @@ def sparse_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 required=False,
                 describe="The checkpoint the index was built with (not needed for --mode bm25).",
             ),
-            click.option("--sparse-field", default="splade", show_default=True),
+            click.option("--sparse-field", default=defaults.VECTOR_FIELD, show_default=True),
             click.option(
                 "--query-top-k", type=click.IntRange(1), help="Keep the K heaviest tokens."
             ),
@@ -90,7 +94,7 @@ def mode_options(func: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--text-fields",
                 type=FIELDS,
-                default="title,text",
+                default=",".join(defaults.TEXT_FIELDS),
                 show_default=True,
                 help="BM25 fields of hybrid / bm25 queries.",
             ),
@@ -179,7 +183,7 @@ def _pruned_to_nothing(exc: EmptyQueryError, opts: dict[str, Any]) -> EmptyQuery
 @mode_options
 @click.option(
     "--k",
-    default=10,
+    default=defaults.TOP_K,
     show_default=True,
     type=click.IntRange(1),
     help="Hits to show (evaluate retrieves 100 per query, for Recall@100).",
@@ -198,7 +202,7 @@ def search(**opts: Any) -> None:
     Exit status 2 when the query has no tokens to search for (an empty text, or pruning
     removed them all): such a query matches nothing.
     """
-    from ..search import contributions, search, token_namer
+    from ..search import search, token_namer
 
     mode, weight = _mode(opts)
     filters = [_parse_filter(f) for f in opts["filters"]]
@@ -222,38 +226,58 @@ def search(**opts: Any) -> None:
         )
     except EmptyQueryError as exc:
         raise _pruned_to_nothing(exc, opts) from exc
-    token_of = token_namer(builder, encoder.vocab)
-    rows = []
+    rows = _matched_rows(result, opts["sparse_field"], token_namer(builder, encoder.vocab))
+    if opts["as_json"]:
+        click.echo(json.dumps(_hits_json(result, rows), ensure_ascii=False))
+        return
+    _print_hits(opts, rows)
+    _print_query_note(result)
+
+
+def _matched_rows(
+    result: SearchResult, sparse_field: str, token_of: Callable[[str], str]
+) -> list[tuple[Hit, Sequence[TokenContribution]]]:
+    """Each hit with the query tokens it matched (none where its source has no vector)."""
+    from ..search import contributions
+
+    rows: list[tuple[Hit, Sequence[TokenContribution]]] = []
     for hit in result.hits:
-        doc_vector = hit.source.get(opts["sparse_field"])
+        doc_vector = hit.source.get(sparse_field)
         matched = (
             contributions(result.features, doc_vector, token_of=token_of)
             if isinstance(doc_vector, dict)
             else ()
         )
         rows.append((hit, matched))
-    if opts["as_json"]:
-        out = {
-            "hits": [
-                {
-                    "id": hit.id,
-                    "score": hit.score,
-                    "title": hit.source.get("title"),
-                    "top_tokens": [
-                        {"token": c.token, "contribution": round(c.contribution, 6)}
-                        for c in matched[:5]
-                    ],
-                }
-                for hit, matched in rows
-            ],
-            "query_tokens": result.prune.kept,
-            "pruned_tokens": result.prune.dropped,
-            "encode_ms": round(result.encode_ms, 3),
-            "search_ms": round(result.search_ms, 3),
-        }
-        click.echo(json.dumps(out, ensure_ascii=False))
-        return
-    _print_hits(opts, rows)
+    return rows
+
+
+def _hits_json(
+    result: SearchResult, rows: list[tuple[Hit, Sequence[TokenContribution]]]
+) -> dict[str, Any]:
+    """``--json``'s output: the hits with their top 5 token contributions, and the query."""
+    return {
+        "hits": [
+            {
+                "id": hit.id,
+                "score": hit.score,
+                "title": hit.source.get("title"),
+                "top_tokens": [
+                    {"token": c.token, "contribution": round(c.contribution, 6)}
+                    for c in matched[:5]
+                ],
+            }
+            for hit, matched in rows
+        ],
+        "query_tokens": result.prune.kept,
+        "pruned_tokens": result.prune.dropped,
+        "encode_ms": round(result.encode_ms, 3),
+        "search_ms": round(result.search_ms, 3),
+    }
+
+
+def _print_query_note(result: SearchResult) -> None:
+    """One line on stderr: query tokens kept and pruned, and where the time went."""
     note = f"{result.prune.kept} query tokens"
     if result.prune.pruned:
         note += (
@@ -389,7 +413,7 @@ def explain(**opts: Any) -> None:
 @click.option("--qrels", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--k",
-    default=100,
+    default=defaults.EVALUATION_DEPTH,
     show_default=True,
     type=click.IntRange(1),
     help="Results retrieved per query: Recall@100 needs 100 (nDCG@10 and MRR@10 use 10).",

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from .. import defaults
 from ..documents import parse_fields
 from ..exceptions import ConfigurationError
 from .app import (
@@ -21,6 +24,10 @@ from .app import (
     main,
     model_option,
 )
+
+if TYPE_CHECKING:
+    from ..serve import ServeConfig
+    from ..serve.enrich import EnrichConfig
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -65,7 +72,7 @@ def default_threads(enriching: bool) -> int:
 )
 @click.option(
     "--max-batch",
-    default=32,
+    default=defaults.BATCH_SIZE,
     show_default=True,
     type=click.IntRange(1),
     help="Texts per encoded batch; 1 turns micro-batching off.",
@@ -173,13 +180,13 @@ def default_threads(enriching: bool) -> int:
 @click.option(
     "--text-fields",
     type=FIELDS,
-    default="title,text",
+    default=",".join(defaults.TEXT_FIELDS),
     show_default=True,
     help="Text fields encoded for --enrich patterns that name none (as in ingest).",
 )
 @click.option(
     "--sparse-field",
-    default="splade",
+    default=defaults.VECTOR_FIELD,
     show_default=True,
     help="The vector field for --enrich patterns that name none.",
 )
@@ -221,32 +228,68 @@ def serve(**opts: Any) -> None:
     vector on the way in. Also: POST /_splade/query, /_splade/encode, /embed_sparse (TEI),
     GET /_splade/health, /_splade/metrics.
     """
+    uvicorn, create_app, server_options = _serve_modules()
+    host, port = parse_listen(opts.pop("listen"))
+    enrich = _enrich_config(opts) if opts["enrich_patterns"] else None
+    level = opts.pop("log_level")
+    config = _serve_config(opts, enrich)
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(config)  # checks the checkpoint: a wrong --model is the only line printed
+    err_console.print(
+        f"splade-es serve on http://{host}:{port} -> {config.connection.redacted_hosts}",
+        highlight=False,
+        markup=False,
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=level,
+        timeout_graceful_shutdown=30,
+        lifespan="on",
+        **server_options,  # h11, no access log of uvicorn's (ours leaves out credentials)
+    )
+
+
+def _serve_modules() -> tuple[ModuleType, Callable[[ServeConfig], Any], dict[str, Any]]:
+    """uvicorn, ``create_app`` and the server options, or one line naming the extra to
+    install when the serve dependencies are missing."""
     try:
         import uvicorn
 
-        from ..serve import ServeConfig, create_app
+        from ..serve import create_app
         from ..serve.app import SERVER_OPTIONS
-        from ..serve.enrich import EnrichConfig, parse_rule
+        from ..serve.enrich import EnrichConfig  # noqa: F401  (its imports are the extra's too)
     except ImportError as exc:
         raise ConfigurationError(
             f"serve needs the serve extra: pip install 'splade-es[serve]' ({exc.name} missing)"
         ) from None
+    return uvicorn, create_app, SERVER_OPTIONS
 
-    host, port = parse_listen(opts.pop("listen"))
-    enrich = None
-    if opts["enrich_patterns"]:
-        text_fields = parse_fields(opts["text_fields"])
-        enrich = EnrichConfig(
-            rules=tuple(
-                parse_rule(spec, text_fields=text_fields, sparse_field=opts["sparse_field"])
-                for spec in opts["enrich_patterns"]
-            ),
-            on_encode_error=opts["on_encode_error"],
-            max_queued_documents=opts["enrich_queue"],
-            max_batch_documents=opts["enrich_batch"],
-        )
-    level = opts.pop("log_level")
-    config = ServeConfig(
+
+def _enrich_config(opts: dict[str, Any]) -> EnrichConfig:
+    """The ``--enrich`` rules and their queue limits."""
+    from ..serve.enrich import EnrichConfig, parse_rule
+
+    text_fields = parse_fields(opts["text_fields"])
+    return EnrichConfig(
+        rules=tuple(
+            parse_rule(spec, text_fields=text_fields, sparse_field=opts["sparse_field"])
+            for spec in opts["enrich_patterns"]
+        ),
+        on_encode_error=opts["on_encode_error"],
+        max_queued_documents=opts["enrich_queue"],
+        max_batch_documents=opts["enrich_batch"],
+    )
+
+
+def _serve_config(opts: dict[str, Any], enrich: EnrichConfig | None) -> ServeConfig:
+    """ServeConfig from the command's options (0 means "not set" for the optional limits)."""
+    from ..serve import ServeConfig
+
+    return ServeConfig(
         connection=connection_config(opts),
         model=opts["model"],
         trust_remote_code=opts["trust_remote_code"],
@@ -265,22 +308,4 @@ def serve(**opts: Any) -> None:
         threads=opts["threads"] or default_threads(enrich is not None),
         batch_threads=opts["batch_threads"] or opts["threads"] or (os.cpu_count() or 1),
         enrich=enrich,
-    )
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    app = create_app(config)  # checks the checkpoint: a wrong --model is the only line printed
-    err_console.print(
-        f"splade-es serve on http://{host}:{port} -> {config.connection.redacted_hosts}",
-        highlight=False,
-        markup=False,
-    )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=level,
-        timeout_graceful_shutdown=30,
-        lifespan="on",
-        **SERVER_OPTIONS,  # h11, no access log of uvicorn's (ours leaves out credentials)
     )
