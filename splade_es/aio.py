@@ -20,8 +20,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from . import defaults
 from . import query as _query
 from .connect import call, engine_from_info
+from .encoding.protocol import Encoder
 from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_for
 from .engines.base import DEFAULT_CLAUSE_LIMIT
 from .exceptions import ClusterError, EmptyQueryError
@@ -82,7 +84,7 @@ class QueryBuilder(_query.QueryBuilder):
 
     @classmethod
     async def for_index(  # type: ignore[override]
-        cls, client: Any, index: str, *, field: str = "splade", **options: Any
+        cls, client: Any, index: str, *, field: str = defaults.VECTOR_FIELD, **options: Any
     ) -> QueryBuilder:
         dialect = await dialect_of(client)
         if "field_type" not in options:
@@ -106,12 +108,12 @@ async def search(
     index: str,
     text: str,
     *,
-    encoder: Any,
-    k: int = 10,
+    encoder: Encoder,
+    k: int = defaults.TOP_K,
     filters: Sequence[dict] = (),
     hybrid: Hybrid | None = None,
     builder: _query.QueryBuilder | None = None,
-    field: str = "splade",
+    field: str = defaults.VECTOR_FIELD,
     source: Any = True,
 ) -> SearchResult:
     """``splade_es.search`` for an async client; the model runs in a worker thread."""
@@ -142,7 +144,7 @@ async def search_vector(
     *,
     builder: _query.QueryBuilder,
     text: str | None = None,
-    k: int = 10,
+    k: int = defaults.TOP_K,
     filters: Sequence[dict] = (),
     hybrid: Hybrid | None = None,
     source: Any = True,

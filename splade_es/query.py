@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import defaults
 from .connect import Version, call, client_of
 from .engines import Dialect, FieldType, Hybrid, QueryStyle, SearchRequest, dialect_for, dialect_of
 from .engines.base import with_filters
@@ -145,8 +146,8 @@ class QueryBuilder:
         self,
         dialect: Dialect,
         *,
-        field: str = "splade",
-        field_type: FieldType = "rank_features",
+        field: str = defaults.VECTOR_FIELD,
+        field_type: FieldType = defaults.FIELD_TYPE,
         style: QueryStyle | None = None,
         pruning: QueryPruning | None = None,
         max_clauses: int | None = None,
@@ -179,7 +180,7 @@ class QueryBuilder:
 
     @classmethod
     def for_index(
-        cls, client: Any, index: str, *, field: str = "splade", **options: Any
+        cls, client: Any, index: str, *, field: str = defaults.VECTOR_FIELD, **options: Any
     ) -> QueryBuilder:
         """A builder for an existing index: engine and version from ``info()``, the field
         type from the index mapping, the clause limit from the cluster settings.
@@ -272,7 +273,7 @@ class QueryBuilder:
         self,
         vector: QueryVector,
         *,
-        k: int = 10,
+        k: int = defaults.TOP_K,
         text: str | None = None,
         filters: Sequence[dict[str, Any]] = (),
         hybrid: Hybrid | None = None,

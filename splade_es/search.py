@@ -21,7 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import defaults
 from .connect import call, client_of
+from .encoding.protocol import Encoder
 from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_of
 from .exceptions import ConfigurationError, EmptyQueryError, InputError
 from .query import PruneReport, QueryBuilder, QueryVector
@@ -79,8 +81,8 @@ def create_index(
     client: Any,
     index: str,
     *,
-    field_type: FieldType = "rank_features",
-    sparse_field: str = "splade",
+    field_type: FieldType = defaults.FIELD_TYPE,
+    sparse_field: str = defaults.VECTOR_FIELD,
     shards: int = 1,
     replicas: int = 1,
     dialect: Dialect | None = None,
@@ -126,12 +128,12 @@ def search(
     index: str,
     text: str,
     *,
-    encoder: Any,
-    k: int = 10,
+    encoder: Encoder,
+    k: int = defaults.TOP_K,
     filters: Sequence[dict] = (),
     hybrid: Hybrid | None = None,
     builder: QueryBuilder | None = None,
-    field: str = "splade",
+    field: str = defaults.VECTOR_FIELD,
     source: Any = True,
 ) -> SearchResult:
     """Encode ``text`` and search ``index``: the score is the exact SPLADE dot product
@@ -169,7 +171,7 @@ def search_vector(
     *,
     builder: QueryBuilder,
     text: str | None = None,
-    k: int = 10,
+    k: int = defaults.TOP_K,
     filters: Sequence[dict] = (),
     hybrid: Hybrid | None = None,
     source: Any = True,
