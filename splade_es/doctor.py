@@ -30,6 +30,7 @@ from typing import Any, Literal
 import elasticsearch
 import opensearchpy
 
+from . import defaults
 from .connect import Cluster, call
 from .engines import (
     FIELD_TYPES,
@@ -48,6 +49,8 @@ from .sparse import Vocabulary, stored_precision
 from .tokens import TokenCodec
 
 Status = Literal["ok", "unsupported", "FAILED"]
+
+FIELD = defaults.VECTOR_FIELD  # the sparse field of the doctor's indices
 
 # Known vectors. Weights such as 0.7 and 0.001 are not exact in 9 bits, so a score computed
 # without the storage precision differs by far more than the tolerance; "." and "%" exercise
@@ -314,15 +317,13 @@ class _Doctor:
         vectors = {d: codec.encode_tokens(doc["vector"]) for d, doc in DOCUMENTS.items()}
         stored = False
         with self._check(capability, f"field:{field_type}") as note:
-            body = self.dialect.index_body(field_type, replicas=0)
+            body = self.dialect.index_body(field_type, sparse_field=FIELD, replicas=0)
             self._create(
                 ("index", index), lambda: self.client.indices.create(index=index, body=body)
             )
             for doc_id, doc in DOCUMENTS.items():
                 source = {"id": doc_id, "title": doc["title"], "text": doc["text"]}
-                self.client.index(
-                    index=index, id=doc_id, body={**source, "splade": vectors[doc_id]}
-                )
+                self.client.index(index=index, id=doc_id, body={**source, FIELD: vectors[doc_id]})
             self.client.indices.refresh(index=index)
             stored = True
             self._read_back(index, vectors)
@@ -352,9 +353,9 @@ class _Doctor:
         source = self.dialect.full_source()
         docs = [{"_id": d, "_source": source} for d in DOCUMENTS]
         found = self.client.mget(index=index, body={"docs": docs})["docs"]
-        by_mget = {d["_id"]: (d.get("_source") or {}).get("splade") for d in found}
+        by_mget = {d["_id"]: (d.get("_source") or {}).get(FIELD) for d in found}
         by_reader = {
-            str(r.doc["_id"]): r.doc.get("splade")
+            str(r.doc["_id"]): r.doc.get(FIELD)
             for r in read_index(self.client, index, dialect=self.dialect, page_size=4)
             if r.doc is not None  # the index reader yields documents only, no error records
         }
@@ -376,7 +377,7 @@ class _Doctor:
         capability = f"{field_type} · {style} query"
         with self._check(capability, f"query:{style}") as note:
             sparse = self.dialect.sparse_query(
-                query, field="splade", field_type=field_type, style=style
+                query, field=FIELD, field_type=field_type, style=style
             )
             expected = expected_scores(query, vectors)
             compare_hits(self._search(index, self.dialect.search_request(sparse, k=SIZE)), expected)
@@ -443,7 +444,7 @@ class _Doctor:
     def _search_clauses(self, index: str, count: int) -> None:
         features = {f"probe{i}": 1.0 for i in range(count)}
         self.client.search(
-            index=index, body={"query": rank_feature_query(features, "splade"), "size": 0}
+            index=index, body={"query": rank_feature_query(features, FIELD), "size": 0}
         )
 
     # ------------------------------------------------------------------ hybrids
@@ -457,7 +458,7 @@ class _Doctor:
         query = codec.encode_tokens(QUERY)
         vectors = {d: codec.encode_tokens(doc["vector"]) for d, doc in DOCUMENTS.items()}
         with self._check(capability, f"hybrid:{method}") as note:
-            sparse = self.dialect.sparse_query(query, field="splade")
+            sparse = self.dialect.sparse_query(query, field=FIELD)
             lexical = self.dialect.lexical_query(LEXICAL_TEXT, hybrid.text_fields)
             pipeline = self.dialect.hybrid_pipeline_body(hybrid)
             if pipeline is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ClassVar, Literal
 
+from .. import defaults
 from ..connect import Engine, Version
 from ..exceptions import ConfigurationError, UnsupportedFeatureError
 from ..tokens import KeyScheme
@@ -50,7 +51,7 @@ class Hybrid:
 
     bm25_weight: float = 0.5
     method: HybridMethod = "sum"
-    text_fields: tuple[str, ...] = ("title", "text")
+    text_fields: tuple[str, ...] = defaults.TEXT_FIELDS
     rank_window_size: int = 100
     rank_constant: int = 60
     pipeline: str | None = None  # OpenSearch search pipeline name (linear/rrf)
@@ -175,9 +176,9 @@ class Dialect(ABC):
     # ------------------------------------------------------------------ index bodies
     def index_body(
         self,
-        field_type: FieldType = "rank_features",
+        field_type: FieldType = defaults.FIELD_TYPE,
         *,
-        sparse_field: str = "splade",
+        sparse_field: str = defaults.VECTOR_FIELD,
         shards: int = 1,
         replicas: int = 1,
     ) -> dict[str, Any]:
@@ -192,7 +193,7 @@ class Dialect(ABC):
         body["settings"]["number_of_shards"] = shards
         body["settings"]["number_of_replicas"] = replicas
         properties = body["mappings"]["properties"]
-        properties[sparse_field] = properties.pop("splade")
+        properties[sparse_field] = properties.pop("splade")  # the templates' field name
         self._adjust_index_body(body, field_type, sparse_field)
         return body
 
@@ -209,7 +210,7 @@ class Dialect(ABC):
         features: Mapping[str, float],
         *,
         field: str,
-        field_type: FieldType = "rank_features",
+        field_type: FieldType = defaults.FIELD_TYPE,
         style: QueryStyle | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> Query:

@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from .. import defaults
 from ..exceptions import ConfigurationError, OverloadedError, ShuttingDownError
 from ..sparse import SparseBatch
 from .metrics import Metrics
@@ -139,7 +140,7 @@ class MicroBatcher:
         self,
         encode: EncodeFn,
         *,
-        max_batch: int = 32,
+        max_batch: int = defaults.BATCH_SIZE,
         max_wait: float = 0.002,
         cache_size: int = 10_000,
         bulk_batch: int = 2,
