@@ -40,85 +40,57 @@ request that does not fit is answered 429, which every official client retries.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
-import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-from urllib.parse import urlencode
+from typing import Any
 
-from ..documents import read_document
-from ..exceptions import ConfigurationError, InputError, OverloadedError
+from ..exceptions import ConfigurationError, OverloadedError
+from ..retry import RetryPolicy
 from ..tokens import TokenCodec
-from . import writes
+from . import enrich_plan, writes
 from .batcher import DocumentBatcher, QueueFull, Row
+from .enrich_plan import EnrichRule, OnEncodeError, Op, Resolved, Written, parse_rule
 from .facts import FactsCache, WriteTarget
 from .metrics import Metrics
 from .upstream import Headers, Upstream, UpstreamResponse, UpstreamUnavailable
 
+__all__ = [
+    "EnrichConfig",
+    "EnrichRule",
+    "Enricher",
+    "OnEncodeError",
+    "TooManyRequests",
+    "parse_rule",
+]
+
 log = logging.getLogger(__name__)
 
-OnEncodeError = Literal["reject", "passthrough"]
+# Defaults of the write path (not in splade_es.defaults yet).
+MAX_QUEUED_DOCUMENTS = 4096  # more waiting documents -> 429
+MAX_BATCH_DOCUMENTS = 256  # documents of concurrent requests encoded together
+UPDATE_RETRIES = 3  # version conflicts retried at least this often
 
+# Waits before an update that lost a version conflict is read and merged again. Two writers of
+# one document that retry in step collide again, so the wait is random; it stays short (the
+# app's request waits): 10 ms doubled per retry plus up to 10 ms of jitter, which keeps the
+# mean of the full jitter used before (uniform up to 0.01 * 2**retry s) within 5 ms, capped at
+# 1 s for an app that asks for many retries (retry_on_conflict).
+CONFLICT_BACKOFF = 0.01
+CONFLICT_JITTER = 0.01
+CONFLICT_MAX_BACKOFF = 1.0
 
-@dataclass(frozen=True)
-class EnrichRule:
-    """Writes to names matching ``pattern`` (shell-style: ``docs*``) get ``sparse_field``
-    computed from ``text_fields``."""
-
-    pattern: str
-    text_fields: tuple[str, ...] = ("title", "text")
-    sparse_field: str = "splade"
-
-    def matches(self, name: str) -> bool:
-        return fnmatch.fnmatchcase(name, self.pattern)
-
-    @property
-    def watched_fields(self) -> tuple[str, ...]:
-        """Fields whose change in a partial update changes the vector."""
-        return (*self.text_fields, self.sparse_field)
-
-
-def parse_rule(
-    spec: str, *, text_fields: Sequence[str] = ("title", "text"), sparse_field: str = "splade"
-) -> EnrichRule:
-    """``PATTERN[:FIELDS[:SPARSE_FIELD]]`` (index names cannot hold ``:``).
-
-    >>> parse_rule("docs*")
-    EnrichRule(pattern='docs*', text_fields=('title', 'text'), sparse_field='splade')
-    >>> parse_rule("news-*:headline,body:vec")
-    EnrichRule(pattern='news-*', text_fields=('headline', 'body'), sparse_field='vec')
-    """
-    parts = spec.split(":")
-    if len(parts) > 3 or not parts[0].strip():
-        raise ConfigurationError(
-            f"--enrich expects PATTERN[:TEXT_FIELDS[:SPARSE_FIELD]], got {spec!r}"
-        )
-    fields = tuple(text_fields)
-    if len(parts) > 1 and parts[1].strip():
-        fields = tuple(f.strip() for f in parts[1].split(",") if f.strip())
-    sparse = parts[2].strip() if len(parts) > 2 and parts[2].strip() else sparse_field
-    if not fields:
-        raise ConfigurationError(f"--enrich {spec!r}: no text fields")
-    if "." in sparse:
-        raise ConfigurationError(
-            f"--enrich {spec!r}: the sparse field must be a top-level field, not {sparse!r}"
-        )
-    if sparse in fields:
-        raise ConfigurationError(
-            f"--enrich {spec!r}: {sparse!r} is both a text and the sparse field"
-        )
-    return EnrichRule(parts[0].strip(), fields, sparse)
+# enrich_plan.Refusal.kind -> the splade_es_enrich_passthrough label.
+PASSTHROUGH_LABELS = {"encode": "encode_error", "script": "script"}
 
 
 @dataclass(frozen=True, kw_only=True)
 class EnrichConfig:
     rules: tuple[EnrichRule, ...]
     on_encode_error: OnEncodeError = "reject"
-    max_queued_documents: int = 4096  # more waiting documents -> 429
-    max_batch_documents: int = 256  # documents of concurrent requests encoded together
-    update_retries: int = 3  # version conflicts retried at least this often
+    max_queued_documents: int = MAX_QUEUED_DOCUMENTS
+    max_batch_documents: int = MAX_BATCH_DOCUMENTS
+    update_retries: int = UPDATE_RETRIES
 
     def __post_init__(self) -> None:
         if not self.rules:
@@ -128,34 +100,46 @@ class EnrichConfig:
         if self.max_queued_documents < 1 or self.max_batch_documents < 1:
             raise ConfigurationError("the enrich queue and batch sizes must be >= 1")
 
+    @property
+    def conflict_policy(self) -> RetryPolicy:
+        """How long a conflicting update waits before it is read again. How often it is
+        retried is decided per update (``enrich_plan.retries_allowed``: the app's
+        ``retry_on_conflict`` when more than ``update_retries``).
+
+        >>> policy = EnrichConfig(rules=(EnrichRule("docs*"),)).conflict_policy
+        >>> 0.01 <= policy.backoff(1) <= 0.02, 0.04 <= policy.backoff(3) <= 0.05
+        (True, True)
+        >>> policy.backoff(30)  # an app's retry_on_conflict=30 waits 1 s, not hours
+        1.0
+        """
+        return RetryPolicy(
+            max_retries=self.update_retries,
+            initial_backoff=CONFLICT_BACKOFF,
+            max_backoff=CONFLICT_MAX_BACKOFF,
+            jitter=CONFLICT_JITTER,
+        )
+
 
 class TooManyRequests(OverloadedError):
     """The encode queue is full: answered 429 (``es_rejected_execution_exception``)."""
 
 
-# ---------------------------------------------------------------------- one operation
 @dataclass
-class _Op:
-    """What happens to one operation of a bulk."""
+class _Results:
+    """The bulk response being put together over the rounds of one request."""
 
-    item: writes.BulkItem
-    rule: EnrichRule | None = None
-    target: WriteTarget | None = None
-    doc: dict[str, Any] | None = None  # the document to send with a vector
-    text: str | None = None
-    send_as: str | None = None  # "index"/"create": an update sent as a conditional write
-    meta: dict[str, Any] = field(default_factory=dict)  # the action metadata to send
-    answer: dict[str, Any] | None = None  # answered by the proxy
-    conditional_by_app: bool = False  # the app's own if_seq_no: never retried
-    tries: int = 0
+    items: dict[int, dict[str, Any]] = field(default_factory=dict)
+    took: int = 0
+    response: UpstreamResponse | None = None  # the cluster's latest answer
 
-    @property
-    def enriched(self) -> bool:
-        return self.doc is not None and self.answer is None
+
+def _without(headers: Headers, *names: str) -> Headers:
+    return [(k, v) for k, v in headers if k.lower() not in names]
 
 
 class Enricher:
-    """Everything the write path does per request; one per serve process."""
+    """The IO of the write path, one per serve process: resolves where writes go, reads
+    current documents, encodes, sends, counts. What to do is ``enrich_plan``'s decision."""
 
     def __init__(
         self,
@@ -166,6 +150,7 @@ class Enricher:
         documents: DocumentBatcher,
         vocab: Sequence[str],
         metrics: Metrics,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.facts = facts
@@ -173,6 +158,8 @@ class Enricher:
         self.documents = documents
         self.vocab = vocab
         self.metrics = metrics
+        self.conflict_policy = config.conflict_policy
+        self._sleep = sleep
         self._codecs: dict[str, TokenCodec] = {}
 
     # ------------------------------------------------------------------ rules and targets
@@ -184,26 +171,22 @@ class Enricher:
             codec = self._codecs[scheme] = TokenCodec(self.vocab, scheme=scheme)
         return codec
 
-    async def target_for(
-        self, name: str, authorization: str | None
-    ) -> tuple[EnrichRule, WriteTarget] | None:
+    async def target_for(self, name: str, authorization: str | None) -> Resolved | None:
         """The rule for writes to ``name`` (matched on the name, or on the write index behind
         it) and where they go; None when no pattern matches."""
-        rule = next((r for r in self.config.rules if r.matches(name)), None)
+        rules = self.config.rules
+        rule = enrich_plan.rule_for(rules, name)
         if rule is not None:
             return rule, await self.facts.write_target(name, rule.sparse_field, authorization)
-        first = self.config.rules[0]
-        target = await self.facts.write_target(name, first.sparse_field, authorization)
-        if target.index is None or target.index == name:
-            return None
-        rule = next((r for r in self.config.rules if r.matches(target.index)), None)
+        target = await self.facts.write_target(name, rules[0].sparse_field, authorization)
+        rule = enrich_plan.rule_behind(rules, name, target)
         if rule is None:
             return None
-        if rule.sparse_field != first.sparse_field:
+        if rule.sparse_field != rules[0].sparse_field:
             target = await self.facts.write_target(name, rule.sparse_field, authorization)
         return rule, target
 
-    # ------------------------------------------------------------------ single documents
+    # ------------------------------------------------------------------ the three write APIs
     async def index_document(
         self,
         wp: writes.WritePath,
@@ -219,41 +202,26 @@ class Enricher:
         resolved = await self.target_for(wp.index, auth)
         if resolved is None:
             return None
-        rule, write_target = resolved
         doc = writes.parse_document(body)
-        if doc is None:
-            if write_target.enriched and self.config.on_encode_error == "reject":
-                self.metrics.enrich_item_errors.labels("encode").inc()
-                raise writes.WriteBodyError(
-                    f"document [{wp.doc_id or '(new)'}]: not a strict JSON object (comments, "
-                    "NaN or an out-of-range number); splade-es serve cannot read its text",
-                    "parse_exception",
-                )
-            return None
-        action = "create" if wp.api == "_create" else "index"
-        meta: dict[str, Any] = {"_index": wp.index, "_id": wp.doc_id}
         routing = writes.query_params(target).get("routing")
-        if routing is not None:
-            meta["routing"] = routing
-        item = writes.BulkItem(1, action, meta, b"")
-        op = _Op(item, rule, write_target)
-        if write_target.enriched:
-            self._compose(op, doc, f"document [{wp.doc_id or '(new)'}]")
-            if op.answer is not None:
-                _, error = writes.item_body(op.answer)
-                raise writes.WriteBodyError(error["error"]["reason"])
-            if op.doc is not None:
-                [row] = await self._encode([op.text or ""])
-                body = writes.dumps(self._with_vector(op, row))
-        headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]  # to read it
+        op = enrich_plan.plan_single_write(wp, routing, resolved, doc, self.config.on_encode_error)
+        if op is None:
+            return None
+        self._count_refusals([op])
+        if op.answer is not None:
+            error = writes.item_body(op.answer)[1]["error"]
+            raise writes.WriteBodyError(error["reason"], error["type"])
+        if op.enriched:
+            [vector] = await self._vectors([op])
+            body = writes.dumps(enrich_plan.with_vector(op, vector))
+        headers = _without(headers, "accept-encoding")  # to read the answer
         response = await self.upstream.request(method, target, headers, body)
         if op.enriched and 200 <= response.status < 300:
             self.metrics.documents_enriched.inc()
         elif not op.enriched and 200 <= response.status < 300:
-            await self._correct_safely([(op, response.json(), doc)], target, headers, auth)
+            await self._correct_safely([Written(op, response.json(), doc)], target, headers, auth)
         return response
 
-    # ------------------------------------------------------------------ bulk
     async def bulk(
         self,
         wp: writes.WritePath,
@@ -271,10 +239,7 @@ class Enricher:
             # indexed, with or without a vector. Rewritten, it would have been accepted.
             return None
         items = writes.split_bulk(body)
-        routing = writes.query_params(target).get("routing")
-        if routing is not None:  # the URL's routing applies to items without their own
-            for item in items:
-                item.meta.setdefault("routing", routing)
+        enrich_plan.with_url_routing(items, writes.query_params(target).get("routing"))
         ops = await self._plan(items, wp.index, auth)
         if ops is None:
             return None
@@ -285,241 +250,60 @@ class Enricher:
     ) -> UpstreamResponse | None:
         """``POST /{index}/_update/{id}``: sent as a one-operation bulk when the partial
         document sets a text field; None to forward it unchanged."""
-        params = writes.query_params(target)
-        meta: dict[str, Any] = {"_index": wp.index, "_id": wp.doc_id}
-        for name in ("routing", "if_seq_no", "if_primary_term", "retry_on_conflict"):
-            if name in params:
-                value = params.pop(name)
-                meta[name] = int(value) if name != "routing" and value.isdigit() else value
-        passed = {k: v for k, v in params.items() if k in writes.BULK_PARAMS}
-        item = writes.BulkItem(1, "update", meta, writes.action_line("update", meta), body.strip())
-        ops = await self._plan([item], wp.index, auth)
+        request = enrich_plan.update_request(wp, target, body)
+        ops = await self._plan([request.item], wp.index, auth)
         if ops is None or (ops[0].answer is None and ops[0].send_as is None):
-            return None
-        if set(params) - set(passed):
-            unsupported = ", ".join(sorted(set(params) - set(passed)))
+            return None  # neither answered here nor rewritten: the cluster runs the update
+        if request.unsupported:
             raise writes.WriteBodyError(
-                f"parameter(s) {unsupported} are not supported for an update of a text field "
-                "through splade-es serve --enrich"
+                f"parameter(s) {', '.join(request.unsupported)} are not supported for an "
+                "update of a text field through splade-es serve --enrich"
             )
-        bulk_target = "/_bulk" + ("?" + urlencode(passed) if passed else "")
-        response = await self._run(ops, 1, bulk_target, writes.as_ndjson(headers), auth)
+        response = await self._run(ops, 1, request.bulk_target, writes.as_ndjson(headers), auth)
         answer = response.json()
         if response.status != 200 or not isinstance(answer, dict):
             return response
         status, single = writes.single_response(answer["items"][0])
         return UpstreamResponse(status, writes.json_headers(response.headers), writes.dumps(single))
 
-    # ------------------------------------------------------------------ planning
+    # ------------------------------------------------------------------ planning (reads)
     async def _plan(
         self, items: list[writes.BulkItem], default_index: str | None, auth: str | None
-    ) -> list[_Op] | None:
-        names = {
-            name
-            for item in items
-            if item.action != "delete" and (name := item.index(default_index)) is not None
-        }
-        if not names:
-            return None
-        resolved_list = await asyncio.gather(*(self.target_for(n, auth) for n in names))
-        resolved = dict(zip(names, resolved_list, strict=True))
-        if not any(resolved_list):
-            return None
-        ops: list[_Op] = []
-        updates: list[_Op] = []
-        for item in items:
-            name = item.index(default_index)
-            found = resolved.get(name) if item.action != "delete" and name else None
-            op = _Op(item, *(found or (None, None)))
-            ops.append(op)
-            if found is None or not found[1].enriched:
-                continue
-            if item.action in ("index", "create"):
-                doc = item.source()
-                if doc is None:
-                    self._unreadable(op)
-                    continue
-                self._compose(op, doc, self._where(item))
-            elif item.action == "update":
-                self._plan_update(op, updates)
-        if updates:
-            await self._read_current(updates, auth)
-        if not any(op.doc is not None or op.answer is not None or op.target for op in ops):
-            return None
-        return ops
+    ) -> list[Op] | None:
+        """The operations of a write request, partial updates merged with their current
+        documents; None when no item falls under a rule."""
+        names = list(enrich_plan.names_to_resolve(items, default_index))
+        found = await asyncio.gather(*(self.target_for(n, auth) for n in names))
+        resolved = dict(zip(names, found, strict=True))
+        ops = enrich_plan.plan_bulk(items, default_index, resolved, self.config.on_encode_error)
+        self._count_refusals(ops)
+        await self._read_current([op for op in ops if op.reads_current], auth)
+        return ops if enrich_plan.worth_rewriting(ops) else None
 
-    def _plan_update(self, op: _Op, updates: list[_Op]) -> None:
-        assert op.rule is not None
-        body = op.item.source()
-        if not isinstance(body, dict):
-            self._unreadable(op)
-            return
-        if "script" in body:
-            if self.config.on_encode_error == "passthrough":
-                self.metrics.enrich_passthrough.labels("script").inc()
-                return
-            self.metrics.enrich_item_errors.labels("script").inc()
-            op.answer = self._error(
-                op,
-                f"{self._where(op.item)}: a scripted update of an index that splade-es serve "
-                f"enriches: the script may change {', '.join(op.rule.text_fields)} and the "
-                "proxy cannot recompute the vector from it; send a partial doc or the whole "
-                "document (or run serve with --on-encode-error passthrough)",
-            )
-            return
-        partial = body.get("doc")
-        if isinstance(partial, dict) and writes.touches(partial, op.rule.watched_fields):
-            if "if_seq_no" in op.item.meta and "if_primary_term" not in op.item.meta:
-                return  # forwarded: the engine refuses one without the other
-            op.conditional_by_app = "if_seq_no" in op.item.meta
-            updates.append(op)
-
-    async def _read_current(self, updates: list[_Op], auth: str | None) -> None:
+    async def _read_current(self, updates: list[Op], auth: str | None) -> None:
         """Read the current documents of ``updates`` (one ``_mget``) and plan each write."""
-        docs = []
-        for op in updates:
-            assert op.target is not None and op.target.index is not None
-            spec = {"_index": op.target.index, "_id": op.item.doc_id}
-            if "routing" in op.item.meta:
-                spec["routing"] = op.item.meta["routing"]
-            docs.append(spec)
+        if not updates:
+            return
         headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
         if auth:  # the app's own right to read: never the proxy's credentials
             headers.append(("Authorization", auth))
-        response = await self.upstream.request(
-            "POST", "/_mget", headers, writes.dumps({"docs": docs})
+        body = writes.dumps(enrich_plan.mget_body(updates))
+        response = await self.upstream.request("POST", "/_mget", headers, body)
+        enrich_plan.apply_current(
+            updates, response.status, response.json(), self.config.on_encode_error
         )
-        answer = response.json()
-        found = answer.get("docs") if isinstance(answer, dict) else None
-        if response.status != 200 or not isinstance(found, list) or len(found) != len(docs):
-            reason = f"reading the current documents failed: the cluster answered {response.status}"
-            for op in updates:
-                op.answer = self._error(op, reason, status=response.status or 502)
-            return
-        for op, current in zip(updates, found, strict=True):
-            self._merge(op, current)
+        self._count_refusals(updates)
 
-    def _merge(self, op: _Op, current: dict[str, Any]) -> None:
-        assert op.rule is not None and op.target is not None
-        body = op.item.source()
-        sets_vector = op.rule.sparse_field in body["doc"]  # the app's vector is replaced
-        partial = {k: v for k, v in body["doc"].items() if k != op.rule.sparse_field}
-        # The write goes to the concrete index the proxy read: not an alias (require_alias).
-        meta = {"_index": op.target.index, "_id": op.item.doc_id, "require_alias": False}
-        if "routing" in op.item.meta:
-            meta["routing"] = op.item.meta["routing"]
-        if "error" in current:
-            # The engine's own reason and type (routing_missing_exception, ...); an _mget
-            # item carries no status, and the update did not happen: 400.
-            error = current["error"] if isinstance(current["error"], dict) else {}
-            op.answer = self._error(
-                op,
-                f"reading the current document failed: {error.get('reason', current['error'])}",
-                400,
-                str(error.get("type", "illegal_argument_exception")),
-            )
-            return
-        if not current.get("found"):
-            # The engines' order (UpdateHelper.prepareUpsert): doc_as_upsert, then upsert.
-            if body.get("doc_as_upsert") is True:
-                new = partial
+    def _count_refusals(self, ops: Sequence[Op]) -> None:
+        for op in ops:
+            if op.refusal is None:
+                continue
+            if op.refusal.rejected:
+                self.metrics.enrich_item_errors.labels(op.refusal.kind).inc()
             else:
-                new = body.get("upsert") if isinstance(body.get("upsert"), dict) else None
-            if new is None:
-                return  # forwarded: the cluster answers document_missing_exception
-            op.send_as, op.meta = "create", meta
-            self._compose(
-                op,
-                {k: v for k, v in new.items() if k != op.rule.sparse_field},
-                self._where(op.item),
-            )
-            return
-        if not isinstance(current.get("_source"), dict) or "_seq_no" not in current:
-            # _source disabled: a merge would replace the document with the partial one.
-            op.answer = self._error(
-                op,
-                f"{self._where(op.item)}: the current document has no _source to merge into",
-                400,
-                "document_source_missing_exception",
-            )
-            return
-        stored = {k: v for k, v in current["_source"].items() if k != op.rule.sparse_field}
-        merged = writes.merge_partial(stored, partial)
-        if merged == stored and not sets_vector and body.get("detect_noop", True) is not False:
-            op.doc = None  # forwarded: the cluster answers "noop"
-            return
-        if op.conditional_by_app:
-            meta["if_seq_no"] = op.item.meta["if_seq_no"]
-            meta["if_primary_term"] = op.item.meta["if_primary_term"]
-        else:
-            meta["if_seq_no"] = current["_seq_no"]
-            meta["if_primary_term"] = current["_primary_term"]
-        op.send_as, op.meta = "index", meta
-        self._compose(op, merged, self._where(op.item))
+                self.metrics.enrich_passthrough.labels(PASSTHROUGH_LABELS[op.refusal.kind]).inc()
 
-    def _compose(self, op: _Op, doc: Any, where: str) -> None:
-        """Set the document and its text, or answer the operation (a document ingest would
-        refuse, by the same rule and in the same words)."""
-        assert op.rule is not None
-        if isinstance(doc, dict):  # the app's vector is replaced: never read as a field
-            doc = {k: v for k, v in doc.items() if k != op.rule.sparse_field}
-        try:
-            # The id is the request's: id_field=None (a content hash, unused) skips the id
-            # check, which is about documents that carry their id in a field.
-            op.text = read_document(
-                doc,
-                id_field=None,
-                text_fields=op.rule.text_fields,
-                position=op.item.number,
-                unit="bulk item",
-                where=where,
-            ).text
-        except InputError as exc:
-            if self.config.on_encode_error == "passthrough":
-                self.metrics.enrich_passthrough.labels("encode_error").inc()
-                op.doc = op.text = None
-                op.send_as = None
-                return
-            self.metrics.enrich_item_errors.labels("encode").inc()
-            op.answer = self._error(
-                op,
-                f"{exc}; not indexed: splade-es serve cannot compute its "
-                f"{op.rule.sparse_field!r} vector (--on-encode-error passthrough indexes such "
-                "documents without one)",
-            )
-            return
-        op.doc = doc
-
-    def _unreadable(self, op: _Op) -> None:
-        """A document of an enriched index that is not strict JSON: never sent without its
-        vector (the engine may read what Python's parser refuses, comments for instance)."""
-        if self.config.on_encode_error == "passthrough":
-            self.metrics.enrich_passthrough.labels("encode_error").inc()
-            return
-        self.metrics.enrich_item_errors.labels("encode").inc()
-        op.answer = self._error(
-            op,
-            f"{self._where(op.item)}: not a strict JSON object (comments, NaN or an "
-            "out-of-range number); splade-es serve cannot read its text to compute its vector",
-            400,
-            "parse_exception",
-        )
-
-    @staticmethod
-    def _where(item: writes.BulkItem) -> str:
-        return f"document [{item.doc_id or '(new)'}] (bulk item {item.number})"
-
-    def _error(
-        self,
-        op: _Op,
-        reason: str,
-        status: int = 400,
-        error_type: str = "illegal_argument_exception",
-    ) -> dict[str, Any]:
-        index = op.target.index if op.target and op.target.index else op.item.meta.get("_index")
-        return writes.error_item(op.item.action, index, op.item.doc_id, status, error_type, reason)
-
-    # ------------------------------------------------------------------ encoding and sending
+    # ------------------------------------------------------------------ encoding
     async def _encode(self, texts: list[str]) -> list[Row]:
         if not texts:
             return []
@@ -529,178 +313,151 @@ class Enricher:
             self.metrics.enrich_rejected.inc()
             raise TooManyRequests(str(exc)) from None
 
-    def _with_vector(self, op: _Op, row: Row) -> dict[str, Any]:
-        assert op.rule is not None and op.target is not None and op.doc is not None
-        return {**op.doc, op.rule.sparse_field: self.codec(op.target).encode_row(*row)}
+    async def _vectors(self, ops: Sequence[Op]) -> list[dict[str, float]]:
+        """The sparse field's value for each op's text, keyed as its index wants."""
+        rows = await self._encode([op.text or "" for op in ops])
+        vectors = []
+        for op, row in zip(ops, rows, strict=True):
+            assert op.target is not None
+            vectors.append(self.codec(op.target).encode_row(*row))
+        return vectors
 
-    async def _lines(self, ops: list[_Op], positions: list[int]) -> writes.BulkPlan:
+    async def _round_plan(self, ops: list[Op], positions: Sequence[int]) -> writes.BulkPlan:
         """The bulk to send for ``ops[p]``, p in ``positions``; vectors encoded in one call."""
-        todo = [p for p in positions if ops[p].enriched]
-        rows = dict(zip(todo, await self._encode([ops[p].text or "" for p in todo]), strict=True))
-        plan = writes.BulkPlan()
-        for p in positions:
-            op = ops[p]
-            if op.answer is not None:
-                plan.answer(p, op.answer)
-            elif p in rows:
-                action = op.send_as or op.item.action
-                header = writes.action_line(action, op.meta) if op.send_as else op.item.header_line
-                if op.send_as:
-                    plan.renamed[p] = op.item.action
-                plan.send(p, header, writes.dumps(self._with_vector(op, rows[p])))
-            else:
-                plan.send(p, op.item.header_line, op.item.source_line)
-        return plan
+        todo = enrich_plan.to_encode(ops, positions)
+        vectors = await self._vectors([ops[p] for p in todo])
+        return enrich_plan.round_plan(ops, positions, dict(zip(todo, vectors, strict=True)))
 
+    # ------------------------------------------------------------------ sending a bulk
     async def _run(
-        self, ops: list[_Op], total: int, target: str, headers: Headers, auth: str | None
+        self, ops: list[Op], total: int, target: str, headers: Headers, auth: str | None
     ) -> UpstreamResponse:
-        # The items are needed, in full, as plain JSON, whatever the app asked for.
-        target = writes.without_param(writes.without_param(target, "filter_path"), "format")
-        sent_headers = writes.json_accept(
-            [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
-        )
-        plan = await self._lines(ops, list(range(total)))
-        took = 0
-        items: dict[int, dict[str, Any]] = {}
-        response: UpstreamResponse | None = None
-        while True:
-            items.update(plan.answered)
-            if plan.sent:
-                response = await self.upstream.request("POST", target, sent_headers, plan.body)
-                answer = response.json()
-                if response.status != 200 or not isinstance(answer, dict):
-                    if len(items) == len(plan.answered):  # the first round
-                        return response  # refused as a whole (auth, size): nothing indexed
-                    for p in plan.sent:  # a retry refused: those operations failed
-                        items[p] = self._error(
-                            ops[p], f"the cluster answered {response.status}", response.status
-                        )
-                    break
-                took += int(answer.get("took", 0))
-                try:
-                    answered = writes.response_items(answer, len(plan.sent))
-                except writes.WriteBodyError as exc:  # the cluster's answer, not the app's bulk
-                    if len(items) == len(plan.answered):
-                        raise UpstreamUnavailable(str(exc)) from None
-                    for p in plan.sent:
-                        items[p] = self._error(ops[p], str(exc), 502)
-                    break
-                for p, item in zip(plan.sent, answered, strict=True):
-                    if p in plan.renamed:
-                        item = writes.renamed(item, plan.renamed[p])
-                    items[p] = item
-                    if ops[p].enriched and writes.item_status(item) < 300:
-                        self.metrics.documents_enriched.inc()
-            retry = [
-                p
-                for p in plan.sent
-                if ops[p].send_as
-                and writes.item_status(items[p]) == 409
-                and not ops[p].conditional_by_app
-                and ops[p].tries < self._retries(ops[p])
-            ]
-            if not retry:
+        """Send the bulk; send again the updates that lost a version conflict; correct what
+        an alias switch put elsewhere. The app gets one answer, item for item."""
+        target = enrich_plan.plain_json_target(target)
+        sent_headers = writes.json_accept(_without(headers, "accept-encoding"))
+        results = _Results()
+        plan: writes.BulkPlan | None = await self._round_plan(ops, range(total))
+        first_round = True
+        while plan is not None:
+            failure = await self._send_round(ops, plan, target, sent_headers, results)
+            if failure is not None and first_round:
+                if failure.refused:  # refused as a whole (auth, size): nothing indexed
+                    assert results.response is not None
+                    return results.response
+                raise UpstreamUnavailable(failure.reason)
+            if failure is not None:  # a retry failed: those operations failed
+                failed = enrich_plan.failed_items(ops, plan.sent, failure.reason, failure.status)
+                results.items.update(failed)
                 break
-            for p in retry:
-                ops[p].tries += 1
-                ops[p].send_as = ops[p].doc = ops[p].text = None
-                self.metrics.enrich_retries.inc()
-            # Exponential backoff with full jitter: concurrent writers of one document
-            # should not collide again on the next round.
-            await asyncio.sleep(random.uniform(0, 0.01 * 2 ** max(ops[p].tries for p in retry)))
-            try:
-                await self._read_current([ops[p] for p in retry], auth)
-                plan = await self._lines(ops, retry)
-            except Exception as exc:  # the first round is indexed: answer, never raise
-                log.warning("retrying %d conflicting updates failed: %s", len(retry), exc)
-                for p in retry:
-                    items[p] = self._error(ops[p], f"retrying after a version conflict: {exc}", 503)
-                break
-        stale = [
-            (ops[p], writes.item_body(items[p])[1], ops[p].item.source())
-            for p in range(total)
-            if ops[p].target is not None
-            and not ops[p].target.enriched
-            and ops[p].item.action in ("index", "create")
-            and writes.item_status(items.get(p, {})) < 300
-        ]
+            retry = enrich_plan.conflicts_to_retry(
+                ops, plan.sent, results.items, self.config.update_retries
+            )
+            plan = await self._retry_round(ops, retry, auth, results) if retry else None
+            first_round = False
+        stale = enrich_plan.stale_writes(ops, results.items)
         if stale:
             await self._correct_safely(stale, target, sent_headers, auth)
-        body = writes.dumps(writes.assemble(total, took, list(items), list(items.values()), {}))
-        headers_out = (
-            writes.json_headers(response.headers)
-            if response
+        return self._response(total, results)
+
+    async def _send_round(
+        self,
+        ops: list[Op],
+        plan: writes.BulkPlan,
+        target: str,
+        headers: Headers,
+        results: _Results,
+    ) -> enrich_plan.RoundFailure | None:
+        """Send one round and put its items into ``results``; the failure when the cluster
+        did not answer item by item."""
+        results.items.update(plan.answered)
+        if not plan.sent:
+            return None
+        response = await self.upstream.request("POST", target, headers, plan.body)
+        results.response = response
+        answer = response.json()
+        answered = enrich_plan.round_items(response.status, answer, len(plan.sent))
+        if isinstance(answered, enrich_plan.RoundFailure):
+            return answered
+        results.took += int(answer.get("took", 0))
+        items = enrich_plan.items_by_position(plan, answered)
+        results.items.update(items)
+        self.metrics.documents_enriched.inc(enrich_plan.enriched_count(ops, items))
+        return None
+
+    async def _retry_round(
+        self, ops: list[Op], retry: list[int], auth: str | None, results: _Results
+    ) -> writes.BulkPlan | None:
+        """After a backoff, read, merge and encode again the updates that lost a version
+        conflict. The first round is indexed, so a failure here is answered (503 for those
+        updates, None returned), never raised."""
+        enrich_plan.reset_for_retry(ops, retry)
+        self.metrics.enrich_retries.inc(len(retry))
+        await self._sleep(self.conflict_policy.backoff(max(ops[p].tries for p in retry)))
+        try:
+            await self._read_current([ops[p] for p in retry], auth)
+            return await self._round_plan(ops, retry)
+        except Exception as exc:
+            log.warning("retrying %d conflicting updates failed: %s", len(retry), exc)
+            reason = f"retrying after a version conflict: {exc}"
+            results.items.update(enrich_plan.failed_items(ops, retry, reason, 503))
+            return None
+
+    @staticmethod
+    def _response(total: int, results: _Results) -> UpstreamResponse:
+        items = results.items
+        body = writes.assemble(total, results.took, list(items), list(items.values()), {})
+        headers = (
+            writes.json_headers(results.response.headers)
+            if results.response
             else [("content-type", "application/json; charset=UTF-8")]
         )
-        return UpstreamResponse(200, headers_out, body)
+        return UpstreamResponse(200, headers, writes.dumps(body))
 
-    def _retries(self, op: _Op) -> int:
-        asked = op.item.meta.get("retry_on_conflict", 0)
-        return max(self.config.update_retries, asked if isinstance(asked, int) else 0)
-
+    # ------------------------------------------------------------------ corrections
     async def _correct_safely(
-        self, written: list[tuple[_Op, Any, Any]], target: str, headers: Headers, auth: str | None
+        self, written: list[Written], target: str, headers: Headers, auth: str | None
     ) -> None:
         """``_correct`` after the app's write was indexed: a failure is logged and counted,
         never answered (the app would retry a write that happened)."""
         try:
             await self._correct(written, target, headers, auth)
         except Exception as exc:
-            ids = [answered.get("_id") for _, answered, _ in written if isinstance(answered, dict)]
+            ids = [w.answered.get("_id") for w in written if isinstance(w.answered, dict)]
             log.warning("could not add vectors after an alias switch to %s: %s", ids[:20], exc)
             self.metrics.enrich_corrections_failed.inc(len(written))
 
     async def _correct(
-        self,
-        written: list[tuple[_Op, Any, Any]],
-        target: str,
-        headers: Headers,
-        auth: str | None,
+        self, written: list[Written], target: str, headers: Headers, auth: str | None
     ) -> None:
         """Documents forwarded without a vector because their index had no sparse field, that
         the cluster put in another index (the alias switched since the proxy looked): written
-        again there with the vector, if that index has the field. Conditional on the
-        ``_seq_no`` the cluster answered, so a newer write is never overwritten."""
-        again: list[tuple[_Op, dict[str, Any]]] = []
-        for op, answered, doc in written:
-            if not isinstance(answered, dict) or not isinstance(doc, dict) or op.rule is None:
+        again there with the vector, if that index has the field."""
+        fixed: list[Op] = []
+        for write in written:
+            index = enrich_plan.moved_to(write)
+            if index is None:
                 continue
-            index = answered.get("_index")
-            if not isinstance(index, str) or op.target is None or index == op.target.index:
-                continue
-            self.facts.forget_target(op.target.name, op.rule.sparse_field)
-            actual = await self.facts.write_target(index, op.rule.sparse_field, auth)
-            if not actual.enriched or "_seq_no" not in answered or "_primary_term" not in answered:
-                continue
-            fixed = _Op(op.item, op.rule, actual)
-            self._compose(fixed, doc, self._where(op.item))
-            if fixed.doc is None or fixed.answer is not None:
-                continue
-            meta = {
-                "_index": index,
-                "_id": answered.get("_id"),
-                "if_seq_no": answered["_seq_no"],
-                "if_primary_term": answered["_primary_term"],
-            }
-            if "routing" in op.item.meta:
-                meta["routing"] = op.item.meta["routing"]
-            fixed.meta = meta
-            again.append((fixed, meta))
-        if not again:
-            return
-        rows = await self._encode([op.text or "" for op, _ in again])
-        lines: list[bytes] = []
-        for (op, meta), row in zip(again, rows, strict=True):
-            lines += [writes.action_line("index", meta), writes.dumps(self._with_vector(op, row))]
-        passed = {k: v for k, v in writes.query_params(target).items() if k in writes.BULK_PARAMS}
-        path = "/_bulk" + ("?" + urlencode(passed) if passed else "")
-        bulk_headers = writes.as_ndjson(
-            [(k, v) for k, v in headers if k.lower() not in ("accept-encoding", "content-encoding")]
-        )
-        response = await self.upstream.request("POST", path, bulk_headers, writes.join_lines(lines))
+            rule, resolved = write.op.rule, write.op.target
+            assert rule is not None and resolved is not None
+            self.facts.forget_target(resolved.name, rule.sparse_field)
+            actual = await self.facts.write_target(index, rule.sparse_field, auth)
+            again = enrich_plan.plan_correction(write, actual, self.config.on_encode_error)
+            if again is not None:
+                self._count_refusals([again])
+                if again.enriched:
+                    fixed.append(again)
+        if fixed:
+            await self._send_corrections(fixed, target, headers)
+
+    async def _send_corrections(self, fixed: list[Op], target: str, headers: Headers) -> None:
+        vectors = await self._vectors(fixed)
+        body = writes.join_lines(enrich_plan.correction_lines(fixed, vectors))
+        bulk_headers = writes.as_ndjson(_without(headers, "accept-encoding", "content-encoding"))
+        path = enrich_plan.correction_path(target)
+        response = await self.upstream.request("POST", path, bulk_headers, body)
         answer = response.json()
         if response.status == 200 and isinstance(answer, dict):
-            done = sum(1 for item in answer.get("items", []) if writes.item_status(item) < 300)
+            done = enrich_plan.succeeded(answer)
             self.metrics.enrich_corrections.inc(done)
             self.metrics.documents_enriched.inc(done)
