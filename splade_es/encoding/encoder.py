@@ -24,18 +24,20 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain, islice
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from .. import defaults
 from ..exceptions import ConfigurationError, EmptyTextError, InputError, ModelLoadError
 from ..sparse import SparseBatch, Vocabulary
 from .fast_forward import FastForward
 from .model_files import (
     CheckpointLayout,
     Mode,
+    StaticQueryFiles,
     default_model,
     read_layout,
     require_trusted_layout,
@@ -43,6 +45,9 @@ from .model_files import (
 )
 from .pooling import SparseRows, SpladeHead
 from .static_query import StaticQueryEncoder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +127,7 @@ class SpladeEncoder:
         cls,
         name_or_path: str | None = None,
         *,
-        device: str = "auto",
+        device: str = defaults.DEVICE,
         dtype: str = "auto",
         max_length: int | None = None,
         vocab_chunk: int = 2048,
@@ -130,6 +135,8 @@ class SpladeEncoder:
         compile: bool = False,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        layout: CheckpointLayout | None = None,
+        query_encoder: StaticQueryEncoder | None = None,
     ) -> SpladeEncoder:
         """Load a checkpoint by Hub id or local path; none: ``model_files.default_model()``
         (``SPLADE_ES_MODEL``, ``../shared/models/splade-tiny``, the user cache folder, then
@@ -142,62 +149,50 @@ class SpladeEncoder:
         tokenizer_config.json ``auto_map``); off, such a checkpoint is refused
         (``ModelLoadError``). Only for checkpoints whose source you trust: the code runs in
         this process with its rights.
+        ``layout``: ``name_or_path``'s layout when the caller has read it already
+        (``read_layout``): it is not resolved and read again (``revision`` is then unused).
+        ``query_encoder``: an inference-free checkpoint's query side when the caller has
+        loaded it already (``StaticQueryEncoder.from_files`` of this layout): its table is
+        reused, over this model's vocabulary, instead of being read again.
         """
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
-
         if name_or_path is None:
             name_or_path = default_model()
         # Options first: a typo in them is reported before any file is read.
         torch_device = parse_device(device)
         torch_dtype = parse_dtype(dtype, torch_device)
-        layout = read_layout(resolve_checkpoint(name_or_path, revision=revision))
+        if layout is None:
+            layout = read_layout(resolve_checkpoint(name_or_path, revision=revision))
         require_trusted_layout(layout, name_or_path, trust_remote_code)
-        try:
-            with _no_transformers_progress_bars():
-                # trust_remote_code is always a bool here: left None, transformers asks on
-                # standard input (and waits) whether to run a checkpoint's code.
-                tokenizer = AutoTokenizer.from_pretrained(
-                    str(layout.mlm_dir), trust_remote_code=trust_remote_code
-                )
-                model = AutoModelForMaskedLM.from_pretrained(
-                    str(layout.mlm_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
-                )
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"{name_or_path}: not a masked-LM checkpoint ({exc})") from exc
-        decoder = _detach_vocab_projection(model, name_or_path)
+        tokenizer, model = _load_masked_lm(layout, name_or_path, trust_remote_code)
         fast_paths = cpu_fast_paths()
-        if screen == "auto":
-            screen = {"on": True, "off": False}.get(fast_paths, _cpu_has_fast_bf16())
-        use_screen = bool(screen) and torch_device.type == "cpu" and torch_dtype == torch.float32
-        head = SpladeHead(
-            decoder.weight.to(torch_device, torch_dtype),
-            None if decoder.bias is None else decoder.bias.to(torch_device),
-            pooling=layout.pooling,
-            activation=layout.activation,
+        head = _splade_head(
+            _detach_vocab_projection(model, name_or_path),
+            layout,
+            torch_device,
+            torch_dtype,
             vocab_chunk=vocab_chunk,
-            screen=use_screen,
+            screen=_use_screen(screen, fast_paths, torch_device, torch_dtype),
         )
-        model = model.to(torch_device, torch_dtype).eval()
+        # As an nn.Module: transformers' own ``to`` is typed for its decorator, not callers.
+        placed: nn.Module = model
+        placed = placed.to(torch_device, torch_dtype).eval()
         if compile:
-            model = torch.compile(model, dynamic=True)
+            # An nn.Module in, an nn.Module (OptimizedModule) out; typed as any callable.
+            placed = cast(nn.Module, torch.compile(placed, dynamic=True))
         encoder = cls(
-            model,
+            placed,
             tokenizer,
             head,
             device=torch_device,
-            max_length=_max_length(max_length, layout, tokenizer, model),
+            max_length=_max_length(max_length, layout, tokenizer, placed),
             name=name_or_path,
             max_batch_tokens=_default_batch_tokens(torch_device),
             fast_forward=not compile and fast_paths != "off",
         )
         if layout.query_files is not None:
-            encoder.query_encoder = StaticQueryEncoder.from_files(
-                layout.query_files,
-                vocab=encoder.vocab,
-                name=name_or_path,
-                trust_remote_code=trust_remote_code,
+            encoder.query_encoder = _query_side(
+                layout.query_files, encoder, tokenizer, query_encoder, trust_remote_code
             )
-            _require_same_vocabulary(encoder.query_encoder, tokenizer, name_or_path)
         return encoder
 
     # ------------------------------------------------------------------ encoding
@@ -205,7 +200,7 @@ class SpladeEncoder:
         self,
         texts: Sequence[str],
         *,
-        batch_size: int = 32,
+        batch_size: int = defaults.BATCH_SIZE,
         top_k: int | None = None,
         min_weight: float | None = None,
         empty: EmptyPolicy = "error",
@@ -231,7 +226,7 @@ class SpladeEncoder:
         self,
         texts: Sequence[str],
         *,
-        batch_size: int = 32,
+        batch_size: int = defaults.BATCH_SIZE,
         top_k: int | None = None,
         min_weight: float | None = None,
         empty: EmptyPolicy = "error",
@@ -250,7 +245,7 @@ class SpladeEncoder:
         self,
         texts: Iterable[str],
         *,
-        batch_size: int = 32,
+        batch_size: int = defaults.BATCH_SIZE,
         window: int | None = None,
         empty: EmptyPolicy = "error",
         progress: ProgressCallback | None = None,
@@ -458,6 +453,79 @@ def _no_transformers_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _load_masked_lm(
+    layout: CheckpointLayout, name: str, trust_remote_code: bool
+) -> tuple[Any, PreTrainedModel]:
+    """The checkpoint's tokenizer and masked-LM, in fp32 on the CPU (placed later)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    try:
+        with _no_transformers_progress_bars():
+            # trust_remote_code is always a bool here: left None, transformers asks on
+            # standard input (and waits) whether to run a checkpoint's code.
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(layout.mlm_dir), trust_remote_code=trust_remote_code
+            )
+            model = AutoModelForMaskedLM.from_pretrained(
+                str(layout.mlm_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{name}: not a masked-LM checkpoint ({exc})") from exc
+    return tokenizer, model
+
+
+def _use_screen(
+    screen: bool | Literal["auto"],
+    fast_paths: Literal["auto", "on", "off"],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> bool:
+    """Whether the head screens with bf16: asked for ("auto": the CPU has fast bf16, or
+    ``SPLADE_ES_CPU_FAST_PATHS`` says), and only for fp32 on a CPU."""
+    if screen == "auto":
+        screen = {"on": True, "off": False}.get(fast_paths, _cpu_has_fast_bf16())
+    return bool(screen) and device.type == "cpu" and dtype == torch.float32
+
+
+def _splade_head(
+    decoder: nn.Linear,
+    layout: CheckpointLayout,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    vocab_chunk: int,
+    screen: bool,
+) -> SpladeHead:
+    """The pooling head over the model's vocabulary projection, on ``device``."""
+    return SpladeHead(
+        decoder.weight.to(device, dtype),
+        None if decoder.bias is None else decoder.bias.to(device),
+        pooling=layout.pooling,
+        activation=layout.activation,
+        vocab_chunk=vocab_chunk,
+        screen=screen,
+    )
+
+
+def _query_side(
+    files: StaticQueryFiles,
+    encoder: SpladeEncoder,
+    tokenizer: Any,
+    loaded: StaticQueryEncoder | None,
+    trust_remote_code: bool,
+) -> StaticQueryEncoder:
+    """An inference-free model's query table over ``encoder``'s vocabulary: ``loaded``
+    (already read by the caller) when given, else read from ``files``."""
+    if loaded is not None:
+        query = loaded.over_vocabulary(encoder.vocab)
+    else:
+        query = StaticQueryEncoder.from_files(
+            files, vocab=encoder.vocab, name=encoder.name, trust_remote_code=trust_remote_code
+        )
+    _require_same_vocabulary(query, tokenizer, encoder.name)
+    return query
+
+
 def _length_batches(
     order: list[int], ids: list[list[int]], batch_size: int, max_tokens: int
 ) -> Iterator[list[int]]:
@@ -525,7 +593,7 @@ def _require_same_vocabulary(query: StaticQueryEncoder, tokenizer: Any, name: st
         )
 
 
-def _detach_vocab_projection(model: nn.Module, name: str) -> nn.Linear:
+def _detach_vocab_projection(model: PreTrainedModel, name: str) -> nn.Linear:
     """Swap the model's vocabulary projection for a pass-through and return the projection."""
     decoder = model.get_output_embeddings()
     if not isinstance(decoder, nn.Linear):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import defaults
 from ..exceptions import EmptyTextError, InputError, ModelLoadError
 from ..sparse import SparseBatch, Vocabulary
 from .model_files import StaticQueryFiles, read_layout, require_trusted_code, resolve_checkpoint
@@ -145,13 +146,29 @@ class StaticQueryEncoder:
             layout.query_files, name=name_or_path, trust_remote_code=trust_remote_code
         )
 
+    def over_vocabulary(self, vocab: Vocabulary) -> StaticQueryEncoder:
+        """This tokenizer and table naming ids by ``vocab`` (a document encoder's, so query and
+        document batches share one vocabulary), without reading the files again: what
+        ``from_files(..., vocab=vocab)`` gives. The table is already cleaned (specials and
+        non-positive weights zeroed); it is only padded to ``vocab``'s size."""
+        return StaticQueryEncoder(
+            self.backend,
+            self.table,
+            vocab=vocab,
+            special_ids=(),
+            max_tokens=self.max_tokens,
+            truncate_left=self.truncate_left,
+            name=self.name,
+        )
+
     # ------------------------------------------------------------------ encoding
     def query_ids(self, text: str) -> tuple[np.ndarray, bool]:
         """Token ids of ``text`` as the reference sees them (truncated), and whether it was cut."""
         ids = self.backend.encode(text, add_special_tokens=False).ids
-        cut = self.max_tokens is not None and len(ids) > self.max_tokens
-        if cut:
-            ids = ids[-self.max_tokens :] if self.truncate_left else ids[: self.max_tokens]
+        limit = self.max_tokens
+        cut = limit is not None and len(ids) > limit
+        if limit is not None and cut:
+            ids = ids[-limit:] if self.truncate_left else ids[:limit]
         return np.asarray(ids, dtype=np.int64), cut
 
     def encode_one(self, text: str) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -166,7 +183,7 @@ class StaticQueryEncoder:
         self,
         texts: Sequence[str],
         *,
-        batch_size: int = 32,
+        batch_size: int = defaults.BATCH_SIZE,
         top_k: int | None = None,
         min_weight: float | None = None,
         empty: str = "error",

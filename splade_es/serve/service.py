@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import defaults
 from ..connect import ConnectionConfig
 from ..encoding.encoder import SpladeEncoder, parse_device
-from ..encoding.model_files import read_layout, resolve_checkpoint
+from ..encoding.model_files import CheckpointLayout, read_layout, resolve_checkpoint
+from ..encoding.protocol import DocumentEncoder, Encoder
 from ..encoding.static_query import StaticQueryEncoder
 from ..engines import FieldType, Hybrid, dialect_for
 from ..exceptions import ConfigurationError, InputError, ServiceUnavailableError
-from ..query import QueryBuilder, QueryPruning
+from ..query import PreparedSearch, QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
 from . import rewrite
 from .batcher import DocumentBatcher, MicroBatcher
@@ -36,7 +38,7 @@ MIB = 1024 * 1024
 class ServeConfig:
     connection: ConnectionConfig
     model: str = ""
-    device: str = "auto"
+    device: str = defaults.DEVICE
     # Run the Python code the checkpoint ships (``SpladeEncoder.from_pretrained``'s option).
     trust_remote_code: bool = False
     max_batch: int = 32
@@ -56,7 +58,7 @@ class ServeConfig:
     # None: ``threads``.
     batch_threads: int | None = None
     enrich: EnrichConfig | None = None  # the write path (``serve --enrich``); None: off
-    document_batch_size: int = 32  # as ``splade-es ingest --batch-size``: the same batches
+    document_batch_size: int = defaults.BATCH_SIZE  # as ``ingest --batch-size``: same batches
     # Texts per model call for documents and long query texts (the bulk lane of batcher.py):
     # a query waits for at most one such call. None: 2 on a CPU (a text of 512 tokens takes
     # ~0.2 s there: benchmarks/serve.py --only hol), 32 on an accelerator, where larger
@@ -158,28 +160,52 @@ def model_name(name: str) -> str:
     return path.resolve().name or name
 
 
+def read_checkpoint(model: str) -> CheckpointLayout:
+    """``model``'s layout (a Hub id resolved first): read once per serve process."""
+    return read_layout(resolve_checkpoint(model))
+
+
 def load_query_encoder(
-    model: str, device: str = "auto", trust_remote_code: bool = False
+    model: str,
+    device: str = defaults.DEVICE,
+    trust_remote_code: bool = False,
+    *,
+    layout: CheckpointLayout | None = None,
 ) -> SpladeEncoder | StaticQueryEncoder:
     """What the query path needs: an inference-free model's token weight table alone (no torch
-    model, microseconds a query), or the whole model for a siamese one."""
-    layout = read_layout(resolve_checkpoint(model))
+    model, microseconds a query), or the whole model for a siamese one. ``layout``: the
+    model's, when the caller has read it (``read_checkpoint``)."""
+    if layout is None:
+        layout = read_checkpoint(model)
     if layout.query_files is not None:
         return StaticQueryEncoder.from_files(
             layout.query_files, name=model, trust_remote_code=trust_remote_code
         )
-    return SpladeEncoder.from_pretrained(model, device=device, trust_remote_code=trust_remote_code)
+    return SpladeEncoder.from_pretrained(
+        model, device=device, trust_remote_code=trust_remote_code, layout=layout
+    )
 
 
 class Service:
     """Everything one serve process holds: model, batcher, upstream, cached index facts."""
 
     def __init__(
-        self, config: ServeConfig, encoder: SpladeEncoder | StaticQueryEncoder | None = None
+        self,
+        config: ServeConfig,
+        encoder: Encoder | None = None,
+        *,
+        layout: CheckpointLayout | None = None,
     ) -> None:
+        """``encoder``: the query side, given (``config.model`` is then loaded only for a
+        document request, if it is not a ``DocumentEncoder``); ``layout``: ``config.model``'s,
+        when the caller has read it (``create_app`` does, to check the model before start)."""
         self.config = config
         self.encoder = encoder
-        self._document_encoder: SpladeEncoder | None = None
+        self.layout = layout
+        self._document_encoder: DocumentEncoder | None = None
+        # The inference-free query table this service loaded itself: the document side
+        # reuses it instead of reading it again.
+        self._loaded_query_table: StaticQueryEncoder | None = None
         self.metrics = Metrics()
         self.upstream = Upstream(config.connection, max_connections=config.max_connections)
         self.facts = FactsCache(self.upstream, ttl=config.facts_ttl)
@@ -188,14 +214,41 @@ class Service:
         self.enricher: Enricher | None = None
         self._engine_builders: dict[tuple[Any, ...], QueryBuilder] = {}
 
+    def checkpoint_layout(self) -> CheckpointLayout:
+        """``config.model``'s layout, read on first use only."""
+        if self.layout is None:
+            self.layout = read_checkpoint(self.config.model)
+        return self.layout
+
+    def _load_query_encoder(self) -> Encoder:
+        encoder = load_query_encoder(
+            self.config.model,
+            self.config.device,
+            self.config.trust_remote_code,
+            layout=self.checkpoint_layout(),
+        )
+        if isinstance(encoder, StaticQueryEncoder):
+            self._loaded_query_table = encoder
+        return encoder
+
+    def _load_document_encoder(self) -> SpladeEncoder:
+        return SpladeEncoder.from_pretrained(
+            self.config.model,
+            device=self.config.device,
+            trust_remote_code=self.config.trust_remote_code,
+            layout=self.checkpoint_layout(),
+            query_encoder=self._loaded_query_table,
+        )
+
+    @property
+    def loaded_encoder(self) -> Encoder:
+        """The query-side encoder, once ``start`` has loaded it."""
+        assert self.encoder is not None, "Service.start loads the encoder"
+        return self.encoder
+
     async def start(self) -> None:
         if self.encoder is None:
-            self.encoder = await asyncio.to_thread(
-                load_query_encoder,
-                self.config.model,
-                self.config.device,
-                self.config.trust_remote_code,
-            )
+            self.encoder = await asyncio.to_thread(self._load_query_encoder)
         encoder = self.encoder
 
         def encode_queries(texts: list[str]) -> SparseBatch:
@@ -234,7 +287,7 @@ class Service:
                 torch.set_num_threads(threads)
 
     def encode_documents(
-        self, encoder: SpladeEncoder, texts: list[str], **options: Any
+        self, encoder: DocumentEncoder, texts: list[str], **options: Any
     ) -> SparseBatch:
         """Documents on the model thread, with the thread count for their number."""
         self.use_threads(encoder, len(texts))
@@ -296,18 +349,13 @@ class Service:
         return builder
 
     # ------------------------------------------------------------------ encoding
-    async def document_encoder(self) -> SpladeEncoder:
+    async def document_encoder(self) -> DocumentEncoder:
         """The masked-LM document side. For an inference-free model it is loaded on the first
         document request only: a proxy that translates queries never loads it."""
         if isinstance(self.encoder, SpladeEncoder):
             return self.encoder
         if self._document_encoder is None:
-            self._document_encoder = await asyncio.to_thread(
-                SpladeEncoder.from_pretrained,
-                self.config.model,
-                device=self.config.device,
-                trust_remote_code=self.config.trust_remote_code,
-            )
+            self._document_encoder = await asyncio.to_thread(self._load_document_encoder)
         return self._document_encoder
 
     async def query_vectors(self, texts: Sequence[str]) -> list[SparseBatch]:
@@ -402,61 +450,76 @@ class Service:
         if not text.strip():
             raise HttpError(400, "illegal_argument_exception", "[text] must not be empty")
         check_texts([text], self.config, "[text]")
-        field = field_of(spec, "field", str, "splade")
+        field = field_of(spec, "field", str, defaults.VECTOR_FIELD)
         pruning = QueryPruning(
             top_k=field_of(spec, "top_k", int, None),
             min_weight=field_of(spec, "min_weight", float, None),
             mass=field_of(spec, "mass", float, None),
         )
-        index = field_of(spec, "index", str, None)
-        if index is not None:
-            builder = await self.facts.builder(index, field, authorization)
-        else:
-            engine = field_of(spec, "engine", str, None)
-            version = field_of(spec, "version", str, None)
-            if engine is None or version is None:
-                raise HttpError(
-                    400,
-                    "illegal_argument_exception",
-                    "give [index], or [engine] and [version] (and [field_type])",
-                )
-            field_type: FieldType = field_of(spec, "field_type", str, "rank_features")  # type: ignore[assignment]
-            builder = self.engine_builder(
-                engine, version, field, field_type, field_of(spec, "max_clauses", int, None)
-            )
-        hybrid_spec = field_of(spec, "hybrid", dict, None)
-        hybrid = None
-        if hybrid_spec is not None:
-            try:
-                if "text_fields" in hybrid_spec:
-                    hybrid_spec = {**hybrid_spec, "text_fields": tuple(hybrid_spec["text_fields"])}
-                hybrid = Hybrid(**hybrid_spec)
-            except TypeError as exc:
-                raise HttpError(400, "illegal_argument_exception", f"[hybrid]: {exc}") from None
+        builder = await self._translation_builder(spec, field, authorization)
+        hybrid = hybrid_of(spec)
         filters = field_of(spec, "filters", list, [])
         [vector] = await self.query_vectors([text])
         prepared = builder.search_request(
             vector,
-            k=field_of(spec, "k", int, 10),
+            k=field_of(spec, "k", int, defaults.TOP_K),
             text=text,
             filters=filters,
             hybrid=hybrid,
             source=spec.get("source", True),
             pruning=pruning,
         )
-        return {
-            "body": prepared.request.body,
-            "params": dict(prepared.request.params),
-            "engine": builder.dialect.engine,
-            "version": builder.dialect.version_text,
-            "field_type": builder.field_type,
-            "pruning": {
-                "kept": prepared.prune.kept,
-                "dropped": prepared.prune.dropped,
-                "kept_weight": prepared.prune.kept_weight,
-                "clause_limited": prepared.prune.clause_limited,
-            },
-        }
+        return translation_answer(builder, prepared)
+
+    async def _translation_builder(
+        self, spec: dict[str, Any], field: str, authorization: str | None
+    ) -> QueryBuilder:
+        """The builder for a translation request: an index's (its facts), or a named engine's."""
+        index = field_of(spec, "index", str, None)
+        if index is not None:
+            return await self.facts.builder(index, field, authorization)
+        engine = field_of(spec, "engine", str, None)
+        version = field_of(spec, "version", str, None)
+        if engine is None or version is None:
+            raise HttpError(
+                400,
+                "illegal_argument_exception",
+                "give [index], or [engine] and [version] (and [field_type])",
+            )
+        field_type: FieldType = field_of(spec, "field_type", str, defaults.FIELD_TYPE)
+        return self.engine_builder(
+            engine, version, field, field_type, field_of(spec, "max_clauses", int, None)
+        )
+
+
+def hybrid_of(spec: dict[str, Any]) -> Hybrid | None:
+    """A translation request's ``hybrid`` object as ``Hybrid`` (None when absent)."""
+    hybrid_spec = field_of(spec, "hybrid", dict, None)
+    if hybrid_spec is None:
+        return None
+    try:
+        if "text_fields" in hybrid_spec:
+            hybrid_spec = {**hybrid_spec, "text_fields": tuple(hybrid_spec["text_fields"])}
+        return Hybrid(**hybrid_spec)
+    except TypeError as exc:
+        raise HttpError(400, "illegal_argument_exception", f"[hybrid]: {exc}") from None
+
+
+def translation_answer(builder: QueryBuilder, prepared: PreparedSearch) -> dict[str, Any]:
+    """The body of a ``/_splade/query`` answer."""
+    return {
+        "body": prepared.request.body,
+        "params": dict(prepared.request.params),
+        "engine": builder.dialect.engine,
+        "version": builder.dialect.version_text,
+        "field_type": builder.field_type,
+        "pruning": {
+            "kept": prepared.prune.kept,
+            "dropped": prepared.prune.dropped,
+            "kept_weight": prepared.prune.kept_weight,
+            "clause_limited": prepared.prune.clause_limited,
+        },
+    }
 
 
 # ---------------------------------------------------------------------- JSON input helpers
