@@ -30,10 +30,15 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
+    """Every metric serve exports. ``__init__`` is a declarative table, one declaration per
+    metric (name, help text, labels, buckets), grouped by the path that records it."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._hits = self._lookups = 0
         r = self.registry
+
+        # Every request, and the query path (search, msearch, /_splade/*).
         self.requests = Counter(
             "splade_es_requests",
             "Requests served, by route (passthrough, search, msearch, query, encode, "
@@ -67,10 +72,14 @@ class Metrics:
             registry=r,
         )
         self.cache_hits = Counter(
-            "splade_es_query_cache_hits", "Query vectors served from the LRU cache.", registry=r
+            "splade_es_query_cache_hits",
+            "Query vectors served from the LRU cache.",
+            registry=r,
         )
         self.cache_misses = Counter(
-            "splade_es_query_cache_misses", "Query vectors that had to be encoded.", registry=r
+            "splade_es_query_cache_misses",
+            "Query vectors that had to be encoded.",
+            registry=r,
         )
         self.cache_hit_ratio = Gauge(
             "splade_es_query_cache_hit_ratio",
@@ -136,7 +145,6 @@ class Metrics:
             "switched) and were written again with a vector.",
             registry=r,
         )
-
         self.enrich_corrections_failed = Counter(
             "splade_es_enrich_corrections_failed",
             "Documents an alias switch sent to an index with the sparse field whose vector "
