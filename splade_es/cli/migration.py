@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.text import Text
 
+from .. import defaults
 from ..connect import call, connect
 from ..documents import parse_fields
+from ..migrate.config import HYBRID_WEIGHT, MAX_DELTA, MAX_PASSES, WORKERS, Gate, MigrationConfig
 from .app import (
     EXIT_PARTIAL,
     FIELDS,
@@ -28,6 +30,10 @@ from .app import (
     warn,
 )
 
+if TYPE_CHECKING:
+    from ..encoding.protocol import DocumentEncoder
+    from ..migrate.run import MigrationReport
+
 
 @main.command()
 @connection_options
@@ -35,17 +41,21 @@ from .app import (
 @click.option("--target", required=True, help="The index to build (created if absent).")
 @click.option("--alias", required=True, help="The alias applications search through.")
 @model_option(required=False)
-@click.option("--text-fields", default="title,text", show_default=True, type=FIELDS)
-@click.option("--sparse-field", default="splade", show_default=True)
+@click.option(
+    "--text-fields", default=",".join(defaults.TEXT_FIELDS), show_default=True, type=FIELDS
+)
+@click.option("--sparse-field", default=defaults.VECTOR_FIELD, show_default=True)
 @click.option(
     "--field-type",
     type=click.Choice(["rank_features", "sparse_vector"]),
-    default="rank_features",
+    default=defaults.FIELD_TYPE,
     show_default=True,
 )
 @click.option("--slices", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--batch-size", default=defaults.BATCH_SIZE, show_default=True, type=click.IntRange(1)
+)
+@click.option("--workers", default=WORKERS, show_default=True, type=click.IntRange(1))
 @click.option("--checkpoint", type=NEW_FILE, help="Migration state file.")
 @click.option(
     "--dead-letter",
@@ -57,15 +67,17 @@ from .app import (
 @click.option("--gate-qrels", type=click.Path(exists=True, dir_okay=False))
 @click.option("--min-ndcg-gain", type=float, help="Gate: nDCG@10 gain over BM25 (needs qrels).")
 @click.option("--min-overlap", type=click.FloatRange(0, 1), help="Gate: overlap@10 with BM25.")
-@click.option("--hybrid-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option(
+    "--hybrid-weight", default=HYBRID_WEIGHT, show_default=True, type=click.FloatRange(0, 1)
+)
 @click.option(
     "--max-delta",
-    default=10,
+    default=MAX_DELTA,
     show_default=True,
     type=click.IntRange(1),
     help="Catch-up passes repeat until one finds fewer changes than this.",
 )
-@click.option("--max-passes", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--max-passes", default=MAX_PASSES, show_default=True, type=click.IntRange(1))
 @click.option(
     "--no-write-block",
     is_flag=True,
@@ -97,10 +109,7 @@ def migrate(**opts: Any) -> None:
     deletes, and the final pass and the switch run with writes to --source blocked (a few
     seconds; --no-write-block to skip, at the risk of missing writes made meanwhile).
     """
-    from ..ingest.checkpoint import default_dead_letter
-    from ..migrate.report import gate_table, summary_lines, write_chart, write_markdown
-    from ..migrate.run import Gate, MigrationConfig, report_json, require_source, rollback
-    from ..migrate.run import migrate as run_migration
+    from ..migrate.indices import require_source, rollback
 
     cluster = connect(connection_config(opts))
     if opts["mode"] == "rollback":
@@ -112,18 +121,25 @@ def migrate(**opts: Any) -> None:
     # Before the model loads and the source is counted: a missing source is named as such,
     # not as an error while counting it.
     require_source(cluster.client, opts["source"])
-    gate = None
-    if opts["gate_queries"]:
-        from ..beir import read_qrels, read_queries
+    config = _migration_config(opts)
+    from ..encoding.encoder import SpladeEncoder
 
-        gate = Gate(
-            queries=read_queries(opts["gate_queries"]),
-            qrels=read_qrels(opts["gate_qrels"]) if opts["gate_qrels"] else None,
-            min_ndcg_gain=opts["min_ndcg_gain"],
-            min_overlap=opts["min_overlap"],
-            hybrid_weight=opts["hybrid_weight"],
-        )
-    config = MigrationConfig(
+    encoder = SpladeEncoder.from_pretrained(
+        opts["model"], device=opts["device"], trust_remote_code=opts["trust_remote_code"]
+    )
+    report = _run_with_progress(cluster.client, config, encoder, opts)
+    if opts["report_path"]:
+        _write_report_files(report, Path(opts["report_path"]))
+    _print_report(report, as_json=opts["as_json"])
+    if _failed(report, switch_asked=opts["mode"] == "switch"):
+        sys.exit(EXIT_PARTIAL)
+
+
+def _migration_config(opts: dict[str, Any]) -> MigrationConfig:
+    """The ``MigrationConfig`` the options describe (a gate if --gate-queries is given)."""
+    from ..ingest.checkpoint import default_dead_letter
+
+    return MigrationConfig(
         source=opts["source"],
         target=opts["target"],
         alias=opts["alias"],
@@ -136,21 +152,39 @@ def migrate(**opts: Any) -> None:
         checkpoint=opts["checkpoint"],
         dead_letter=opts["dead_letter"]
         or str(default_dead_letter(opts["target"], opts["checkpoint"])),
-        gate=gate,
+        gate=_gate(opts),
         switch=opts["mode"] == "switch",
         max_delta=opts["max_delta"],
         max_passes=opts["max_passes"],
         write_block=not opts["no_write_block"],
     )
-    from ..encoding.encoder import SpladeEncoder
 
-    encoder = SpladeEncoder.from_pretrained(
-        opts["model"], device=opts["device"], trust_remote_code=opts["trust_remote_code"]
+
+def _gate(opts: dict[str, Any]) -> Gate | None:
+    if not opts["gate_queries"]:
+        return None
+    from ..beir import read_qrels, read_queries
+
+    return Gate(
+        queries=read_queries(opts["gate_queries"]),
+        qrels=read_qrels(opts["gate_qrels"]) if opts["gate_qrels"] else None,
+        min_ndcg_gain=opts["min_ndcg_gain"],
+        min_overlap=opts["min_overlap"],
+        hybrid_weight=opts["hybrid_weight"],
     )
+
+
+def _run_with_progress(
+    client: Any, config: MigrationConfig, encoder: DocumentEncoder, opts: dict[str, Any]
+) -> MigrationReport:
+    """``migrate`` with the copy's progress bars and each step as a dim line (none with
+    --quiet or --json)."""
+    from ..migrate.run import migrate as run_migration
+
     quiet = opts["quiet"] or opts["as_json"]
-    total, already = _copy_counts(cluster.client, opts["source"], opts["target"])
+    total, already = _copy_counts(client, config.source, config.target)
     if already and not quiet:
-        err_console.print(f"{already:,} of {total:,} documents already copied to {opts['target']}")
+        err_console.print(f"{already:,} of {total:,} documents already copied to {config.target}")
     with progress_display(quiet) as progress:
         # A resumed copy skips what the target holds: the bars start there, and their
         # rates count only this run's documents.
@@ -163,35 +197,48 @@ def migrate(**opts: Any) -> None:
             )
             for stage in ("read", "encoded", "indexed", "failed")
         }
-        report = run_migration(
-            cluster.client,
+        return run_migration(
+            client,
             config,
             encoder=encoder,
             progress=lambda stage, n: progress.advance(tasks[stage], n),
             on_step=None if quiet else lambda m: progress.console.print(Text(m, style="dim")),
         )
-    if opts["report_path"]:
-        try:
-            chart = write_chart(report, Path(opts["report_path"]).with_suffix(".png"))
-        except ImportError:
-            chart = None
-            warn("no PNG chart: it needs matplotlib (pip install 'splade-es[report]')")
-        write_markdown(report, opts["report_path"], chart=chart.name if chart else None)
-    if opts["as_json"]:
+
+
+def _write_report_files(report: MigrationReport, path: Path) -> None:
+    """The Markdown report, and the PNG chart next to it where matplotlib is installed."""
+    from ..migrate.report import write_chart, write_markdown
+
+    try:
+        chart = write_chart(report, path.with_suffix(".png"))
+    except ImportError:
+        chart = None
+        warn("no PNG chart: it needs matplotlib (pip install 'splade-es[report]')")
+    write_markdown(report, path, chart=chart.name if chart else None)
+
+
+def _print_report(report: MigrationReport, *, as_json: bool) -> None:
+    from ..migrate.report import gate_table, summary_lines
+    from ..migrate.run import report_json
+
+    if as_json:
         click.echo(json.dumps(report_json(report)))
-    else:
-        if report.gate:
-            print_table(gate_table(report))
-        for line in summary_lines(report):
-            err_console.print(Text(line))
-    failed = (
+        return
+    if report.gate:
+        print_table(gate_table(report))
+    for line in summary_lines(report):
+        err_console.print(Text(line))
+
+
+def _failed(report: MigrationReport, *, switch_asked: bool) -> bool:
+    """Exit status 1: the verification or the gate failed, or --switch did not switch
+    (e.g. documents refused during a catch-up pass)."""
+    return (
         not report.verification.ok
         or (report.gate is not None and not report.gate.passed)
-        # e.g. documents refused during a catch-up pass: asked to switch, did not
-        or (opts["mode"] == "switch" and not report.switched)
+        or (switch_asked and not report.switched)
     )
-    if failed:
-        sys.exit(EXIT_PARTIAL)
 
 
 def _copy_counts(client: Any, source: str, target: str) -> tuple[int, int]:
