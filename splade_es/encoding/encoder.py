@@ -173,12 +173,7 @@ class SpladeEncoder:
             vocab_chunk=vocab_chunk,
             screen=_use_screen(screen, fast_paths, torch_device, torch_dtype),
         )
-        # As an nn.Module: transformers' own ``to`` is typed for its decorator, not callers.
-        placed: nn.Module = model
-        placed = placed.to(torch_device, torch_dtype).eval()
-        if compile:
-            # An nn.Module in, an nn.Module (OptimizedModule) out; typed as any callable.
-            placed = cast(nn.Module, torch.compile(placed, dynamic=True))
+        placed = _placed(model, torch_device, torch_dtype, compile=compile)
         encoder = cls(
             placed,
             tokenizer,
@@ -505,6 +500,18 @@ def _splade_head(
         vocab_chunk=vocab_chunk,
         screen=screen,
     )
+
+
+def _placed(
+    model: nn.Module, device: torch.device, dtype: torch.dtype, *, compile: bool
+) -> nn.Module:
+    """The model on ``device`` in ``dtype``, in eval mode; compiled when asked."""
+    # Taken as an nn.Module: transformers types its own ``to`` for its decorator, not callers.
+    placed = model.to(device, dtype).eval()
+    if compile:
+        # An nn.Module in, an nn.Module (OptimizedModule) out; typed as any callable.
+        placed = cast(nn.Module, torch.compile(placed, dynamic=True))
+    return placed
 
 
 def _query_side(

@@ -4,7 +4,13 @@
             search with a ``splade`` clause     rewrite: clause -> QueryBuilder body (pure)
             anything else                       forwarded unchanged
 
-    app.py        ASGI routes and wiring (Starlette)
+    app.py        create_app: the stages below, composed into a Starlette app
+    lifecycle.py  the model checked when the app is made; the service started and stopped
+    middleware.py requests refused before any route; per-client concurrency
+    routes.py     the API: /_splade/health, metrics, query, encode; /embed_sparse
+    proxy.py      everything else, to the cluster: searches rewritten, writes enriched
+    exchange.py   request bodies, headers, the deadline; answers and the access log
+    errors.py     the one table from an error to its HTTP answer
     service.py    the process: model + batcher, upstream, facts; rewriting and translating
     rewrite.py    pure: locate ``splade`` clauses in search / msearch bodies, replace them
     facts.py      per-index engine, version, field type and clause limit, cached

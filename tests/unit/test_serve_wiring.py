@@ -234,7 +234,7 @@ def test_within_turns_its_own_deadline_into_a_request_timeout():
         async with within(loop.time() + seconds, seconds):
             await asyncio.sleep(inner)
 
-    with pytest.raises(RequestTimeout, match="within 0.01 s"):
+    with pytest.raises(RequestTimeout, match=r"within 0\.01 s"):
         asyncio.run(run(0.01, 1))
     asyncio.run(run(1, 0))  # in time: nothing
 
