@@ -27,6 +27,7 @@ from typing import Any
 
 from tenacity import retry_if_exception
 
+from .. import defaults
 from ..connect import call
 from ..engines import Dialect
 from ..exceptions import ClusterError
@@ -142,7 +143,9 @@ def read_ids(client: Any, index: str, *, dialect: Dialect) -> set[str]:
     return {str(r.doc["_id"]) for r in records if r.doc is not None}  # an index read has docs
 
 
-def delete_ids(client: Any, index: str, ids: Iterable[str], *, batch: int = 500) -> int:
+def delete_ids(
+    client: Any, index: str, ids: Iterable[str], *, batch: int = defaults.BULK_DOCS
+) -> int:
     """Delete ``ids`` from ``index``; raises naming the first id the cluster refused."""
     pending = sorted(ids)
     for start in range(0, len(pending), batch):

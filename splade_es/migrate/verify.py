@@ -12,6 +12,7 @@ from typing import Any
 from ..connect import call
 from ..engines import Dialect
 from ..ingest.index_source import read_index
+from .config import VERIFY_SAMPLE
 from .sync import Watermarks, read_ids, read_max_seq_nos
 
 
@@ -44,7 +45,7 @@ def verify(
     *,
     dialect: Dialect,
     sparse_field: str,
-    sample: int = 20,
+    sample: int = VERIFY_SAMPLE,
     synced_at: Watermarks | None = None,
 ) -> Verification:
     """Counts, the id sets of both indices, ``sample`` documents compared field by field (the
