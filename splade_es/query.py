@@ -31,7 +31,7 @@ from typing import Any
 from . import defaults
 from .connect import Version, call, client_of
 from .engines import Dialect, FieldType, Hybrid, QueryStyle, SearchRequest, dialect_for, dialect_of
-from .engines.base import with_filters
+from .engines.base import DEFAULT_CLAUSE_LIMIT, with_filters
 from .exceptions import ClusterError, ConfigurationError, EmptyQueryError
 from .sparse import SparseBatch
 from .tokens import TokenCodec, escape_token, is_storable
@@ -359,6 +359,8 @@ def clause_limit_of(client: Any, dialect: Dialect) -> int:
             "reading cluster settings",
         )
     except ClusterError:  # permission to read settings is not required to search
-        log.info("could not read cluster settings; assuming a clause limit of 1024")
-        return 1024
+        log.info(
+            "could not read cluster settings; assuming a clause limit of %d", DEFAULT_CLAUSE_LIMIT
+        )
+        return DEFAULT_CLAUSE_LIMIT
     return dialect.clause_limit(dict(settings))

@@ -61,6 +61,8 @@ from .tokens import KeyScheme, TokenCodec
 if TYPE_CHECKING:
     from .encoding.encoder import SpladeEncoder
 
+ERROR_COL = "splade_error"  # encode's column of why a row has no vector
+
 _ENCODERS: dict[tuple[str, str], SpladeEncoder] = {}  # per Python worker: (model, device)
 
 
@@ -84,7 +86,7 @@ def encode_frames(
     device: str = defaults.DEVICE,
     id_col: str | None = None,
     json_col: str | None = None,
-    error_col: str = "splade_error",
+    error_col: str = ERROR_COL,
 ) -> Iterator[Any]:
     """Pandas frames (the rows of one partition, in order) with ``output_col`` (feature key
     -> weight) and ``error_col`` (why the row has no vector) added; for use outside Spark.
@@ -122,7 +124,7 @@ def encode_batches(
     device: str = defaults.DEVICE,
     id_col: str | None = None,
     json_col: str | None = None,
-    error_col: str = "splade_error",
+    error_col: str = ERROR_COL,
 ) -> Iterator[Any]:
     """The ``mapInArrow`` function of ``encode``: each Arrow batch gains ``output_col`` and
     ``error_col``."""
@@ -211,7 +213,7 @@ def encode(
     device: str = defaults.DEVICE,
     id_col: str | None = None,
     json_col: str | None = None,
-    error_col: str = "splade_error",
+    error_col: str = ERROR_COL,
 ) -> Any:
     """``df`` plus ``output_col: map<string, float>`` (the engines' feature keys) and
     ``error_col: string``: each row has a vector, or the reason ``splade-es ingest`` would
