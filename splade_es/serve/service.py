@@ -74,9 +74,9 @@ class ServeConfig:
     max_text_chars: int = 1_000_000
     max_json_depth: int = rewrite.MAX_DEPTH
     # The proxy's own time for a request: reading its body, waiting for and running the
-    # encoder, the cluster's answer (a write's cluster exchange is not cut: see app.py).
+    # encoder, the cluster's answer (a write's cluster exchange is not cut: see proxy.py).
     max_request_seconds: float = 60.0
-    # Per-client limit: requests of one client address in flight at once (app.py
+    # Per-client limit: requests of one client address in flight at once (middleware.py
     # ``ClientConcurrency``), so one client's flood cannot fill the encoder's queues and the
     # connection pool for everyone. Every app host behind one NAT or load balancer shares an
     # address: raise it there. None: no limit.
