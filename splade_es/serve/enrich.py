@@ -73,9 +73,10 @@ UPDATE_RETRIES = 3  # version conflicts retried at least this often
 
 # Waits before an update that lost a version conflict is read and merged again. Two writers of
 # one document that retry in step collide again, so the wait is random; it stays short (the
-# app's request waits): 10 ms doubled per retry plus up to 10 ms of jitter, which keeps the
-# mean of the full jitter used before (uniform up to 0.01 * 2**retry s) within 5 ms, capped at
-# 1 s for an app that asks for many retries (retry_on_conflict).
+# app's request waits): 10 ms doubled per retry plus up to 10 ms of jitter. On average that is
+# 5 ms more than the full jitter used before (uniform up to 0.01 * 2**retry s), and never 0 s
+# (a re-read at once may still miss the concurrent write). Capped at 1 s for an app that asks
+# for many retries (retry_on_conflict).
 CONFLICT_BACKOFF = 0.01
 CONFLICT_JITTER = 0.01
 CONFLICT_MAX_BACKOFF = 1.0
@@ -113,7 +114,7 @@ class EnrichConfig:
         1.0
         """
         return RetryPolicy(
-            max_retries=self.update_retries,
+            max_retries=max(self.update_retries, 0),
             initial_backoff=CONFLICT_BACKOFF,
             max_backoff=CONFLICT_MAX_BACKOFF,
             jitter=CONFLICT_JITTER,
