@@ -3,10 +3,11 @@
 * ``sources``     JSONL, CSV, Parquet, BEIR folders, iterables -> ``Record``; ``prepare``
 * ``bulk``        chunking, per-item results, bounded retries with jitter
 * ``checkpoint``  watermark, atomic checkpoint file, dead-letter file
-* ``pipeline``    the threads and bounded queues that tie them together: ``ingest``
+* ``stages``      the stages ``ingest`` composes (selection, encoding, sending, ledger)
+* ``pipeline``    ``ingest``: the stages composed, with bounded queues between
 """
 
-from .bulk import RetryPolicy
+from ..retry import RetryPolicy
 from .pipeline import IngestConfig, IngestReport, ingest, ingest_file
 from .sources import FORMATS, Record, parse_shard, read_source
 

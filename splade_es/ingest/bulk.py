@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +132,7 @@ class ActionChunker:
 
 def chunk_actions(
     actions: Iterable[Action], *, max_docs: int, max_bytes: int
-) -> Iterator[list[Action]]:
+) -> Generator[list[Action], None, None]:
     """``ActionChunker`` over an iterable."""
     chunker = ActionChunker(max_docs=max_docs, max_bytes=max_bytes)
     for action in actions:

@@ -83,8 +83,8 @@ class Watermark:
     >>> for p in (1, 2, 5): w.register(p)
     >>> w.settle(2, "indexed"); w.value
     0
-    >>> w.settle(1, "dead_lettered"); (w.value, w.indexed, w.dead_lettered)
-    (2, 1, 1)
+    >>> w.settle(1, "dead_lettered"); (w.value, w.indexed, w.dead_lettered)  # 3, 4: none
+    (4, 1, 1)
     >>> w.settle(5, "indexed"); (w.value, w.indexed)
     (5, 2)
     """

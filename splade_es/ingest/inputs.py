@@ -26,10 +26,10 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Literal
+from typing import IO, BinaryIO, Literal, cast
 
 from ..exceptions import ConfigurationError, InputStreamError
 
@@ -41,6 +41,7 @@ COMPRESSION_SUFFIXES: dict[str, Compression] = {
     ".zst": "zstd",
 }
 STDIN = "-"
+READ_SIZE = 1 << 16  # bytes per read of a counted input
 
 
 def stream_errors() -> tuple[type[BaseException], ...]:
@@ -103,9 +104,17 @@ class InputFile:
         except OSError:
             return False
 
+    @property
+    def size(self) -> int | None:
+        """Bytes on disk of a regular file (compressed ones for a compressed file), the most
+        ``open_binary`` reports as consumed; None for a stream, which has no size."""
+        return os.stat(self.path).st_size if self.rereadable else None
+
     @contextlib.contextmanager
-    def open_binary(self) -> Iterator[BinaryIO]:
-        """The decompressed bytes, read as they come (never the whole input in memory)."""
+    def open_binary(self, consumed: Callable[[int], None] | None = None) -> Iterator[BinaryIO]:
+        """The decompressed bytes, read as they come (never the whole input in memory).
+        ``consumed`` is told how many bytes of the input itself (compressed ones for a
+        compressed file) each read took, for a progress display that reads nothing twice."""
         with contextlib.ExitStack() as stack:
             if self.is_stdin:
                 raw: BinaryIO = sys.stdin.buffer  # not ours to close
@@ -114,6 +123,8 @@ class InputFile:
                     raw = stack.enter_context(open(self.path, "rb"))
                 except OSError as exc:
                     raise ConfigurationError(f"cannot read {self.name}: {exc.strerror}") from exc
+            if consumed is not None:
+                raw = io.BufferedReader(_CountedReads(raw, consumed), READ_SIZE)
             stream = _decompressed(raw, self.compression)
             if stream is not raw:
                 stack.callback(stream.close)
@@ -163,6 +174,27 @@ def _decompressed(raw: BinaryIO, compression: Compression | None) -> BinaryIO:
     if compression == "xz":
         return lzma.LZMAFile(raw, mode="rb")  # type: ignore[return-value]
     return io.BufferedReader(_ZstdFrames(raw))
+
+
+class _CountedReads(io.RawIOBase):
+    """``raw``'s bytes as they are, each read's size told to ``consumed``. Closing it
+    leaves ``raw`` open (standard input is not ours to close)."""
+
+    def __init__(self, raw: BinaryIO, consumed: Callable[[int], None]) -> None:
+        # readinto1: at most one read of the file or pipe, so a line that came down a
+        # pipe is passed on at once instead of waiting for a full buffer.
+        readinto = getattr(raw, "readinto1", None) or getattr(raw, "readinto", None)
+        self._readinto = cast(Callable[[memoryview], "int | None"], readinto)
+        self._consumed = consumed
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n: int = self._readinto(buffer) or 0
+        if n:
+            self._consumed(n)
+        return n
 
 
 class _ZstdFrames(io.RawIOBase):

@@ -22,30 +22,51 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .. import defaults
 from ..connect import call, client_of
+from ..encoding.protocol import DocumentEncoder
 from ..engines import Dialect, FieldType, dialect_of
-from ..exceptions import ConfigurationError, InputError, InputStreamError
+from ..exceptions import ConfigurationError
 from ..query import field_type_of
+from ..retry import RetryPolicy
 from ..search import create_index
 from ..tokens import TokenCodec
-from .bulk import Action, ActionChunker, RetryPolicy, make_action, send_bulk
-from .checkpoint import Checkpoint, CheckpointState, DeadLetters, Watermark, dead_letter_entry
+from .bulk import Action, chunk_actions
 from .inputs import InputFile
-from .sources import Format, Record, in_shard, prepare, read_source, records_of
+from .sources import Format, Record, read_source
+from .stages import (
+    STAGES,
+    BreakableInput,
+    IndexChunk,
+    JobLedger,
+    ProgressCallback,
+    SenderPool,
+    encoded_windows,
+    prepared_records,
+    records_to_index,
+    until,
+    window_actions,
+)
+
+__all__ = [
+    "STAGES",
+    "IngestConfig",
+    "IngestReport",
+    "ProgressCallback",
+    "check_resumable",
+    "ensure_index",
+    "ingest",
+    "ingest_file",
+]
 
 log = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[str, int], None]  # (stage, count): read/encoded/indexed/failed
-STAGES = ("read", "encoded", "indexed", "failed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,13 +74,13 @@ class IngestConfig:
     """What to index where, and how hard to push. See ``splade-es ingest --help``."""
 
     index: str
-    id_field: str | None = "_id"  # None: a content hash of the document
-    text_fields: tuple[str, ...] = ("title", "text")
+    id_field: str | None = defaults.ID_FIELD  # None: a content hash of the document
+    text_fields: tuple[str, ...] = defaults.TEXT_FIELDS
     keep_fields: tuple[str, ...] | None = None  # None: every field of the document
-    sparse_field: str = "splade"
-    batch_size: int = 32
-    bulk_docs: int = 500
-    bulk_bytes: int = 8 * 1024 * 1024
+    sparse_field: str = defaults.VECTOR_FIELD
+    batch_size: int = defaults.BATCH_SIZE
+    bulk_docs: int = defaults.BULK_DOCS
+    bulk_bytes: int = defaults.BULK_BYTES
     workers: int = 2
     checkpoint: str | None = None
     # JSONL of refused records. None keeps none (a warning says how many); the CLI always
@@ -68,7 +89,7 @@ class IngestConfig:
     shard: tuple[int, int] = (0, 1)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     create: bool = False
-    field_type: FieldType = "rank_features"  # used with create=True
+    field_type: FieldType = defaults.FIELD_TYPE  # used with create=True
     input_name: str = "<iterable>"  # identifies the input in the checkpoint
     add_id_field: bool = True  # store the id in an ``id`` field when the document has none
 
@@ -105,37 +126,26 @@ class IngestReport:
         return {**asdict(self), "docs_per_second": round(self.docs_per_second, 2)}
 
 
-class _Counters:
-    def __init__(self, progress: ProgressCallback | None) -> None:
-        self._lock = threading.Lock()
-        self._progress = progress
-        self.values = dict.fromkeys((*STAGES, "retried", "skipped_done", "other_shards"), 0)
-
-    def add(self, name: str, n: int = 1) -> None:
-        if not n:
-            return
-        with self._lock:
-            self.values[name] += n
-        if self._progress and name in STAGES:
-            self._progress(name, n)
-
-
 def ingest_file(
     client: Any,
     path: str | Path,
     *,
-    encoder: Any,
+    encoder: DocumentEncoder,
     config: IngestConfig,
     fmt: Format | None = None,
     progress: ProgressCallback | None = None,
+    input_progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
     """``ingest`` over a JSONL / CSV / Parquet file (compressed ones too), a stream (``-``,
-    ``/dev/stdin``, a FIFO) or a BEIR folder."""
+    ``/dev/stdin``, a FIFO) or a BEIR folder, read once. ``input_progress`` is told the
+    bytes of the input consumed as they are read (compressed bytes for a compressed file;
+    the total to expect: ``sources.input_size``)."""
     source = check_resumable(path, config)
     if config.input_name == "<iterable>":
         name = source.name if source.is_stdin else str(Path(path).resolve())
         config = replace(config, input_name=name)
-    return ingest(client, read_source(path, fmt), encoder=encoder, config=config, progress=progress)
+    records = read_source(path, fmt, consumed=input_progress)
+    return ingest(client, records, encoder=encoder, config=config, progress=progress)
 
 
 def check_resumable(path: str | Path, config: IngestConfig) -> InputFile:
@@ -155,7 +165,7 @@ def ingest(
     client: Any,
     documents: Iterable[dict[str, Any] | Record],
     *,
-    encoder: Any,
+    encoder: DocumentEncoder,
     config: IngestConfig,
     progress: ProgressCallback | None = None,
 ) -> IngestReport:
@@ -170,183 +180,51 @@ def ingest(
     client = client_of(client)
     started = time.perf_counter()
     codec = _prepare_index(client, encoder, config)
-    shard = f"{config.shard[0]}/{config.shard[1]}"
-    fresh = CheckpointState(config.input_name, config.index, shard, 0, 0, 0)
-    checkpoint = Checkpoint(config.checkpoint) if config.checkpoint else None
-    state = checkpoint.resume_from(fresh) if checkpoint else fresh
-    dead_letters = DeadLetters(config.dead_letter)
-    dead_letters.truncate_after(state.watermark)
-    watermark = Watermark(state.watermark, indexed=state.indexed, dead_lettered=state.dead_lettered)
-    counters = _Counters(progress)
-    save_lock = threading.Lock()
-
-    def save_checkpoint() -> None:
-        if checkpoint:
-            with save_lock:
-                checkpoint.save(
-                    CheckpointState(
-                        config.input_name,
-                        config.index,
-                        shard,
-                        watermark.value,
-                        watermark.indexed,
-                        watermark.dead_lettered,
-                    )
-                )
-
-    chunks: queue.Queue[list[Action] | None] = queue.Queue(maxsize=config.workers * 2)
-    failure: list[BaseException] = []
-    stop = threading.Event()
-
-    def sender() -> None:
-        while True:
-            chunk = chunks.get()
-            if chunk is None or stop.is_set():
-                return
-            try:
-                outcome = call(
-                    lambda chunk=chunk: send_bulk(client, config.index, chunk, policy=config.retry),
-                    f"bulk indexing into {config.index}",
-                )
-                dead_letters.write(
-                    [
-                        dead_letter_entry(
-                            f.action.position,
-                            f.action.doc_id,
-                            f.reason,
-                            status=f.status,
-                            document=_without(f.action.source, config.sparse_field),
-                        )
-                        for f in outcome.failed
-                    ]
-                )
-                for action in outcome.indexed:
-                    watermark.settle(action.position, "indexed")
-                for failed in outcome.failed:
-                    watermark.settle(failed.action.position, "dead_lettered")
-                counters.add("indexed", len(outcome.indexed))
-                counters.add("failed", len(outcome.failed))
-                counters.add("retried", outcome.retried_items)
-                save_checkpoint()
-            except BaseException as exc:  # any sender failure stops the job, reported below
-                failure.append(exc)
-                stop.set()
-                return
-
-    threads = [
-        threading.Thread(target=sender, name=f"splade-bulk-{i}", daemon=True)
-        for i in range(config.workers)
-    ]
-    for thread in threads:
-        thread.start()
-
-    pending: deque = deque()
-    broken_input: list[InputStreamError] = []
-
-    def readable_records() -> Iterator[Record]:
-        """The input's records until it ends, or until it breaks (a truncated compressed
-        file): then what was read before still gets encoded, sent and checkpointed, and the
-        break is raised after that (below)."""
-        try:
-            yield from records_of(documents)
-        except InputStreamError as exc:
-            broken_input.append(exc)
-
-    def texts() -> Iterator[str]:
-        for record in readable_records():
-            if stop.is_set():
-                return
-            position = record.position
-            if position <= state.watermark:
-                counters.add("skipped_done")
-                continue
-            if not in_shard(position, config.shard):
-                counters.add("other_shards")
-                watermark.skip_to(position)
-                continue
-            counters.add("read")
-            watermark.register(position)
-            try:
-                prepared = prepare(
-                    record,
-                    id_field=config.id_field,
-                    text_fields=config.text_fields,
-                    keep_fields=config.keep_fields,
-                    sparse_field=config.sparse_field,
-                    add_id_field=config.add_id_field,
-                )
-            except InputError as exc:
-                dead_letters.write(
-                    [
-                        dead_letter_entry(
-                            position,
-                            exc.doc_id,
-                            str(exc),
-                            field=exc.field,
-                            document=record.doc,
-                            raw=record.raw,
-                        )
-                    ]
-                )
-                watermark.settle(position, "dead_lettered")
-                counters.add("failed")
-                continue
-            pending.append(prepared)
-            yield prepared.text
-
-    def put(chunk: list[Action]) -> None:
-        while not stop.is_set():
-            try:
-                chunks.put(chunk, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    chunker = ActionChunker(max_docs=config.bulk_docs, max_bytes=config.bulk_bytes)
-    try:
-        for window in encoder.iter_encode(
-            texts(), batch_size=config.batch_size, empty="empty_vector"
-        ):
-            for row in range(len(window)):
-                prepared = pending.popleft()
-                source = {**prepared.source, config.sparse_field: codec.encode(window, row)}
-                for chunk in chunker.add(make_action(prepared.position, prepared.doc_id, source)):
-                    put(chunk)
-            counters.add("encoded", len(window))
-            if stop.is_set():
-                break
-        last = chunker.flush()
-        if last:
-            put(last)
-    finally:
-        for _ in threads:
-            while True:
-                try:
-                    chunks.put(None, timeout=0.2)
+    ledger = JobLedger(config, progress)
+    source = BreakableInput(documents)
+    send = IndexChunk(client, config.index, config.retry, ledger)
+    with SenderPool(send, workers=config.workers) as senders:
+        chunks = document_chunks(source, senders.stopped, ledger, encoder, codec, config)
+        with contextlib.closing(chunks):  # a stop closes the stages (and their threads) now
+            for chunk in chunks:
+                if not senders.put(chunk):
                     break
-                except queue.Full:
-                    if stop.is_set():
-                        _drain(chunks)
-        for thread in threads:
-            thread.join()
-    if failure:
-        save_checkpoint()
-        raise failure[0]
-    save_checkpoint()
-    if broken_input:
-        values = counters.values
-        raise InputStreamError(
-            f"{broken_input[0]} Stopped there: of the {values['read']:,} records read before, "
-            f"{values['indexed']:,} were indexed and {values['failed']:,} dead-lettered",
-            position=broken_input[0].position,
-        ) from broken_input[0]
-    values = counters.values
-    if values["failed"] and not config.dead_letter:
+    ledger.save()
+    senders.raise_failure()
+    source.raise_if_broken(ledger.counters.values)
+    _warn_if_refused_records_are_lost(ledger, config)
+    return _report(ledger, config, time.perf_counter() - started)
+
+
+def document_chunks(
+    records: Iterable[Record],
+    stopped: Callable[[], bool],
+    ledger: JobLedger,
+    encoder: DocumentEncoder,
+    codec: TokenCodec,
+    config: IngestConfig,
+) -> Generator[list[Action], None, None]:
+    """The data flow from input records to bulk chunks, one stage each (``stages``)."""
+    to_index = records_to_index(until(records, stopped), ledger, config.shard)
+    prepared = prepared_records(to_index, config, ledger.refuse)
+    windows = encoded_windows(prepared, encoder, batch_size=config.batch_size)
+    encoded = partial(ledger.counters.add, "encoded")
+    actions = window_actions(windows, codec, sparse_field=config.sparse_field, encoded=encoded)
+    return chunk_actions(actions, max_docs=config.bulk_docs, max_bytes=config.bulk_bytes)
+
+
+def _warn_if_refused_records_are_lost(ledger: JobLedger, config: IngestConfig) -> None:
+    failed = ledger.counters.values["failed"]
+    if failed and not config.dead_letter:
         log.warning(
             "%d records were not indexed and are not kept anywhere: name a dead-letter file "
             "(IngestConfig.dead_letter) to keep them",
-            values["failed"],
+            failed,
         )
+
+
+def _report(ledger: JobLedger, config: IngestConfig, seconds: float) -> IngestReport:
+    values = ledger.counters.values
     return IngestReport(
         read=values["read"],
         encoded=values["encoded"],
@@ -355,10 +233,10 @@ def ingest(
         retried_items=values["retried"],
         skipped_done=values["skipped_done"],
         other_shards=values["other_shards"],
-        resumed_from=state.watermark,
-        total_indexed=watermark.indexed,
-        total_dead_lettered=watermark.dead_lettered,
-        seconds=time.perf_counter() - started,
+        resumed_from=ledger.resumed_from,
+        total_indexed=ledger.watermark.indexed,
+        total_dead_lettered=ledger.watermark.dead_lettered,
+        seconds=seconds,
         index=config.index,
         dead_letter=config.dead_letter,
     )
@@ -386,19 +264,7 @@ def ensure_index(client: Any, config: IngestConfig) -> tuple[Dialect, FieldType]
     return dialect, field_type_of(client, config.index, config.sparse_field)
 
 
-def _prepare_index(client: Any, encoder: Any, config: IngestConfig) -> TokenCodec:
+def _prepare_index(client: Any, encoder: DocumentEncoder, config: IngestConfig) -> TokenCodec:
     """Create the index if asked; check its sparse field; the codec for its key scheme."""
     dialect, field_type = ensure_index(client, config)
     return TokenCodec(encoder.vocab, scheme=dialect.key_scheme(field_type))
-
-
-def _without(source: dict[str, Any], field: str) -> dict[str, Any]:
-    return {k: v for k, v in source.items() if k != field}
-
-
-def _drain(q: queue.Queue) -> None:
-    try:
-        while True:
-            q.get_nowait()
-    except queue.Empty:
-        pass

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .. import defaults
 from ..documents import content_id as content_id  # re-exported: its home was here
 from ..documents import parse_json_line, read_document
 from ..exceptions import ConfigurationError, InputError
@@ -24,7 +25,9 @@ from .inputs import COMPRESSION_SUFFIXES, InputFile, stream_errors
 
 Format = Literal["jsonl", "csv", "parquet", "beir"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet", "beir")
-_STREAM_ERRORS = stream_errors()
+_CSV_READ_ERRORS: tuple[type[BaseException], ...] = (csv.Error, *stream_errors())
+Consumed = Callable[[int], None]
+"""Told the bytes of the input each read took (``InputFile.open_binary``)."""
 
 
 @dataclass(frozen=True)
@@ -49,20 +52,23 @@ class Prepared:
     source: dict[str, Any]  # the fields stored next to the sparse vector
 
 
-def read_source(path: str | Path, fmt: Format | None = None) -> Iterator[Record]:
+def read_source(
+    path: str | Path, fmt: Format | None = None, *, consumed: Consumed | None = None
+) -> Iterator[Record]:
     """Records of a file, a stream (``-``, ``/dev/stdin``, a FIFO) or a BEIR folder; ``fmt``
     defaults from the name (compression suffixes aside: ``docs.csv.gz`` is CSV, ``-`` JSONL).
-    Compressed files are decompressed as they are read (``inputs.py``)."""
+    Compressed files are decompressed as they are read (``inputs.py``). ``consumed`` is told
+    the bytes of the input read so far, up to ``input_size`` (a progress display's total)."""
     source = InputFile(str(path))
     fmt = fmt or guess_format(source)
     if fmt == "beir":
-        return read_jsonl_records(beir_corpus(Path(path)))
+        return read_jsonl_records(beir_corpus(Path(path)), consumed=consumed)
     if not source.is_stdin and Path(path).is_dir():
         raise ConfigurationError(f"{path} is a folder: use --format beir for a BEIR folder")
     if fmt == "jsonl":
-        return read_jsonl_records(source)
+        return read_jsonl_records(source, consumed=consumed)
     if fmt == "csv":
-        return read_csv_records(source)
+        return read_csv_records(source, consumed=consumed)
     if fmt == "parquet":
         if not source.rereadable or source.compression:
             # Parquet keeps its index at the end of the file: it needs a seekable file.
@@ -70,8 +76,18 @@ def read_source(path: str | Path, fmt: Format | None = None) -> Iterator[Record]
                 f"{source.name}: Parquet is read from a plain file only, not from a stream "
                 "or a compressed file"
             )
-        return read_parquet(Path(path))
+        return read_parquet(Path(path), consumed=consumed)
     raise ConfigurationError(f"unknown format {fmt!r}: expected one of {FORMATS}")
+
+
+def input_size(path: str | Path, fmt: Format | None = None) -> int | None:
+    """The bytes ``read_source(path, fmt, consumed=...)`` will report in all: the size on
+    disk of the file read (a BEIR folder's corpus; compressed bytes for a compressed file),
+    found without reading it; None for a stream (standard input, a pipe, a FIFO)."""
+    source = InputFile(str(path))
+    if (fmt or guess_format(source)) == "beir":
+        source = beir_corpus(Path(path))
+    return source.size
 
 
 def guess_format(source: InputFile | str | Path) -> Format:
@@ -99,8 +115,9 @@ def beir_corpus(path: Path) -> InputFile:
 
 
 def count_records(path: str | Path, fmt: Format | None = None) -> int | None:
-    """Records in a plain JSONL / CSV file or BEIR folder, for a progress bar's total; None
-    where counting would mean reading the input twice (a stream, compressed data, Parquet)."""
+    """Records in a plain JSONL / CSV file or BEIR folder; None where counting would mean
+    reading a stream, compressed data or Parquet. It reads the whole file: a progress
+    display that should read its input once counts bytes instead (``input_size``)."""
     source = InputFile(str(path))
     kind = fmt or guess_format(source)
     if kind == "beir":
@@ -113,13 +130,15 @@ def count_records(path: str | Path, fmt: Format | None = None) -> int | None:
     return max(lines - 1, 0)  # the header row
 
 
-def read_jsonl_records(source: InputFile | str | Path) -> Iterator[Record]:
+def read_jsonl_records(
+    source: InputFile | str | Path, *, consumed: Consumed | None = None
+) -> Iterator[Record]:
     """Records of a JSONL input, one a non-blank line; a line that cannot be read is a record
     with ``error`` set. A stream that breaks mid-way raises ``InputStreamError`` after the
     records before the break."""
     if not isinstance(source, InputFile):
         source = InputFile(str(source))
-    with source.open_binary() as handle:
+    with source.open_binary(consumed) as handle:
         for line_no, raw in source.lines(handle):
             if not raw.strip():
                 continue
@@ -130,11 +149,13 @@ def read_jsonl_records(source: InputFile | str | Path) -> Iterator[Record]:
                 yield Record(line_no, None, str(exc), raw_text, unit="line")
 
 
-def read_csv_records(source: InputFile | str | Path) -> Iterator[Record]:
+def read_csv_records(
+    source: InputFile | str | Path, *, consumed: Consumed | None = None
+) -> Iterator[Record]:
     """Records of a CSV input with a header row, one a row (``position``: the row's last line)."""
     if not isinstance(source, InputFile):
         source = InputFile(str(source))
-    with source.open_binary() as binary:
+    with source.open_binary(consumed) as binary:
         # surrogateescape keeps undecodable bytes visible, so a bad row is reported, not the file.
         text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
         reader = csv.DictReader(text)
@@ -144,7 +165,7 @@ def read_csv_records(source: InputFile | str | Path) -> Iterator[Record]:
                 row = next(rows)
             except StopIteration:
                 return
-            except (csv.Error, *_STREAM_ERRORS) as exc:  # csv.Error: e.g. an over-long field
+            except _CSV_READ_ERRORS as exc:  # csv.Error: e.g. an over-long field
                 raise source.broken(reader.line_num, "line", exc) from exc
             yield _csv_record(row, reader.line_num)
 
@@ -165,18 +186,26 @@ def _csv_record(row: dict[str | Any, Any], position: int) -> Record:
     return Record(position, dict(row), unit="row")
 
 
-def read_parquet(path: Path) -> Iterator[Record]:
+def read_parquet(path: Path, *, consumed: Consumed | None = None) -> Iterator[Record]:
+    """Records of a Parquet file, one a row. pyarrow reads the file itself, so ``consumed``
+    is told the file's share of each batch of rows (its size spread over its rows)."""
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ConfigurationError(
             "reading Parquet needs pyarrow: pip install 'splade-es[parquet]'"
         ) from exc
-    position = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    parquet = pq.ParquetFile(path)
+    size, rows = path.stat().st_size, max(parquet.metadata.num_rows, 1)
+    position = reported = 0
+    for batch in parquet.iter_batches(batch_size=1024):
         for row in batch.to_pylist():
             position += 1
             yield Record(position, row, unit="row")
+        if consumed:
+            share = size * position // rows
+            consumed(share - reported)
+            reported = share
 
 
 def records_of(documents: Iterable[dict[str, Any] | Record]) -> Iterator[Record]:
@@ -198,7 +227,7 @@ def prepare(
     id_field: str | None,
     text_fields: Sequence[str],
     keep_fields: Sequence[str] | None = None,
-    sparse_field: str = "splade",
+    sparse_field: str = defaults.VECTOR_FIELD,
     add_id_field: bool = True,
 ) -> Prepared:
     """Id, text and stored fields of a readable record; ``InputError`` naming the field.
