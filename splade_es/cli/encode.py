@@ -12,17 +12,19 @@ import json
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
+from rich.progress import Progress
 from rich.table import Table
 
+from .. import defaults
 from ..documents import parse_fields
-from ..exceptions import InputError
-from ..ingest.inputs import compression_of, open_output_text
+from ..ingest.inputs import InputFile, compression_of, open_output_text
 from .app import (
     EXIT_PARTIAL,
     FIELDS,
@@ -36,6 +38,12 @@ from .app import (
     progress_display,
     warn,
 )
+
+if TYPE_CHECKING:
+    from ..encoding.encoder import SpladeEncoder
+    from ..ingest.checkpoint import DeadLetters
+    from ..ingest.sources import Format, Prepared
+    from ..sparse import SparseBatch
 
 _MODE_NOTES = {
     "siamese": "siamese (queries and documents both go through the model)",
@@ -72,14 +80,17 @@ _MODE_NOTES = {
 )
 @click.option(
     "--text-fields",
-    default="title,text",
+    default=",".join(defaults.TEXT_FIELDS),
     show_default=True,
     type=FIELDS,
     help="Fields joined into the text.",
 )
-@click.option("--id-field", default="_id", show_default=True)
+@click.option("--id-field", default=defaults.ID_FIELD, show_default=True)
 @click.option(
-    "--vector-field", default="splade", show_default=True, help="Output field for the vector."
+    "--vector-field",
+    default=defaults.VECTOR_FIELD,
+    show_default=True,
+    help="Output field for the vector.",
 )
 @click.option(
     "--dead-letter",
@@ -87,7 +98,9 @@ _MODE_NOTES = {
     help="JSONL of the lines that could not be encoded (default: next to --output, "
     "<output>.dead-letter.jsonl; <input>.dead-letter.jsonl here for stdout).",
 )
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--batch-size", default=defaults.BATCH_SIZE, show_default=True, type=click.IntRange(1)
+)
 @device_option()
 @click.option(
     "--dtype",
@@ -108,11 +121,8 @@ def encode(**opts: Any) -> None:
     2 on errors that stopped the run (the output file is then left as it was).
     """
     from ..encoding.encoder import SpladeEncoder
-    from ..ingest.checkpoint import DeadLetters, dead_letter_entry, default_dead_letter
-    from ..ingest.inputs import InputFile
-    from ..ingest.sources import count_records, prepare, read_source
+    from ..ingest.checkpoint import DeadLetters, default_dead_letter
 
-    fields = parse_fields(opts["text_fields"])
     source = InputFile(opts["input_path"])
     to_stdout = opts["output_path"] == "-"
     dead_path = Path(
@@ -126,66 +136,100 @@ def encode(**opts: Any) -> None:
         max_length=opts["max_length"],
         trust_remote_code=opts["trust_remote_code"],
     )
-    # A plain file is counted for the bar's total; a stream or compressed input is read once
-    # only, and the bar shows a count and a rate without a total.
-    total = count_records(source.path, opts["fmt"])
-    records = read_source(source.path, opts["fmt"])
     dead_path.unlink(missing_ok=True)  # a new run: no stale entries of an earlier one
     dead = DeadLetters(dead_path)
-    ids: deque[str] = deque()
-    stats = {"documents": 0, "truncated": 0, "active": 0}
+    stats = EncodeStats()
     started = time.perf_counter()
     with progress_display(opts["quiet"] or to_stdout) as progress:
-        task = progress.add_task("encoding", total=total)
-
-        def texts() -> Iterator[str]:
-            for record in records:
-                try:
-                    # The rule ingest reads documents by: the same ids, texts, dead letters.
-                    prepared = prepare(
-                        record,
-                        id_field=opts["id_field"] or None,
-                        text_fields=fields,
-                        sparse_field=opts["vector_field"],
-                    )
-                except InputError as exc:
-                    entry = dead_letter_entry(
-                        record.position,
-                        exc.doc_id,
-                        str(exc),
-                        field=exc.field,
-                        document=record.doc,
-                        raw=record.raw,
-                    )
-                    dead.write([entry])
-                    progress.advance(task, 1)
-                    continue
-                ids.append(prepared.doc_id)
-                yield prepared.text
-
-        def write_vectors(out: IO[str]) -> None:
-            for window in encoder.iter_encode(texts(), batch_size=opts["batch_size"]):
-                window = window.prune(top_k=opts["top_k"], min_weight=opts["min_weight"])
-                for i in range(len(window)):
-                    record = {
-                        opts["id_field"] or "_id": ids.popleft(),
-                        opts["vector_field"]: window.to_dict(i),
-                    }
-                    if window.truncated is not None and window.truncated[i]:
-                        record["truncated"] = True
-                        stats["truncated"] += 1
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                stats["documents"] += len(window)
-                stats["active"] += int(window.nnz_per_row.sum())
-                progress.advance(task, len(window))
-
+        advance_input, advance_documents = _encode_bars(progress, source, opts["fmt"])
+        windows = _encoded_windows(opts, encoder, dead, consumed=advance_input)
+        lines = _vector_lines(windows, opts, stats, advance_documents)
         if to_stdout:
-            write_vectors(sys.stdout)
+            sys.stdout.writelines(lines)
         else:
             with _replaced_when_done(Path(opts["output_path"])) as out:
-                write_vectors(out)
+                out.writelines(lines)
     elapsed = time.perf_counter() - started
-    table = Table(title=f"encoded with {opts['model']}", show_header=False)
+    print_table(_encode_summary(opts["model"], encoder, stats, elapsed, dead), err_console)
+    if not (stats.documents or dead.count):
+        warn(f"{source.name} holds no documents: nothing was encoded")
+    if dead.count:
+        warn(f"{dead.count:,} line(s) could not be encoded; see {dead_path}")
+        sys.exit(EXIT_PARTIAL)
+
+
+@dataclass
+class EncodeStats:
+    """What the summary reports: documents written, how many were truncated, and the
+    active (non-zero) dimensions over all of them."""
+
+    documents: int = 0
+    truncated: int = 0
+    active: int = 0
+
+
+def _encode_bars(
+    progress: Progress, source: InputFile, fmt: Format | None
+) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    """The bars of a run and what advances them: the input by bytes read, its size on disk
+    the total (none for a stream), so that nothing reads it twice to count lines; and the
+    documents encoded."""
+    from ..ingest.sources import input_size
+
+    input_task = progress.add_task("input", total=input_size(source.path, fmt), unit="bytes")
+    encoded_task = progress.add_task("encoded", total=None)
+    return partial(progress.advance, input_task), partial(progress.advance, encoded_task)
+
+
+def _encoded_windows(
+    opts: dict[str, Any],
+    encoder: SpladeEncoder,
+    dead: DeadLetters,
+    *,
+    consumed: Callable[[int], None],
+) -> Iterator[tuple[list[Prepared], SparseBatch]]:
+    """The input read once, by the rule ``ingest`` reads documents by (the same ids, texts
+    and dead letters), and encoded window by window."""
+    from ..ingest.sources import prepare, read_source
+    from ..ingest.stages import encoded_windows, prepared_records, refused_entry
+
+    records = read_source(opts["input_path"], opts["fmt"], consumed=consumed)
+    rule = partial(
+        prepare,
+        id_field=opts["id_field"] or None,
+        text_fields=parse_fields(opts["text_fields"]),
+        sparse_field=opts["vector_field"],
+    )
+    prepared = prepared_records(records, rule, lambda r, exc: dead.write([refused_entry(r, exc)]))
+    return encoded_windows(prepared, encoder, batch_size=opts["batch_size"], empty="error")
+
+
+def _vector_lines(
+    windows: Iterable[tuple[list[Prepared], SparseBatch]],
+    opts: dict[str, Any],
+    stats: EncodeStats,
+    encoded: Callable[[int], None],
+) -> Iterator[str]:
+    """One JSON line a document: its id, its vector (pruned as asked) and whether its text
+    was truncated; ``stats`` and ``encoded`` are told each window."""
+    id_key = opts["id_field"] or defaults.ID_FIELD
+    for records, window in windows:
+        window = window.prune(top_k=opts["top_k"], min_weight=opts["min_weight"])
+        for i, record in enumerate(records):
+            line: dict[str, Any] = {id_key: record.doc_id, opts["vector_field"]: window.to_dict(i)}
+            if window.truncated is not None and window.truncated[i]:
+                line["truncated"] = True
+                stats.truncated += 1
+            yield json.dumps(line, ensure_ascii=False) + "\n"
+        stats.documents += len(window)
+        stats.active += int(window.nnz_per_row.sum())
+        encoded(len(window))
+
+
+def _encode_summary(
+    model: str, encoder: SpladeEncoder, stats: EncodeStats, elapsed: float, dead: DeadLetters
+) -> Table:
+    table = Table(title=f"encoded with {model}", show_header=False)
     table.add_row("mode", _MODE_NOTES[encoder.mode])
     if not encoder.fast_tokenizer:
         table.add_row(
@@ -193,21 +237,14 @@ def encode(**opts: Any) -> None:
             f"slow ({type(encoder.tokenizer).__name__}, Python): texts are tokenized whole, "
             "slower than a fast (Rust) tokenizer",
         )
-    table.add_row("documents", f"{stats['documents']:,}")
-    table.add_row(
-        "truncated documents", f"{stats['truncated']:,} (max {encoder.max_length} tokens)"
-    )
-    mean_active = stats["active"] / stats["documents"] if stats["documents"] else 0.0
+    table.add_row("documents", f"{stats.documents:,}")
+    table.add_row("truncated documents", f"{stats.truncated:,} (max {encoder.max_length} tokens)")
+    mean_active = stats.active / stats.documents if stats.documents else 0.0
     table.add_row("mean active dims", f"{mean_active:.1f}")
-    table.add_row("throughput", f"{stats['documents'] / elapsed:.1f} docs/s on {encoder.device}")
+    table.add_row("throughput", f"{stats.documents / elapsed:.1f} docs/s on {encoder.device}")
     if dead.count:
-        table.add_row("dead-lettered", f"{dead.count:,} (in {dead_path})")
-    print_table(table, err_console)
-    if not (stats["documents"] or dead.count):
-        warn(f"{source.name} holds no documents: nothing was encoded")
-    if dead.count:
-        warn(f"{dead.count:,} line(s) could not be encoded; see {dead_path}")
-        sys.exit(EXIT_PARTIAL)
+        table.add_row("dead-lettered", f"{dead.count:,} (in {dead.path})")
+    return table
 
 
 @contextlib.contextmanager

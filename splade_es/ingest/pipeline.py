@@ -40,7 +40,7 @@ from ..search import create_index
 from ..tokens import TokenCodec
 from .bulk import Action, chunk_actions
 from .inputs import InputFile
-from .sources import Format, Record, read_source
+from .sources import Format, Prepared, Record, prepare, read_source
 from .stages import (
     STAGES,
     BreakableInput,
@@ -206,11 +206,23 @@ def document_chunks(
 ) -> Generator[list[Action], None, None]:
     """The data flow from input records to bulk chunks, one stage each (``stages``)."""
     to_index = records_to_index(until(records, stopped), ledger, config.shard)
-    prepared = prepared_records(to_index, config, ledger.refuse)
+    prepared = prepared_records(to_index, document_rule(config), ledger.refuse)
     windows = encoded_windows(prepared, encoder, batch_size=config.batch_size)
     encoded = partial(ledger.counters.add, "encoded")
     actions = window_actions(windows, codec, sparse_field=config.sparse_field, encoded=encoded)
     return chunk_actions(actions, max_docs=config.bulk_docs, max_bytes=config.bulk_bytes)
+
+
+def document_rule(config: IngestConfig) -> Callable[[Record], Prepared]:
+    """``sources.prepare`` with the job's id, text and stored fields."""
+    return partial(
+        prepare,
+        id_field=config.id_field,
+        text_fields=config.text_fields,
+        keep_fields=config.keep_fields,
+        sparse_field=config.sparse_field,
+        add_id_field=config.add_id_field,
+    )
 
 
 def _warn_if_refused_records_are_lost(ledger: JobLedger, config: IngestConfig) -> None:

@@ -29,10 +29,10 @@ from ..sparse import SparseBatch
 from ..tokens import TokenCodec
 from .bulk import Action, BulkOutcome, make_action, send_bulk
 from .checkpoint import Checkpoint, CheckpointState, DeadLetters, Watermark, dead_letter_entry
-from .sources import Prepared, Record, in_shard, prepare, records_of
+from .sources import Prepared, Record, in_shard, records_of
 
 if TYPE_CHECKING:
-    from ..encoding.protocol import DocumentEncoder
+    from ..encoding.protocol import DocumentEncoder, EmptyPolicy
     from .pipeline import IngestConfig
 
 ProgressCallback = Callable[[str, int], None]  # (stage, count): read/encoded/indexed/failed
@@ -85,15 +85,7 @@ class JobLedger:
 
     def refuse(self, record: Record, exc: InputError) -> None:
         """A record that cannot be indexed as read: dead-lettered, settled, counted."""
-        entry = dead_letter_entry(
-            record.position,
-            exc.doc_id,
-            str(exc),
-            field=exc.field,
-            document=record.doc,
-            raw=record.raw,
-        )
-        self.dead_letters.write([entry])
+        self.dead_letters.write([refused_entry(record, exc)])
         self.watermark.settle(record.position, "dead_lettered")
         self.counters.add("failed")
 
@@ -192,32 +184,42 @@ def records_to_index(
 
 def prepared_records(
     records: Iterable[Record],
-    config: IngestConfig,
+    prepare_record: Callable[[Record], Prepared],
     refuse: Callable[[Record, InputError], None],
 ) -> Iterator[Prepared]:
-    """Id, text and stored fields of each record (``sources.prepare``); a record that has
-    none (unreadable, no id, no text) goes to ``refuse``."""
+    """Id, text and stored fields of each record (``prepare_record``: ``sources.prepare``
+    with the job's fields); a record that has none (unreadable, no id, no text) goes to
+    ``refuse``."""
     for record in records:
         try:
-            prepared = prepare(
-                record,
-                id_field=config.id_field,
-                text_fields=config.text_fields,
-                keep_fields=config.keep_fields,
-                sparse_field=config.sparse_field,
-                add_id_field=config.add_id_field,
-            )
+            prepared = prepare_record(record)
         except InputError as exc:
             refuse(record, exc)
             continue
         yield prepared
 
 
+def refused_entry(record: Record, exc: InputError) -> dict[str, Any]:
+    """The dead letter of a record refused as read: why, and the record as it came."""
+    return dead_letter_entry(
+        record.position,
+        exc.doc_id,
+        str(exc),
+        field=exc.field,
+        document=record.doc,
+        raw=record.raw,
+    )
+
+
 def encoded_windows(
-    prepared: Iterable[Prepared], encoder: DocumentEncoder, *, batch_size: int
+    prepared: Iterable[Prepared],
+    encoder: DocumentEncoder,
+    *,
+    batch_size: int,
+    empty: EmptyPolicy = "empty_vector",
 ) -> Iterator[tuple[list[Prepared], SparseBatch]]:
     """Each window the encoder streams, with the records its rows are the vectors of. An
-    empty text gets an empty vector (the document is still indexed)."""
+    empty text gets an empty vector by default (the document is still indexed)."""
     pending: deque[Prepared] = deque()
 
     def texts() -> Iterator[str]:
@@ -225,7 +227,7 @@ def encoded_windows(
             pending.append(record)
             yield record.text
 
-    for window in encoder.iter_encode(texts(), batch_size=batch_size, empty="empty_vector"):
+    for window in encoder.iter_encode(texts(), batch_size=batch_size, empty=empty):
         yield [pending.popleft() for _ in range(len(window))], window
 
 

@@ -3,18 +3,22 @@ a fake client and in-memory records stand in for the model, the cluster and the 
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import threading
 from collections.abc import Iterable, Iterator
 
 import opensearchpy
 import pytest
+from click.testing import CliRunner
 
+from splade_es.cli import main
 from splade_es.exceptions import AuthenticationError, InputError, InputStreamError
 from splade_es.ingest.bulk import BulkOutcome, Failure, make_action
 from splade_es.ingest.checkpoint import Checkpoint, CheckpointState
-from splade_es.ingest.pipeline import IngestConfig
-from splade_es.ingest.sources import Prepared, Record
+from splade_es.ingest.pipeline import IngestConfig, document_rule
+from splade_es.ingest.sources import Prepared, Record, input_size, read_source
 from splade_es.ingest.stages import (
     BreakableInput,
     IndexChunk,
@@ -138,7 +142,9 @@ def test_records_without_id_or_text_are_refused_with_the_field_named(tmp_path):
         Record(3, None, "line 3: invalid JSON", "{oops", unit="line"),
     ]
     prepared = list(
-        prepared_records(rows, config(tmp_path), lambda r, e: refused.append((r.position, e)))
+        prepared_records(
+            rows, document_rule(config(tmp_path)), lambda r, e: refused.append((r.position, e))
+        )
     )
     assert [(p.doc_id, p.text) for p in prepared] == [("a", "T tax")]
     assert prepared[0].source == {"title": "T", "text": "tax", "id": "a"}
@@ -307,3 +313,115 @@ def test_the_first_sender_failure_stops_the_pool_and_is_kept():
     assert str(senders.failure) == "chunk 1 failed"
     with pytest.raises(RuntimeError, match="chunk 1 failed"):
         senders.raise_failure()
+
+
+# ---------------------------------------------------------------------- the input, read once
+def jsonl(n: int) -> bytes:
+    return b"".join(
+        json.dumps({"_id": f"d{i}", "text": f"tax code section {i}"}).encode() + b"\n"
+        for i in range(n)
+    )
+
+
+@pytest.mark.parametrize("name", ["docs.jsonl", "docs.jsonl.gz", "docs.csv"])
+def test_reading_reports_the_bytes_of_the_file_consumed_up_to_its_size(tmp_path, name):
+    texts = [os.urandom(24).hex() for _ in range(5000)]  # random: compressed, still > 64 KiB
+    data = b"".join(
+        json.dumps({"_id": f"d{i}", "text": t}).encode() + b"\n" for i, t in enumerate(texts)
+    )
+    if name.endswith(".csv"):
+        data = b"_id,text\n" + b"".join(f"d{i},{t}\n".encode() for i, t in enumerate(texts))
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    consumed: list[int] = []
+    assert len(list(read_source(path, consumed=consumed.append))) == 5000
+    assert sum(consumed) == input_size(path) == path.stat().st_size
+    assert len(consumed) > 1  # reported as it is read, not at the end
+
+
+def test_parquet_reports_its_size_as_its_rows_are_read(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"_id": [f"d{i}" for i in range(3000)], "text": ["tax"] * 3000}), path)
+    consumed: list[int] = []
+    assert len(list(read_source(path, consumed=consumed.append))) == 3000
+    assert sum(consumed) == input_size(path) == path.stat().st_size and len(consumed) == 3
+
+
+def test_streams_have_no_size_and_a_beir_folder_is_its_corpus(tmp_path):
+    fifo = tmp_path / "docs.fifo"
+    os.mkfifo(fifo)
+    assert input_size(fifo) is None and input_size("-") is None
+    (tmp_path / "corpus.jsonl.gz").write_bytes(gzip.compress(jsonl(5)))
+    assert input_size(tmp_path) == (tmp_path / "corpus.jsonl.gz").stat().st_size
+
+
+@pytest.fixture
+def opens(monkeypatch):
+    """The paths ``open`` was asked for, in order."""
+    import builtins
+
+    real_open = builtins.open
+    opened: list[str] = []
+
+    def recording_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    return opened
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    """The progress display the CLI commands use, kept to look at its bars afterwards."""
+    from rich.progress import Progress
+
+    display = Progress(disable=True)
+    monkeypatch.setattr("splade_es.cli.encode.progress_display", lambda quiet: display)
+    monkeypatch.setattr("splade_es.cli.indexing.progress_display", lambda quiet: display)
+    return display
+
+
+def bar(display, description: str):
+    return next(t for t in display.tasks if t.description == description)
+
+
+def test_encode_opens_its_input_once_and_shows_bytes_read(tiny_bert_dir, tmp_path, opens, bars):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(jsonl(30))
+    args = ["encode", "-m", str(tiny_bert_dir), "--input", str(path)]
+    result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert opens.count(str(path)) == 1
+    assert bar(bars, "input").total == bar(bars, "input").completed == path.stat().st_size
+    assert bar(bars, "encoded").completed == 30
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 30
+
+
+def test_ingest_opens_its_input_once_and_shows_compressed_bytes_read(
+    tiny_bert_dir, tmp_path, opens, bars, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from tests.unit.test_ingest_pipeline import SlowClient
+
+    client = SlowClient()
+    cluster = SimpleNamespace(client=client, description="a fake cluster")
+    monkeypatch.setattr("splade_es.cli.indexing.connect", lambda config: cluster)
+    path = tmp_path / "docs.jsonl.gz"
+    path.write_bytes(gzip.compress(jsonl(40)))
+    args = ["ingest", "--url", "http://fake:9200", "--index", "ix", "-m", str(tiny_bert_dir)]
+    result = CliRunner().invoke(main, [*args, "--input", str(path), "--bulk-docs", "7"])
+    assert result.exit_code == 0, result.output
+    assert opens.count(str(path)) == 1
+    assert bar(bars, "input").total == bar(bars, "input").completed == path.stat().st_size
+    assert [bar(bars, s).completed for s in ("read", "encoded", "indexed", "failed")] == [
+        40,
+        40,
+        40,
+        0,
+    ]
+    assert len(client.stored) == 40
