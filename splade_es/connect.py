@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import elasticsearch
@@ -42,6 +42,11 @@ EngineChoice = Literal["auto", "elasticsearch", "opensearch"]
 Version = tuple[int, int, int]
 
 ENGINES: tuple[Engine, ...] = ("elasticsearch", "opensearch")
+
+Client: TypeAlias = "elasticsearch.Elasticsearch | opensearchpy.OpenSearch"
+"""A synchronous client of either engine (an object with the same methods does too: tests)."""
+ClientOrCluster: TypeAlias = "Client | Cluster"
+"""What every function that talks to a cluster takes: a client, or ``connect``'s ``Cluster``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,7 +160,7 @@ class Cluster:
         self.client.close()
 
 
-def client_of(target: Any) -> Any:
+def client_of(target: ClientOrCluster) -> Any:
     """The client inside a ``Cluster``, or ``target`` itself when it is already a client."""
     return target.client if isinstance(target, Cluster) else target
 

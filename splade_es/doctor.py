@@ -31,7 +31,7 @@ import elasticsearch
 import opensearchpy
 
 from . import defaults
-from .connect import Cluster, call
+from .connect import ClientOrCluster, Cluster, call
 from .engines import (
     FIELD_TYPES,
     HYBRID_METHODS,
@@ -215,7 +215,7 @@ def engine_error(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- the run
-def doctor(target: Any, *, prefix: str = "splade-es-doctor") -> DoctorReport:
+def doctor(target: ClientOrCluster, *, prefix: str = "splade-es-doctor") -> DoctorReport:
     """Check every capability splade-es claims for the cluster of ``target`` (a client or a
     ``Cluster``). Creates and deletes temporary indices named ``<prefix>-<random>-...``."""
     cluster = target if isinstance(target, Cluster) else Cluster.from_client(target)

@@ -21,7 +21,7 @@ import ir_measures
 import numpy as np
 
 from . import defaults
-from .connect import client_of
+from .connect import ClientOrCluster, client_of
 from .encoding.protocol import Encoder
 from .engines import Hybrid, SearchRequest
 from .exceptions import ConfigurationError, EmptyQueryError
@@ -112,7 +112,7 @@ class QueryRun:
 
 
 def run_queries(
-    client: Any,
+    client: ClientOrCluster,
     index: str,
     queries: Mapping[str, str],
     *,
@@ -176,7 +176,7 @@ def run_queries(
 
 
 def _sparse_search(
-    client: Any,
+    client: ClientOrCluster,
     index: str,
     text: str,
     encoder: Encoder,
@@ -202,7 +202,7 @@ def _sparse_search(
 
 
 def evaluate(
-    client: Any,
+    client: ClientOrCluster,
     index: str,
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],

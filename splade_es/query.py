@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import defaults
-from .connect import Version, call, client_of
+from .connect import ClientOrCluster, Version, call, client_of
 from .engines import Dialect, FieldType, Hybrid, QueryStyle, SearchRequest, dialect_for, dialect_of
 from .engines.base import DEFAULT_CLAUSE_LIMIT, with_filters
 from .exceptions import ClusterError, ConfigurationError, EmptyQueryError
@@ -180,7 +180,12 @@ class QueryBuilder:
 
     @classmethod
     def for_index(
-        cls, client: Any, index: str, *, field: str = defaults.VECTOR_FIELD, **options: Any
+        cls,
+        client: ClientOrCluster,
+        index: str,
+        *,
+        field: str = defaults.VECTOR_FIELD,
+        **options: Any,
     ) -> QueryBuilder:
         """A builder for an existing index: engine and version from ``info()``, the field
         type from the index mapping, the clause limit from the cluster settings.
@@ -312,10 +317,10 @@ class QueryBuilder:
 
 
 # ---------------------------------------------------------------------- cluster reads
-def field_type_of(client: Any, index: str, field: str) -> FieldType:
+def field_type_of(client: ClientOrCluster, index: str, field: str) -> FieldType:
     """The sparse field's type in ``index``'s mapping (``field_type_from_mapping``)."""
-    client = client_of(client)
-    mappings = call(lambda: client.indices.get_mapping(index=index), f"reading {index} mapping")
+    connection = client_of(client)
+    mappings = call(lambda: connection.indices.get_mapping(index=index), f"reading {index} mapping")
     return field_type_from_mapping(dict(mappings), index, field)
 
 
@@ -350,12 +355,12 @@ def field_type_from_mapping(mappings: Mapping[str, Any], index: str, field: str)
     )
 
 
-def clause_limit_of(client: Any, dialect: Dialect) -> int:
+def clause_limit_of(client: ClientOrCluster, dialect: Dialect) -> int:
     """The cluster's bool clause limit (1024 when it cannot be read)."""
-    client = client_of(client)
+    connection = client_of(client)
     try:
         settings = call(
-            lambda: client.cluster.get_settings(include_defaults=True, flat_settings=True),
+            lambda: connection.cluster.get_settings(include_defaults=True, flat_settings=True),
             "reading cluster settings",
         )
     except ClusterError:  # permission to read settings is not required to search

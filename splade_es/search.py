@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import defaults
-from .connect import call, client_of
+from .connect import ClientOrCluster, call, client_of
 from .encoding.protocol import Encoder
 from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_of
 from .exceptions import ConfigurationError, EmptyQueryError, InputError
@@ -78,7 +78,7 @@ class Explanation:
 
 # ---------------------------------------------------------------------- index admin
 def create_index(
-    client: Any,
+    client: ClientOrCluster,
     index: str,
     *,
     field_type: FieldType = defaults.FIELD_TYPE,
@@ -93,30 +93,30 @@ def create_index(
     ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``.
     """
     dialect = dialect or dialect_of(client)
-    client = client_of(client)
+    connection = client_of(client)
     body = dialect.index_body(
         field_type, sparse_field=sparse_field, shards=shards, replicas=replicas
     )
-    if call(lambda: client.indices.exists(index=index), f"checking index {index}"):
+    if call(lambda: connection.indices.exists(index=index), f"checking index {index}"):
         raise ConfigurationError(f"index {index!r} already exists; nothing was changed")
-    call(lambda: client.indices.create(index=index, body=body), f"creating index {index}")
+    call(lambda: connection.indices.create(index=index, body=body), f"creating index {index}")
     return body
 
 
 def create_hybrid_pipeline(
-    client: Any, hybrid: Hybrid, *, dialect: Dialect | None = None
+    client: ClientOrCluster, hybrid: Hybrid, *, dialect: Dialect | None = None
 ) -> str | None:
     """Create (or update) the search pipeline ``hybrid`` needs on this engine (OpenSearch
     ``linear``/``rrf``) and return its name; None when it needs none (Elasticsearch
     retrievers, ``sum`` hybrids)."""
     dialect = dialect or dialect_of(client)
-    client = client_of(client)
+    connection = client_of(client)
     body = dialect.hybrid_pipeline_body(hybrid)
     if body is None:
         return None
     name = hybrid.pipeline_name
     call(
-        lambda: client.search_pipeline.put(id=name, body=body),
+        lambda: connection.search_pipeline.put(id=name, body=body),
         f"creating search pipeline {name}",
     )
     return name
@@ -124,7 +124,7 @@ def create_hybrid_pipeline(
 
 # ---------------------------------------------------------------------- search
 def search(
-    client: Any,
+    client: ClientOrCluster,
     index: str,
     text: str,
     *,
@@ -165,7 +165,7 @@ def search(
 
 
 def search_vector(
-    client: Any,
+    client: ClientOrCluster,
     index: str,
     vector: QueryVector,
     *,
@@ -239,7 +239,7 @@ def contributions(
 
 
 def explain(
-    client: Any,
+    client: ClientOrCluster,
     index: str,
     doc_id: str,
     vector: QueryVector,
@@ -250,14 +250,14 @@ def explain(
     stored document weight and contribution; they sum to the document's ``_score`` for the
     (non-hybrid) query ``builder`` makes of ``vector``, which is read too (``engine_score``).
     ``EmptyQueryError`` when the query has no tokens."""
-    client = client_of(client)
+    connection = client_of(client)
     response = call(
-        lambda: client.search(index=index, body=explain_body(builder, doc_id)),
+        lambda: connection.search(index=index, body=explain_body(builder, doc_id)),
         f"reading {doc_id}",
     )
     document = stored_vector(response, builder, doc_id, index)
     scored = score_request(builder, vector, doc_id)
-    return explanation(builder, vector, doc_id, document, send(client, index, scored)[0])
+    return explanation(builder, vector, doc_id, document, send(connection, index, scored)[0])
 
 
 # Pure pieces of ``explain``, shared with ``splade_es.aio``.

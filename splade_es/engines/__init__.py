@@ -8,9 +8,7 @@ ElasticsearchDialect(8.15.1)
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..connect import ENGINES, Cluster, Engine, Version, parse_version
+from ..connect import ENGINES, ClientOrCluster, Cluster, Engine, Version, parse_version
 from ..exceptions import ConfigurationError
 from .base import (
     FIELD_TYPES,
@@ -40,7 +38,7 @@ def dialect_for(engine: str, version: str | Version) -> Dialect:
     return _DIALECTS[engine](parsed)  # type: ignore[arg-type]
 
 
-def dialect_of(target: Any) -> Dialect:
+def dialect_of(target: ClientOrCluster) -> Dialect:
     """The dialect of a connected ``Cluster``, or of a client (engine and version from
     ``info()``)."""
     cluster = target if isinstance(target, Cluster) else Cluster.from_client(target)
