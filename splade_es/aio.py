@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from . import defaults
 from . import query as _query
-from .connect import call, engine_from_info
+from .connect import AsyncClient, call, engine_from_info
 from .encoding.protocol import Encoder
 from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_for
 from .engines.base import DEFAULT_CLAUSE_LIMIT
@@ -54,20 +54,20 @@ async def acall(make: Callable[[], Awaitable[T]], doing: str) -> T:
         return call(reraise, doing)  # raises our error for a client error, else ``exc``
 
 
-async def dialect_of(client: Any) -> Dialect:
+async def dialect_of(client: AsyncClient) -> Dialect:
     """The dialect of an async client (engine and version from ``info()``)."""
     engine, version = engine_from_info(await acall(client.info, "reading cluster info"))
     return dialect_for(engine, version)
 
 
-async def field_type_of(client: Any, index: str, field: str) -> FieldType:
+async def field_type_of(client: AsyncClient, index: str, field: str) -> FieldType:
     mappings = await acall(
         lambda: client.indices.get_mapping(index=index), f"reading {index} mapping"
     )
     return field_type_from_mapping(dict(mappings), index, field)
 
 
-async def clause_limit_of(client: Any, dialect: Dialect) -> int:
+async def clause_limit_of(client: AsyncClient, dialect: Dialect) -> int:
     """The cluster's bool clause limit (1024 when it cannot be read)."""
     try:
         settings = await acall(
@@ -84,7 +84,7 @@ class QueryBuilder(_query.QueryBuilder):
 
     @classmethod
     async def for_index(  # type: ignore[override]
-        cls, client: Any, index: str, *, field: str = defaults.VECTOR_FIELD, **options: Any
+        cls, client: AsyncClient, index: str, *, field: str = defaults.VECTOR_FIELD, **options: Any
     ) -> QueryBuilder:
         dialect = await dialect_of(client)
         if "field_type" not in options:
@@ -94,6 +94,8 @@ class QueryBuilder(_query.QueryBuilder):
         return cls(dialect, field=field, **options)
 
 
+# ``client: Any``: the request's URL params are a mapping of strings, which the clients'
+# typed keyword arguments (bools, ints, ...) do not accept as ``**params``.
 async def send(client: Any, index: str, request: SearchRequest) -> tuple[dict, float]:
     started = time.perf_counter()
     response = await acall(
@@ -104,7 +106,7 @@ async def send(client: Any, index: str, request: SearchRequest) -> tuple[dict, f
 
 
 async def search(
-    client: Any,
+    client: AsyncClient,
     index: str,
     text: str,
     *,
@@ -138,7 +140,7 @@ async def search(
 
 
 async def search_vector(
-    client: Any,
+    client: AsyncClient,
     index: str,
     vector: QueryVector,
     *,
@@ -166,7 +168,7 @@ async def search_vector(
 
 
 async def explain(
-    client: Any,
+    client: AsyncClient,
     index: str,
     doc_id: str,
     vector: QueryVector,

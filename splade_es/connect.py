@@ -45,6 +45,8 @@ ENGINES: tuple[Engine, ...] = ("elasticsearch", "opensearch")
 
 Client: TypeAlias = "elasticsearch.Elasticsearch | opensearchpy.OpenSearch"
 """A synchronous client of either engine (an object with the same methods does too: tests)."""
+AsyncClient: TypeAlias = "elasticsearch.AsyncElasticsearch | opensearchpy.AsyncOpenSearch"
+"""An asynchronous client of either engine (``splade_es.aio``)."""
 ClientOrCluster: TypeAlias = "Client | Cluster"
 """What every function that talks to a cluster takes: a client, or ``connect``'s ``Cluster``."""
 
