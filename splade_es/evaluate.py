@@ -127,12 +127,7 @@ def run_queries(
 ) -> QueryRun:
     """Run every query (``{id: text}``) through ``index`` in ``mode``; no judgments needed."""
     client = client_of(client)
-    if mode not in ("splade", "bm25", "hybrid"):
-        raise ConfigurationError.bad_value("mode", mode, "must be splade, bm25 or hybrid")
-    if mode != "bm25" and encoder is None:
-        raise ConfigurationError(
-            f"mode {mode!r} needs an encoder (the model the index was built with)"
-        )
+    _check_mode(mode, encoder)
     # None in bm25 mode: no query vectors to build
     sparse_builder = (
         None if mode == "bm25" else builder or QueryBuilder.for_index(client, index, field=field)
@@ -173,6 +168,16 @@ def run_queries(
         pruned_queries=pruned,
         empty_queries=empty,
     )
+
+
+def _check_mode(mode: str, encoder: Encoder | None) -> None:
+    """A known mode, with the encoder it needs (every mode but bm25 encodes the query)."""
+    if mode not in ("splade", "bm25", "hybrid"):
+        raise ConfigurationError.bad_value("mode", mode, "must be splade, bm25 or hybrid")
+    if mode != "bm25" and encoder is None:
+        raise ConfigurationError(
+            f"mode {mode!r} needs an encoder (the model the index was built with)"
+        )
 
 
 def _sparse_search(

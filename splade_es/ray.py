@@ -133,12 +133,9 @@ def ingest(
     ``json_field``: each row holds a JSONL line in this field (``ray.data.read_text`` names
     it ``text``), read as ``splade-es ingest`` reads one (``scaleout.row_records``).
     """
-    import ray
-
     if workers < 1:
         raise ConfigurationError("workers must be >= 1")
-    if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    gpus_per_worker = _gpus_per_worker(gpus_per_worker)
     config = prepare_job(
         client_config,
         index=index,
@@ -168,6 +165,15 @@ def ingest(
     if dead_letter:
         _write_dead_letters(dead_letter, summary)
     return summary
+
+
+def _gpus_per_worker(requested: float | None) -> float:
+    """``requested``, or (None) one GPU per actor when the Ray cluster has GPUs, else none."""
+    import ray
+
+    if requested is not None:
+        return requested
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
 def _actor_arguments(

@@ -236,3 +236,21 @@ def test_bm25_mode_searches_the_text_fields_even_with_a_builder() -> None:
     assert result.run == {"q1": {"tax": 1.0, "code": 0.5}, "q2": {}}
     assert fake.requests[0][3]["multi_match"]["fields"] == list(defaults.TEXT_FIELDS)
     assert result.encode_ms == [0.0, 0.0] and result.empty_queries == 0
+
+
+def test_evaluation_modes_are_checked_before_anything_is_sent() -> None:
+    from splade_es.evaluate import _check_mode
+    from splade_es.exceptions import ConfigurationError
+
+    _check_mode("bm25", None)  # bm25 encodes nothing
+    with pytest.raises(ConfigurationError, match="mode"):
+        _check_mode("dense", None)
+    with pytest.raises(ConfigurationError, match="needs an encoder"):
+        _check_mode("hybrid", None)
+
+
+def test_ray_gpus_per_worker_as_requested() -> None:
+    from splade_es.ray import _gpus_per_worker
+
+    assert _gpus_per_worker(0.5) == 0.5
+    assert _gpus_per_worker(0.0) == 0.0  # CPU encoding asked for: Ray is not consulted
