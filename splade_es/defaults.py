@@ -41,6 +41,26 @@ PAGE_SIZE: Final = 500
 """Documents per page when reading an existing index (PIT + search_after)."""
 KEEP_ALIVE: Final = "5m"
 """How long a point in time stays open between pages."""
+WORKERS: Final = 2
+"""Bulk requests in flight at once (ingest, migrate, ray)."""
+
+# ------------------------------------------------------------------ serving (splade-es serve)
+LISTEN: Final = "127.0.0.1:9280"
+"""Where ``serve`` listens: loopback only unless told otherwise."""
+MAX_WAIT_MS: Final = 2.0
+"""How long a query micro-batch may wait for more texts under load."""
+QUERY_CACHE_SIZE: Final = 10_000
+"""Query vectors kept in serve's LRU cache."""
+MAX_CONNECTIONS: Final = 256
+"""Connections serve keeps open to the cluster."""
+MAX_CLIENT_REQUESTS: Final = 256
+"""Requests of one client address in flight at once."""
+ENRICH_QUEUE_DOCS: Final = 4096
+"""Documents waiting to be encoded on the write path; more -> 429."""
+ENRICH_BATCH_DOCS: Final = 256
+"""Documents of concurrent write requests encoded in one model call."""
+UPDATE_RETRIES: Final = 3
+"""Version conflicts of an enriched partial update retried at least this often."""
 
 # ------------------------------------------------------------------ retries (splade_es.retry)
 MAX_RETRIES: Final = 8

@@ -23,7 +23,7 @@ attached as ``__cause__``, so applications need to catch only ``SpladeEsError``:
         └── ShuttingDownError       the process is stopping (also a RuntimeError)
 
 The CLI prints any of them as one line and exits with status 2; ``splade-es serve`` answers
-each branch with its own HTTP status (``splade_es.serve.app.HTTP_ERRORS``).
+each branch with its own HTTP status (``splade_es.serve.errors.HTTP_ERRORS``).
 """
 
 from __future__ import annotations

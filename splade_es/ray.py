@@ -114,7 +114,7 @@ def ingest(
     sparse_field: str = defaults.VECTOR_FIELD,
     create: bool = False,
     field_type: FieldType = defaults.FIELD_TYPE,
-    workers: int = 2,
+    workers: int = defaults.WORKERS,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float | None = None,
     batch_size: int = defaults.BATCH_SIZE,

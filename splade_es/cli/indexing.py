@@ -120,7 +120,11 @@ def create_index(**opts: Any) -> None:
     help="MB",
 )
 @click.option(
-    "--workers", default=2, show_default=True, type=click.IntRange(1), help="Bulk senders."
+    "--workers",
+    default=defaults.WORKERS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Bulk senders.",
 )
 @click.option(
     "--max-retries", default=defaults.MAX_RETRIES, show_default=True, type=click.IntRange(0)

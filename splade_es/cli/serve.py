@@ -65,7 +65,7 @@ def default_threads(enriching: bool) -> int:
 @model_option()
 @click.option(
     "--listen",
-    default="127.0.0.1:9280",
+    default=defaults.LISTEN,
     show_default=True,
     envvar="SPLADE_ES_LISTEN",
     help="HOST:PORT to serve on. [env: SPLADE_ES_LISTEN]",
@@ -79,14 +79,14 @@ def default_threads(enriching: bool) -> int:
 )
 @click.option(
     "--max-wait-ms",
-    default=2.0,
+    default=defaults.MAX_WAIT_MS,
     show_default=True,
     type=click.FloatRange(0),
     help="How long a batch may wait for more texts under load.",
 )
 @click.option(
     "--cache-size",
-    default=10_000,
+    default=defaults.QUERY_CACHE_SIZE,
     show_default=True,
     type=click.IntRange(0),
     help="Query vectors kept in the LRU cache (0: none).",
@@ -131,7 +131,7 @@ def default_threads(enriching: bool) -> int:
 )
 @click.option(
     "--max-client-requests",
-    default=256,
+    default=defaults.MAX_CLIENT_REQUESTS,
     show_default=True,
     type=click.IntRange(0),
     help="Requests of one client address in flight at once; one more is answered 429 "
@@ -200,14 +200,14 @@ def default_threads(enriching: bool) -> int:
 )
 @click.option(
     "--enrich-queue",
-    default=4096,
+    default=defaults.ENRICH_QUEUE_DOCS,
     show_default=True,
     type=click.IntRange(1),
     help="Documents that may wait to be encoded; past that, writes are answered 429.",
 )
 @click.option(
     "--enrich-batch",
-    default=256,
+    default=defaults.ENRICH_BATCH_DOCS,
     show_default=True,
     type=click.IntRange(1),
     help="Documents of concurrent write requests encoded in one model call.",

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
+from .. import defaults
 from ..connect import call
 from ..engines import Dialect
 from .sources import Record
@@ -35,8 +36,8 @@ def read_index(
     *,
     dialect: Dialect,
     slices: int = 1,
-    page_size: int = 500,
-    keep_alive: str = "5m",
+    page_size: int = defaults.PAGE_SIZE,
+    keep_alive: str = defaults.KEEP_ALIVE,
     method: ReadMethod = "auto",
     source: Any = None,
 ) -> Iterator[Record]:
@@ -125,8 +126,8 @@ def read_shard_changes(
     after: int,
     *,
     dialect: Dialect,
-    page_size: int = 500,
-    keep_alive: str = "5m",
+    page_size: int = defaults.PAGE_SIZE,
+    keep_alive: str = defaults.KEEP_ALIVE,
 ) -> Iterator[Record]:
     """Whole documents of shard ``shard`` whose ``_seq_no`` is above ``after``: every document
     written (created or updated) there since that sequence number was reached.

@@ -81,7 +81,7 @@ class IngestConfig:
     batch_size: int = defaults.BATCH_SIZE
     bulk_docs: int = defaults.BULK_DOCS
     bulk_bytes: int = defaults.BULK_BYTES
-    workers: int = 2
+    workers: int = defaults.WORKERS
     checkpoint: str | None = None
     # JSONL of refused records. None keeps none (a warning says how many); the CLI always
     # names one (``checkpoint.default_dead_letter``).

@@ -9,7 +9,7 @@ from .. import defaults
 from ..engines import FieldType
 from ..exceptions import ConfigurationError
 
-WORKERS = 2
+WORKERS = defaults.WORKERS
 """Parallel bulk senders of the copy and of each catch-up pass."""
 HYBRID_WEIGHT = 0.5
 """The BM25 share of the gate's hybrid run."""

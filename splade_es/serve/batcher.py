@@ -141,8 +141,8 @@ class MicroBatcher:
         encode: EncodeFn,
         *,
         max_batch: int = defaults.BATCH_SIZE,
-        max_wait: float = 0.002,
-        cache_size: int = 10_000,
+        max_wait: float = defaults.MAX_WAIT_MS / 1000,
+        cache_size: int = defaults.QUERY_CACHE_SIZE,
         bulk_batch: int = 2,
         metrics: Metrics | None = None,
     ) -> None:
@@ -303,8 +303,8 @@ class DocumentBatcher:
         encode: EncodeFn,
         run: Callable[..., Any],
         *,
-        max_batch: int = 256,
-        max_queued: int = 4096,
+        max_batch: int = defaults.ENRICH_BATCH_DOCS,
+        max_queued: int = defaults.ENRICH_QUEUE_DOCS,
         metrics: Metrics | None = None,
     ) -> None:
         if max_batch < 1:

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import defaults
 from ..exceptions import ConfigurationError, OverloadedError
 from ..retry import RetryPolicy
 from ..tokens import TokenCodec
@@ -66,10 +67,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Defaults of the write path (not in splade_es.defaults yet).
-MAX_QUEUED_DOCUMENTS = 4096  # more waiting documents -> 429
-MAX_BATCH_DOCUMENTS = 256  # documents of concurrent requests encoded together
-UPDATE_RETRIES = 3  # version conflicts retried at least this often
+# The write path's defaults (names kept for callers of this module).
+MAX_QUEUED_DOCUMENTS = defaults.ENRICH_QUEUE_DOCS
+MAX_BATCH_DOCUMENTS = defaults.ENRICH_BATCH_DOCS
+UPDATE_RETRIES = defaults.UPDATE_RETRIES
 
 # Waits before an update that lost a version conflict is read and merged again. Two writers of
 # one document that retry in step collide again, so the wait is random; it stays short (the

@@ -41,12 +41,12 @@ class ServeConfig:
     device: str = defaults.DEVICE
     # Run the Python code the checkpoint ships (``SpladeEncoder.from_pretrained``'s option).
     trust_remote_code: bool = False
-    max_batch: int = 32
-    max_wait_ms: float = 2.0
-    cache_size: int = 10_000
+    max_batch: int = defaults.BATCH_SIZE
+    max_wait_ms: float = defaults.MAX_WAIT_MS
+    cache_size: int = defaults.QUERY_CACHE_SIZE
     max_body_bytes: int = 100 * MIB  # Elasticsearch's own http.max_content_length default
     facts_ttl: float = 60.0
-    max_connections: int = 256
+    max_connections: int = defaults.MAX_CONNECTIONS
     # torch intra-op threads for one text; None leaves torch's default. Fewer threads than
     # cores leaves one for the event loop: on a busy CPU, intra-op threads that lose their
     # core to another process stall every op of a small batch (p90 of one query 3 ms ->
@@ -80,7 +80,7 @@ class ServeConfig:
     # ``ClientConcurrency``), so one client's flood cannot fill the encoder's queues and the
     # connection pool for everyone. Every app host behind one NAT or load balancer shares an
     # address: raise it there. None: no limit.
-    max_client_requests: int | None = 256
+    max_client_requests: int | None = defaults.MAX_CLIENT_REQUESTS
 
     def __post_init__(self) -> None:
         parse_device(self.device)  # a device this machine lacks is refused before start

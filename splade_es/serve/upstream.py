@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from .. import defaults
 from ..connect import ConnectionConfig, redact_url
 from ..exceptions import (
     ClusterTimeoutError,
@@ -113,7 +114,7 @@ class Upstream:
         self,
         config: ConnectionConfig,
         *,
-        max_connections: int = 256,
+        max_connections: int = defaults.MAX_CONNECTIONS,
         timeout: float | None = None,
     ) -> None:
         if config.cloud_id or len(config.hosts) != 1:

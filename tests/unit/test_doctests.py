@@ -1,24 +1,31 @@
+"""The examples in docstrings run and print what they say (modules with at least one)."""
+
 import doctest
+import importlib
 
 import pytest
 
-import splade_es.encoding.fast_forward
-import splade_es.encoding.fused_screen
-import splade_es.encoding.pooling
-import splade_es.retry
-import splade_es.sparse
+MODULES = [
+    "splade_es.sparse",
+    "splade_es.tokens",
+    "splade_es.query",
+    "splade_es.exceptions",
+    "splade_es.retry",
+    "splade_es.engines",
+    "splade_es.encoding.pooling",
+    "splade_es.encoding.fast_forward",
+    "splade_es.encoding.fused_screen",
+    "splade_es.ingest.inputs",
+    "splade_es.ingest.bulk",
+    "splade_es.ingest.checkpoint",
+    "splade_es.serve.writes",
+    "splade_es.serve.rewrite",
+    "splade_es.serve.enrich_plan",
+    "splade_es.serve.facts",
+]
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        splade_es.sparse,
-        splade_es.encoding.pooling,
-        splade_es.encoding.fast_forward,
-        splade_es.encoding.fused_screen,
-        splade_es.retry,
-    ],
-)
-def test_docstring_examples_run(module):
-    result = doctest.testmod(module)
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name))
     assert result.attempted > 0 and result.failed == 0

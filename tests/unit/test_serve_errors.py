@@ -1,5 +1,5 @@
 """``splade-es serve`` answers each branch of the error tree with its own HTTP status, from one
-table (``serve.app.HTTP_ERRORS``): the request's fault 400, the proxy's capacity 429/503, the
+table (``serve.errors.HTTP_ERRORS``): the request's fault 400, the proxy's capacity 429/503, the
 cluster's failure 502/504, the proxy's own 500 (without details)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from splade_es.exceptions import (
     SpladeEsError,
     UnsupportedFeatureError,
 )
-from splade_es.serve.app import HTTP_ERRORS, INTERNAL_REASON, http_error
+from splade_es.serve.errors import HTTP_ERRORS, INTERNAL_REASON, http_error
 from splade_es.serve.batcher import QueueFull
 from splade_es.serve.enrich import TooManyRequests
 from splade_es.serve.rewrite import RewriteError
