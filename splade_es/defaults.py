@@ -70,3 +70,22 @@ INITIAL_BACKOFF: Final = 0.5
 MAX_BACKOFF: Final = 30.0
 JITTER: Final = 1.0
 """Up to this many random seconds added to each wait, so clients do not retry in step."""
+
+# ------------------------------------------------------------------ register (splade-es register)
+REGISTER_NAME: Final = "splade-es"
+"""The prefix of what ``register`` names on the cluster (connectors, models, pipelines, endpoints)."""
+ENGINE_BATCH_TEXTS: Final = 256
+"""Texts an engine sends serve's ``/_splade/embed/<kind>`` in one call (OpenSearch: the
+connector's step size and the ingest processor's batch); serve takes at least 256 a call."""
+CONNECTOR_CONNECT_TIMEOUT_S: Final = 10
+"""Seconds an OpenSearch connector waits to connect to serve."""
+CONNECTOR_READ_TIMEOUT_S: Final = 60
+"""Seconds an OpenSearch connector waits for serve's answer (a batch of documents)."""
+CONNECTOR_RETRY_TIMEOUT_S: Final = 120
+"""Seconds an OpenSearch connector keeps retrying serve's 429s (``MAX_RETRIES`` times at most)."""
+CONNECTOR_MAX_CONNECTIONS: Final = 30
+"""Connections an OpenSearch connector keeps to serve (ml-commons' own default)."""
+TASK_POLLS: Final = 40
+"""Times ``register`` reads an ml-commons task or model state before giving up (waits grow
+from INITIAL_BACKOFF to TASK_POLL_MAX_WAIT seconds: about 3 minutes in all)."""
+TASK_POLL_MAX_WAIT: Final = 5.0
