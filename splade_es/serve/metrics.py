@@ -42,7 +42,7 @@ class Metrics:
         self.requests = Counter(
             "splade_es_requests",
             "Requests served, by route (passthrough, search, msearch, query, encode, "
-            "embed_sparse, ...) and status class.",
+            "embed_sparse, embed_document, embed_query, ...) and status class.",
             ["route", "status"],
             registry=r,
         )
@@ -149,6 +149,38 @@ class Metrics:
             "splade_es_enrich_corrections_failed",
             "Documents an alias switch sent to an index with the sparse field whose vector "
             "could not be added afterwards (logged with their ids).",
+            registry=r,
+        )
+
+        # The engines' encoder (/_splade/embed/document, /_splade/embed/query); its requests
+        # and their latency are splade_es_requests / splade_es_request_seconds, by route
+        # embed_document and embed_query.
+        self.embed_texts = Counter(
+            "splade_es_embed_texts",
+            "Texts answered by /_splade/embed/<kind>, by kind (document, query); blank ones "
+            "included.",
+            ["kind"],
+            registry=r,
+        )
+        self.embed_blank_texts = Counter(
+            "splade_es_embed_blank_texts",
+            "Blank texts /_splade/embed/<kind> answered with an empty vector, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.embed_rejected = Counter(
+            "splade_es_embed_rejected_requests",
+            "Embed requests answered 429 because the document encode queue was full.",
+            ["kind"],
+            registry=r,
+        )
+
+        # Access control (serve --api-key-file).
+        self.auth_refused = Counter(
+            "splade_es_auth_refused_requests",
+            "Requests to the encoding endpoints refused, by reason (missing: no bearer key, "
+            "answered 401; wrong: a key that is not one of serve's, answered 403).",
+            ["reason"],
             registry=r,
         )
 

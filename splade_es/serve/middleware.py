@@ -11,6 +11,8 @@ from .errors import error_body
 from .service import ServeConfig
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")  # what is forwarded
+# The header of a 429 that ml-commons' remote connectors retry (client_config.max_retry_times).
+THROTTLED = {"x-amzn-ErrorType": "ThrottlingException"}
 
 
 def middleware_stack(config: ServeConfig) -> list[Middleware]:
@@ -65,6 +67,8 @@ class ClientConcurrency:
     counted or refused: monitoring must see a proxy that is busy with one client."""
 
     EXEMPT = ("/_splade/health", "/_splade/metrics")
+    # The engines' encoder: its 429 says "throttled" the way ml-commons retries on.
+    ENGINE_PATHS = "/_splade/embed/"
 
     def __init__(self, app: ASGIApp, limit: int | None) -> None:
         self.app = app
@@ -82,7 +86,9 @@ class ClientConcurrency:
                 "(splade-es serve --max-client-requests)"
             )
             body = error_body(429, "es_rejected_execution_exception", reason)
-            await Response(body, 429, media_type="application/json")(scope, receive, send)
+            headers = THROTTLED if scope["path"].startswith(self.ENGINE_PATHS) else None
+            response = Response(body, 429, headers=headers, media_type="application/json")
+            await response(scope, receive, send)
             return
         self.in_flight[client] = self.in_flight.get(client, 0) + 1
         try:

@@ -23,6 +23,7 @@ from ..exceptions import ConfigurationError, InputError, ServiceUnavailableError
 from ..query import PreparedSearch, QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
 from . import rewrite
+from .auth import ApiKeys, require_access_control
 from .batcher import DocumentBatcher, MicroBatcher
 from .enrich import EnrichConfig, Enricher
 from .facts import FactsCache
@@ -81,9 +82,24 @@ class ServeConfig:
     # connection pool for everyone. Every app host behind one NAT or load balancer shares an
     # address: raise it there. None: no limit.
     max_client_requests: int | None = defaults.MAX_CLIENT_REQUESTS
+    # The document encode queue (batcher.py ``DocumentBatcher``) that /_splade/embed/document
+    # requests wait in: documents waiting at most (past that, 429), documents per model call.
+    # With ``enrich``, its own sizes apply: writes and embed requests share one queue.
+    max_queued_documents: int = defaults.ENRICH_QUEUE_DOCS
+    max_batch_documents: int = defaults.ENRICH_BATCH_DOCS
+    # Who may call the endpoints that encode (/_splade/embed/*, /_splade/encode,
+    # /_splade/query, /embed_sparse): holders of one of these keys (``Authorization: Bearer``);
+    # None: anyone who reaches the port (auth.py).
+    api_keys: ApiKeys | None = None
+    # Where the app listens, when the caller knows (``splade-es serve --listen``): a host
+    # other than loopback is refused without ``api_keys``, unless ``allow_unauthenticated``.
+    listen_host: str | None = None
+    allow_unauthenticated: bool = False
 
     def __post_init__(self) -> None:
         parse_device(self.device)  # a device this machine lacks is refused before start
+        if self.listen_host is not None:
+            require_access_control(self.listen_host, self.api_keys, self.allow_unauthenticated)
         if self.max_batch < 1:
             raise ConfigurationError.bad_value("max_batch", self.max_batch, "must be >= 1")
         if self.max_wait_ms < 0:
@@ -97,6 +113,8 @@ class ServeConfig:
             "max_json_depth",
             "bulk_batch",
             "max_client_requests",
+            "max_queued_documents",
+            "max_batch_documents",
         ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigurationError.bad_value(name, getattr(self, name), "must be >= 1")
@@ -212,6 +230,7 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.documents: DocumentBatcher | None = None
         self.enricher: Enricher | None = None
+        self._document_lock = asyncio.Lock()
         self._engine_builders: dict[tuple[Any, ...], QueryBuilder] = {}
 
     def checkpoint_layout(self) -> CheckpointLayout:
@@ -294,19 +313,10 @@ class Service:
         return encoder.encode_documents(texts, **options)
 
     async def _start_enrichment(self, enrich: EnrichConfig) -> None:
-        assert self.batcher is not None
         document_encoder = await self.document_encoder()  # loaded now, not on the first write
-        batch_size = self.config.document_batch_size
-        self.documents = DocumentBatcher(
-            lambda texts: self.encode_documents(
-                document_encoder, texts, batch_size=batch_size, empty="empty_vector"
-            ),
-            self.batcher.run_pieces,  # bulk lane, bulk_batch texts a call
-            max_batch=enrich.max_batch_documents,
-            max_queued=enrich.max_queued_documents,
-            metrics=self.metrics,
+        self.documents = self._new_document_queue(
+            document_encoder, enrich.max_batch_documents, enrich.max_queued_documents
         )
-        self.documents.start()
         self.enricher = Enricher(
             enrich,
             facts=self.facts,
@@ -321,6 +331,38 @@ class Service:
                 f"{r.pattern} ({'+'.join(r.text_fields)} -> {r.sparse_field})" for r in enrich.rules
             ),
         )
+
+    def _new_document_queue(
+        self, document_encoder: DocumentEncoder, max_batch: int, max_queued: int
+    ) -> DocumentBatcher:
+        """The document encode queue, started: documents as ``ingest`` encodes them (its batch
+        size, an empty vector for an empty text) on the model thread's bulk lane."""
+        assert self.batcher is not None, "Service.start makes the query batcher first"
+        batch_size = self.config.document_batch_size
+        documents = DocumentBatcher(
+            lambda texts: self.encode_documents(
+                document_encoder, texts, batch_size=batch_size, empty="empty_vector"
+            ),
+            self.batcher.run_pieces,  # bulk lane, bulk_batch texts a call
+            max_batch=max_batch,
+            max_queued=max_queued,
+            metrics=self.metrics,
+        )
+        documents.start()
+        return documents
+
+    async def document_queue(self) -> DocumentBatcher:
+        """The document encode queue: ``--enrich``'s (made at start), or one made on the first
+        document request (``config.max_*_documents``), with the document encoder it loads."""
+        async with self._document_lock:  # two first requests: one queue, one model loaded
+            if self.documents is None:
+                document_encoder = await self.document_encoder()
+                self.documents = self._new_document_queue(
+                    document_encoder,
+                    self.config.max_batch_documents,
+                    self.config.max_queued_documents,
+                )
+        return self.documents
 
     async def stop(self) -> None:
         if self.documents is not None:
