@@ -203,14 +203,31 @@ def default_threads(enriching: bool) -> int:
     default=defaults.ENRICH_QUEUE_DOCS,
     show_default=True,
     type=click.IntRange(1),
-    help="Documents that may wait to be encoded; past that, writes are answered 429.",
+    help="Documents that may wait to be encoded (--enrich writes and /_splade/embed/document "
+    "requests share the queue); past that, they are answered 429.",
 )
 @click.option(
     "--enrich-batch",
     default=defaults.ENRICH_BATCH_DOCS,
     show_default=True,
     type=click.IntRange(1),
-    help="Documents of concurrent write requests encoded in one model call.",
+    help="Documents of concurrent requests (--enrich writes, /_splade/embed/document) "
+    "encoded in one model call.",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False),
+    envvar="SPLADE_ES_API_KEY_FILE",
+    help="Only requests with Authorization: Bearer <key>, a key of this file (one per line; "
+    "blank and # lines left out), may use the endpoints that encode (/_splade/embed/*, "
+    "/_splade/encode, /_splade/query, /embed_sparse): 401 without a key, 403 with a wrong "
+    "one. Health, metrics and the proxy are not affected. [env: SPLADE_ES_API_KEY_FILE]",
+)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="Listen on an address other than loopback without --api-key-file: anyone who "
+    "reaches the port may use the model.",
 )
 @click.option(
     "--log-level",
@@ -220,25 +237,36 @@ def default_threads(enriching: bool) -> int:
 )
 @fail_cleanly
 def serve(**opts: Any) -> None:
-    """Serve SPLADE query translation in front of a cluster.
+    """Serve SPLADE query translation in front of a cluster, and the model to the cluster.
 
     Apps point their Elasticsearch/OpenSearch client at --listen instead of the cluster and
     write {"splade": {"<field>": "text"}} wherever a query may stand; everything else is
     forwarded unchanged. With --enrich, documents written to matching indices get their SPLADE
-    vector on the way in. Also: POST /_splade/query, /_splade/encode, /embed_sparse (TEI),
-    GET /_splade/health, /_splade/metrics.
+    vector on the way in.
+
+    The engines themselves can call it as their sparse encoder (OpenSearch ml-commons remote
+    models, Elasticsearch inference endpoints; see splade-es register): POST
+    /_splade/embed/document and /_splade/embed/query with {"inputs": [text, ...]} answer one
+    {feature: weight} object per text, the vectors ingest writes and splade clauses search
+    with. Also: POST /_splade/query, /_splade/encode, /embed_sparse (TEI), GET
+    /_splade/health, /_splade/metrics.
+
+    An address other than loopback in --listen needs --api-key-file (or
+    --allow-unauthenticated).
     """
     uvicorn, create_app, server_options = _serve_modules()
     host, port = parse_listen(opts.pop("listen"))
     enrich = _enrich_config(opts) if opts["enrich_patterns"] else None
     level = opts.pop("log_level")
-    config = _serve_config(opts, enrich)
+    config = _serve_config(opts, enrich, host)
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(config)  # checks the checkpoint: a wrong --model is the only line printed
+    keys = config.api_keys
+    access = f"{len(keys)} API key(s) accepted" if keys else "no API key required"
     err_console.print(
-        f"splade-es serve on http://{host}:{port} -> {config.connection.redacted_hosts}",
+        f"splade-es serve on http://{host}:{port} -> {config.connection.redacted_hosts} ({access})",
         highlight=False,
         markup=False,
     )
@@ -285,11 +313,19 @@ def _enrich_config(opts: dict[str, Any]) -> EnrichConfig:
     )
 
 
-def _serve_config(opts: dict[str, Any], enrich: EnrichConfig | None) -> ServeConfig:
-    """ServeConfig from the command's options (0 means "not set" for the optional limits)."""
+def _serve_config(opts: dict[str, Any], enrich: EnrichConfig | None, host: str) -> ServeConfig:
+    """ServeConfig from the command's options (0 means "not set" for the optional limits);
+    ``host``: where it listens (beyond loopback only with API keys, or when allowed)."""
     from ..serve import ServeConfig
+    from ..serve.auth import ApiKeys
 
+    key_file = opts["api_key_file"]
     return ServeConfig(
+        api_keys=ApiKeys.load(key_file) if key_file else None,
+        listen_host=host,
+        allow_unauthenticated=opts["allow_unauthenticated"],
+        max_queued_documents=opts["enrich_queue"],
+        max_batch_documents=opts["enrich_batch"],
         connection=connection_config(opts),
         model=opts["model"],
         trust_remote_code=opts["trust_remote_code"],
