@@ -5,6 +5,7 @@ listens beyond loopback only with keys or ``--allow-unauthenticated`` (library a
 
 from __future__ import annotations
 
+import doctest
 import hmac
 import logging
 import socket
@@ -17,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
+import splade_es.serve.auth as auth
 from splade_es.cli import main
 from splade_es.connect import ConnectionConfig
 from splade_es.exceptions import ConfigurationError
@@ -106,6 +108,11 @@ def test_every_key_is_compared_in_constant_time(monkeypatch):
 def test_bearer_credential():
     assert bearer_credential("Bearer abc") == "abc"
     assert bearer_credential("Basic abc") is None
+
+
+def test_module_docstring_examples_run():
+    result = doctest.testmod(auth)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # ---------------------------------------------------------------------- loopback rule
