@@ -73,7 +73,7 @@ JITTER: Final = 1.0
 
 # ------------------------------------------------------------------ register (splade-es register)
 REGISTER_NAME: Final = "splade-es"
-"""The prefix of what ``register`` names on the cluster (connectors, models, pipelines, endpoints)."""
+"""The prefix of what ``register`` names on the cluster (connectors, models, pipelines...)."""
 ENGINE_BATCH_TEXTS: Final = 256
 """Texts an engine sends serve's ``/_splade/embed/<kind>`` in one call (OpenSearch: the
 connector's step size and the ingest processor's batch); serve takes at least 256 a call."""
