@@ -11,6 +11,7 @@ the library (``SpladeEsError``) become a one-line message and exit status 2; Ctr
     serve.py      serve (query translation proxy)
     migration.py  migrate
     doctor.py     doctor
+    register.py   register (serve as the cluster's inference service)
 """
 
 from . import (  # noqa: F401  (registers the commands)
@@ -18,6 +19,7 @@ from . import (  # noqa: F401  (registers the commands)
     encode,
     indexing,
     migration,
+    register,
     searching,
     serve,
 )
