@@ -30,7 +30,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -53,15 +54,32 @@ class NodeVersion:
     # neural-search (neural_sparse, hybrid, normalization/score-ranker processors) is loaded
     # only where its plugin zip is on Maven Central.
     neural_search: bool
+    # ml-commons (connectors, remote models, the /_plugins/_ml API) with job-scheduler: likewise
+    # only where opensearch-ml-plugin's zip is on Maven Central (2.19.6.0; no 3.x at all).
+    ml_commons: bool
 
 
 VERSIONS: dict[str, NodeVersion] = {
     v.version: v
     for v in (
         # OpenSearch 2.19 supports JDK 11, 17 and 21 (it bundles 23); 17 is what we test on.
-        NodeVersion("2.19.6", "opensearch-2.19", min_java=17, max_java=23, neural_search=True),
+        NodeVersion(
+            "2.19.6",
+            "opensearch-2.19",
+            min_java=17,
+            max_java=23,
+            neural_search=True,
+            ml_commons=True,
+        ),
         # OpenSearch 3 needs JDK 21+; it has been run here on Temurin 25.
-        NodeVersion("3.3.2", "opensearch-3.3", min_java=21, max_java=None, neural_search=False),
+        NodeVersion(
+            "3.3.2",
+            "opensearch-3.3",
+            min_java=21,
+            max_java=None,
+            neural_search=False,
+            ml_commons=False,
+        ),
     )
 }
 
@@ -71,7 +89,8 @@ class NodeUnavailable(Exception):
 
 
 class NodeStartError(RuntimeError):
-    """The node was built but failed to start or to become healthy (message has the log tail)."""
+    """The node was built but failed to start or to become healthy (message has the log tail),
+    or its jars were built but hold conflicting classes (a bug of ``plugin_classpath``)."""
 
 
 # --- JDK discovery ------------------------------------------------------------------------
@@ -231,21 +250,107 @@ def build(version: str) -> Path:
         if proc.returncode != 0:
             error = _maven_error(proc.stdout + proc.stderr)
             raise NodeUnavailable(f"Maven build of OpenSearch {version} failed: {error}")
-        entries = [str(out_dir / "classes")]
-        maven_cp = (out_dir / "classpath.txt").read_text().strip()
-        entries.extend(e for e in maven_cp.split(os.pathsep) if e)
-        # Plugin jars after the Maven ones: on a duplicate, core's version wins.
-        entries.extend(str(p) for p in sorted((out_dir / "plugins").glob("*/*.jar")))
-        target = _classpath_file(node_version)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text("\n".join(entries) + "\n")
-        tmp.replace(target)
-        return target
+        return _write_runtime_classpath(node_version)
+
+
+def _write_runtime_classpath(version: NodeVersion) -> Path:
+    """After Maven: launcher classes, Maven's classpath, then the plugin jars without
+    duplicates, one entry per line; the jars left out go to ``classpath-dropped.txt``."""
+    out_dir = _output_dir(version)
+    maven_cp = (out_dir / "classpath.txt").read_text().strip()
+    maven_jars = [Path(e) for e in maven_cp.split(os.pathsep) if e]
+    plugin_jars, dropped = plugin_classpath(maven_jars, (out_dir / "plugins").glob("*/*.jar"))
+    conflicts = class_conflicts([*maven_jars, *plugin_jars])
+    if conflicts:
+        raise NodeStartError(
+            f"the classpath of OpenSearch {version.version} has classes that differ between "
+            "jars (add a rule to plugin_classpath): " + "; ".join(conflicts[:10])
+        )
+    (out_dir / "classpath-dropped.txt").write_text("".join(f"{d}\n" for d in dropped))
+    entries = [str(out_dir / "classes"), *map(str, maven_jars), *map(str, plugin_jars)]
+    target = _classpath_file(version)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text("\n".join(entries) + "\n")
+    tmp.replace(target)
+    return target
+
+
+# "jackson-databind-2.18.8.jar" -> ("jackson-databind", "2.18.8"): the artifact id is everything
+# before the first "-<digit>" (true of every jar the profiles resolve or unpack).
+_JAR_NAME_RE = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d[^/]*)\.jar$")
+
+
+def jar_artifact(jar: Path) -> tuple[str, tuple[int, ...]]:
+    """Artifact id and numeric version of a jar file name (the whole name and () if it has no
+    version)."""
+    match = _JAR_NAME_RE.match(jar.name)
+    if match is None:
+        return jar.name, ()
+    return match["artifact"], tuple(int(n) for n in re.findall(r"\d+", match["version"]))
+
+
+def plugin_classpath(
+    maven_jars: list[Path], plugin_jars: Iterable[Path]
+) -> tuple[list[Path], list[str]]:
+    """The plugin jars to put on the flat classpath after Maven's, and why the others were left
+    out. A distribution gives each plugin its own class loader; here all share one, so one copy
+    of each library must be chosen, deterministically:
+
+    - a library that core's Maven classpath already has is dropped (core's version wins, as it
+      does in a distribution, where core's loader is every plugin loader's parent);
+    - among plugins, one jar per artifact: the highest version wins (e.g. gson 2.11.0 of
+      ml-commons over 2.10.1 of neural-search); equal versions keep the first plugin
+      directory in name order.
+    """
+    core = {jar_artifact(jar)[0] for jar in maven_jars}
+    chosen: dict[str, Path] = {}
+    dropped: list[str] = []
+    for jar in sorted(plugin_jars, key=lambda p: (p.parent.name, p.name)):
+        artifact, version = jar_artifact(jar)
+        where = f"{jar.parent.name}/{jar.name}"
+        if artifact in core:
+            dropped.append(f"{where}: core has {artifact}")
+            continue
+        kept = chosen.get(artifact)
+        if kept is None or version > jar_artifact(kept)[1]:
+            if kept is not None:
+                dropped.append(f"{kept.parent.name}/{kept.name}: {where} is newer")
+            chosen[artifact] = jar
+        else:
+            dropped.append(f"{where}: {kept.parent.name}/{kept.name} is kept")
+    return sorted(chosen.values(), key=lambda p: (p.parent.name, p.name)), dropped
+
+
+def class_conflicts(jars: list[Path]) -> list[str]:
+    """Classes present in several jars with different bytes: the one a JVM loads would depend on
+    the classpath order. Identical copies (ml-commons' ml-common classes also shaded into
+    neural-search's ml-client jar) are harmless and not reported."""
+    seen: dict[str, tuple[int, str]] = {}
+    conflicts: list[str] = []
+    for jar in jars:
+        with zipfile.ZipFile(jar) as archive:
+            for info in archive.infolist():
+                name = info.filename
+                # Multi-release variants and module descriptors legitimately repeat per jar.
+                if not name.endswith(".class") or name.startswith("META-INF/"):
+                    continue
+                if name.endswith("module-info.class"):
+                    continue
+                first = seen.setdefault(name, (info.CRC, jar.name))
+                if first[0] != info.CRC:
+                    conflicts.append(f"{name} in {first[1]} and {jar.name}")
+    return conflicts
 
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 # Maven's closing boilerplate, not the error itself.
-_MAVEN_NOISE = ("To see the full stack trace", "Re-run Maven", "For more information", "[Help ")
+_MAVEN_NOISE = (
+    "COMPILATION ERROR",
+    "To see the full stack trace",
+    "Re-run Maven",
+    "For more information",
+    "[Help ",
+)
 
 
 def _maven_error(output: str) -> str:

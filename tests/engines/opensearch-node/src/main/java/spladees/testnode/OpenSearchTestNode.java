@@ -13,10 +13,12 @@ import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Collection;
 import java.util.Collections;
 import java.util.Comparator;
 import java.util.List;
+import java.util.ServiceLoader;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.stream.Stream;
@@ -28,8 +30,10 @@ import org.opensearch.env.Environment;
 import org.opensearch.http.HttpServerTransport;
 import org.opensearch.node.InternalSettingsPreparer;
 import org.opensearch.node.Node;
+import org.opensearch.plugins.ExtensiblePlugin;
 import org.opensearch.plugins.Plugin;
 import org.opensearch.plugins.PluginInfo;
+import org.opensearch.plugins.PluginsService;
 
 /**
  * Starts one OpenSearch node inside this JVM for splade-es integration tests.
@@ -72,10 +76,28 @@ public final class OpenSearchTestNode {
             "org.opensearch.index.reindex.ReindexPlugin"},
     };
 
-    /** Plugins loaded only when their jars are on the classpath (not every version has them). */
+    private static final String ML_COMMONS_PLUGIN = "org.opensearch.ml.plugin.MachineLearningPlugin";
+
+    /**
+     * Plugins loaded only when their jars are on the classpath (not every version has them), in
+     * this order: a plugin another one extends comes first, as in a distribution.
+     */
     private static final String[][] OPTIONAL_PLUGINS = {
+        {"opensearch-job-scheduler", "org.opensearch.jobscheduler.JobSchedulerPlugin"},
+        {"opensearch-ml", ML_COMMONS_PLUGIN},
         {"opensearch-neural-search", "org.opensearch.neuralsearch.plugin.NeuralSearch"},
     };
+
+    /**
+     * Extensible plugins that get their SPI extensions from the classpath after the node is built.
+     * On 2.x the PluginsService gives classpath plugins no extended plugins, so it calls their
+     * {@code loadExtensions} with nothing; job-scheduler keeps the providers it is handed in maps
+     * that its sweeper reads only once the node runs, so a second call before {@code start()}
+     * registers ml-commons' {@code MLBatchTaskUpdateExtension} (batch-predict status polling).
+     * Not every extensible plugin tolerates a late call (painless compiles its whitelists in
+     * {@code createComponents}), hence this list.
+     */
+    private static final String[] LATE_EXTENSION_TARGETS = {"org.opensearch.jobscheduler.JobSchedulerPlugin"};
 
     private static final String READY_PREFIX = "OPENSEARCH_NODE_READY ";
 
@@ -105,6 +127,7 @@ public final class OpenSearchTestNode {
         final boolean removeHome = deleteHome;
 
         final Node node = createNode(home, httpPort);
+        loadLateExtensions(node);
         final AtomicBoolean closed = new AtomicBoolean();
         final AtomicBoolean ready = new AtomicBoolean();
         final Runnable shutdown = () -> {
@@ -152,7 +175,8 @@ public final class OpenSearchTestNode {
             Files.write(config.resolve("opensearch.yml"), new byte[0]);
         }
 
-        final Settings settings = Settings.builder()
+        final List<Class<? extends Plugin>> plugins = loadPlugins();
+        final Settings.Builder settings = Settings.builder()
             .put("path.home", home.toString())
             .put("path.data", home.resolve("data").toString())
             .put("path.logs", home.resolve("logs").toString())
@@ -165,12 +189,33 @@ public final class OpenSearchTestNode {
             // Test machines often have full-ish disks; watermarks would block shard allocation.
             .put("cluster.routing.allocation.disk.threshold_enabled", false)
             // No swapping concerns for a throwaway node.
-            .put("bootstrap.memory_lock", false)
-            .build();
-        final Environment env =
-            InternalSettingsPreparer.prepareEnvironment(settings, Collections.emptyMap(), config, () -> "test-node");
+            .put("bootstrap.memory_lock", false);
+        if (plugins.stream().anyMatch(cls -> cls.getName().equals(ML_COMMONS_PLUGIN))) {
+            putMlCommonsSettings(settings);
+        }
+        final Environment env = InternalSettingsPreparer.prepareEnvironment(
+            settings.build(), Collections.emptyMap(), config, () -> "test-node");
         LogConfigurator.configure(env);
-        return newNode(env, loadPlugins());
+        return newNode(env, plugins);
+    }
+
+    /**
+     * ml-commons' own circuit breakers, off for the same reason as the disk watermarks: they
+     * judge the test machine, not the code under test. Register, deploy and every predict (remote
+     * models included: MLTaskRunner.dispatchTask checks them when the task runs locally, 2.19.6.0)
+     * fail with "... Circuit Breaker is open" while one is open: the disk one below 5 GB free on
+     * the data path, the JVM one above 85% heap used, which a 1 GB heap can reach between two GCs.
+     * Both are dynamic cluster settings too. Nothing else is set here: remote models may run on
+     * data nodes by default (plugins.ml_commons.task_dispatcher.eligible_node_role.remote_model is
+     * [data, ml]; only_run_on_ml_node governs local models only), and the connector endpoint
+     * settings (trusted_connector_endpoints_regex, connector.private_ip_enabled) are left to the
+     * tests and the product, which set them through the cluster settings API.
+     */
+    private static void putMlCommonsSettings(Settings.Builder settings) {
+        settings
+            .put("plugins.ml_commons.disk_free_space_threshold", "0b")
+            // MemoryCircuitBreaker.isOpen is false when the threshold is 100.
+            .put("plugins.ml_commons.jvm_heap_memory_threshold", 100);
     }
 
     /** Finds the plugin classes to load: all required modules, plus optional ones present. */
@@ -197,7 +242,10 @@ public final class OpenSearchTestNode {
     private static Class<? extends Plugin> findClass(String[] entry) {
         for (int i = 1; i < entry.length; i++) {
             try {
-                return Class.forName(entry[i]).asSubclass(Plugin.class);
+                // Not initialised here: plugins' static loggers would start log4j with its
+                // classpath default before LogConfigurator has set the node's log paths.
+                return Class.forName(entry[i], false, OpenSearchTestNode.class.getClassLoader())
+                    .asSubclass(Plugin.class);
             } catch (ClassNotFoundException e) {
                 // try the next name
             }
@@ -250,6 +298,24 @@ public final class OpenSearchTestNode {
         }
         // forbidPrivateIndexSettings=true: behave like a production node.
         return ctor.newInstance(env, classpathPlugins, true);
+    }
+
+    /** See {@link #LATE_EXTENSION_TARGETS}. */
+    private static void loadLateExtensions(Node node) {
+        final PluginsService plugins = node.injector().getInstance(PluginsService.class);
+        final ClassLoader loader = OpenSearchTestNode.class.getClassLoader();
+        for (ExtensiblePlugin plugin : plugins.filterPlugins(ExtensiblePlugin.class)) {
+            if (Arrays.asList(LATE_EXTENSION_TARGETS).contains(plugin.getClass().getName())) {
+                plugin.loadExtensions(new ExtensiblePlugin.ExtensionLoader() {
+                    @Override
+                    public <T> List<T> loadExtensions(Class<T> extensionPointType) {
+                        final List<T> found = new ArrayList<>();
+                        ServiceLoader.load(extensionPointType, loader).forEach(found::add);
+                        return found;
+                    }
+                });
+            }
+        }
     }
 
     private static void deleteRecursively(Path root) {
