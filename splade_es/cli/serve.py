@@ -316,8 +316,8 @@ def _enrich_config(opts: dict[str, Any]) -> EnrichConfig:
 def _serve_config(opts: dict[str, Any], enrich: EnrichConfig | None, host: str) -> ServeConfig:
     """ServeConfig from the command's options (0 means "not set" for the optional limits);
     ``host``: where it listens (beyond loopback only with API keys, or when allowed)."""
+    from ..api_keys import ApiKeys
     from ..serve import ServeConfig
-    from ..serve.auth import ApiKeys
 
     key_file = opts["api_key_file"]
     return ServeConfig(

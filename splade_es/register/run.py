@@ -26,6 +26,7 @@ import elasticsearch
 import opensearchpy
 
 from .. import defaults
+from ..api_keys import ApiKeys
 from ..connect import ClientOrCluster, Cluster, Engine, Version, call
 from ..exceptions import ClusterError, ConfigurationError, SpladeEsError, UnsupportedFeatureError
 from ..retry import RetryPolicy
@@ -493,23 +494,9 @@ _PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"
 
 # ------------------------------------------------------------------ the key
 def first_api_key(path: str | Path) -> str:
-    """The first key of a serve ``--api-key-file`` (one key per line; blank lines and lines
-    starting with ``#`` are left out), which the cluster will send serve."""
+    """The first key of a serve ``--api-key-file`` (serve's own rule, ``ApiKeys``), which
+    the cluster will send serve."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise ConfigurationError(
-            f"API key file {path}: cannot read it ({reason})", option="serve_api_key_file"
-        ) from None
-    for line in text.splitlines():
-        key = line.strip()
-        if key and not key.startswith("#"):
-            if any(c.isspace() for c in key):
-                raise ConfigurationError(
-                    f"API key file {path}: a key holds whitespace", option="serve_api_key_file"
-                )
-            return key
-    raise ConfigurationError(
-        f"API key file {path} holds no key (one per line; # lines are left out)"
-    )
+        return ApiKeys.load(path).first
+    except ConfigurationError as exc:
+        raise ConfigurationError(str(exc), option="serve_api_key_file") from None

@@ -7,7 +7,8 @@
     app.py        create_app: the stages below, composed into a Starlette app
     lifecycle.py  the model checked when the app is made; the service started and stopped
     middleware.py requests refused before any route; per-client concurrency
-    routes.py     the API: /_splade/health, metrics, query, encode; /embed_sparse
+    routes.py     the API: /_splade/health, metrics, query, encode, embed/*; /embed_sparse
+    embed.py      pure: the engines' embed requests and answer shapes (maps, pairs)
     proxy.py      everything else, to the cluster: searches rewritten, writes enriched
     exchange.py   request bodies, headers, the deadline; answers and the access log
     errors.py     the one table from an error to its HTTP answer

@@ -12,9 +12,14 @@ The endpoints:
     /_splade/metrics   Prometheus text format
     /_splade/query     text -> the search body and URL params for an index or engine
     /_splade/encode    texts -> token/weight dicts and feature keys
+    /_splade/embed/document|query   the encoder the engines call (ml-commons remote models,
+                       the Elasticsearch inference API): one {feature: weight} per input
     /embed_sparse      text-embeddings-inference's sparse-embedding API
     everything else    forwarded to the cluster unchanged, except ``_search``/``_msearch``
                        bodies with a ``splade`` clause, which is replaced (``rewrite``)
+
+The endpoints that spend the model (/_splade/query, encode, embed/*, /embed_sparse) take
+``Authorization: Bearer <key>`` when serve has API keys (``splade_es.api_keys``).
 
 Errors look like the cluster's own (``{"error": {"type", "reason"}, "status"}``), so every
 client raises its usual exception; ``HTTP_ERRORS`` (``errors``) says which status each error

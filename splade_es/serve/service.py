@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults
+from ..api_keys import ApiKeys, require_access_control
 from ..connect import ConnectionConfig
 from ..encoding.encoder import SpladeEncoder, parse_device
 from ..encoding.model_files import CheckpointLayout, read_layout, resolve_checkpoint
@@ -23,7 +24,6 @@ from ..exceptions import ConfigurationError, InputError, ServiceUnavailableError
 from ..query import PreparedSearch, QueryBuilder, QueryPruning
 from ..sparse import SparseBatch
 from . import rewrite
-from .auth import ApiKeys, require_access_control
 from .batcher import DocumentBatcher, MicroBatcher
 from .enrich import EnrichConfig, Enricher
 from .facts import FactsCache

@@ -22,6 +22,9 @@ MODULES = [
     "splade_es.serve.rewrite",
     "splade_es.serve.enrich_plan",
     "splade_es.serve.facts",
+    "splade_es.serve.embed",
+    "splade_es.api_keys",
+    "splade_es.register.plan",
 ]
 
 

@@ -24,9 +24,9 @@ from splade_es.exceptions import (
     SpladeEsError,
     UnsupportedFeatureError,
 )
-from splade_es.serve.errors import HTTP_ERRORS, INTERNAL_REASON, http_error
 from splade_es.serve.batcher import QueueFull
 from splade_es.serve.enrich import TooManyRequests
+from splade_es.serve.errors import HTTP_ERRORS, INTERNAL_REASON, http_error
 from splade_es.serve.rewrite import RewriteError
 from splade_es.serve.service import HttpError
 from splade_es.serve.upstream import UpstreamTimeout, UpstreamUnavailable

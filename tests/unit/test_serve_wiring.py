@@ -93,6 +93,7 @@ def test_create_app_routes_the_api_first_and_everything_else_to_the_proxy():
         "/_splade/metrics",
         "/_splade/query",
         "/_splade/encode",
+        "/_splade/embed/{kind}",
         "/embed_sparse",
         "/{path:path}",
     ]

@@ -22,7 +22,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from ..exceptions import ConfigurationError
+from .exceptions import ConfigurationError
 
 Verdict = Literal["ok", "missing", "wrong"]
 

@@ -18,12 +18,12 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-import splade_es.serve.auth as auth
+import splade_es.api_keys as auth
+from splade_es.api_keys import ApiKeys, bearer_credential, is_loopback, require_access_control
 from splade_es.cli import main
 from splade_es.connect import ConnectionConfig
 from splade_es.exceptions import ConfigurationError
 from splade_es.serve import create_app
-from splade_es.serve.auth import ApiKeys, bearer_credential, is_loopback, require_access_control
 from splade_es.serve.service import ServeConfig
 from splade_es.serve.upstream import UpstreamResponse
 from splade_es.sparse import SparseBatch, Vocabulary
