@@ -74,6 +74,9 @@ public final class OpenSearchTestNode {
         {"reindex",
             "org.opensearch.index.reindex.ReindexModulePlugin",
             "org.opensearch.index.reindex.ReindexPlugin"},
+        {"ingest-common", // script, remove, set ... processors (splade-es register's pipeline)
+            "org.opensearch.ingest.common.IngestCommonModulePlugin",
+            "org.opensearch.ingest.common.IngestCommonPlugin"},
     };
 
     private static final String ML_COMMONS_PLUGIN = "org.opensearch.ml.plugin.MachineLearningPlugin";
