@@ -473,15 +473,24 @@ def _stop(proc: subprocess.Popen[str], grace: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def run(version: str, *, heap: str = "1g", timeout: float = 180) -> Iterator[str]:
+def run(
+    version: str, *, heap: str = "1g", timeout: float = 180, home: Path | None = None
+) -> Iterator[str]:
     """Start an OpenSearch ``version`` node, wait until it is started and its cluster is green,
     and yield its URL ``http://127.0.0.1:<port>``. The node, its process group and its
-    temporary home are gone when the block exits (also on KeyboardInterrupt)."""
+    temporary home are gone when the block exits (also on KeyboardInterrupt).
+
+    ``home``: a directory of the caller's that outlives the node (its data, cluster state and
+    ml-commons' system indices), so a second ``run`` with the same ``home`` is the same node
+    restarted; the caller removes it."""
     node_version = _node_version(version)
     classpath = build(version).read_text().splitlines()
     java = _java_for(node_version)
     major = java_major(java) or node_version.min_java
-    home = Path(tempfile.mkdtemp(prefix=f"splade-es-opensearch-{version}-"))
+    keep_home = home is not None
+    if home is None:
+        home = Path(tempfile.mkdtemp(prefix=f"splade-es-opensearch-{version}-"))
+    home.mkdir(parents=True, exist_ok=True)
     stderr_path = home / "stderr.log"
     cmd = [
         str(java),
@@ -492,7 +501,7 @@ def run(version: str, *, heap: str = "1g", timeout: float = 180) -> Iterator[str
         str(home),
         # The launcher removes its home itself once the node is closed: covers a parent killed
         # with SIGKILL, whose ``finally`` below never runs.
-        "--delete-home",
+        *([] if keep_home else ["--delete-home"]),
     ]
     proc: subprocess.Popen[str] | None = None
     try:
@@ -514,7 +523,8 @@ def run(version: str, *, heap: str = "1g", timeout: float = 180) -> Iterator[str
             if proc is not None:
                 _stop(proc)
         finally:
-            shutil.rmtree(home, ignore_errors=True)
+            if not keep_home:
+                shutil.rmtree(home, ignore_errors=True)
 
 
 def _wait_ready(proc: subprocess.Popen[str], version: str, home: Path, timeout: float) -> str:
