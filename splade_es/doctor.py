@@ -14,24 +14,43 @@ the dot product at the engines' storage precision (9 significant bits) and that 
 matching documents come back; read the documents back as a migration would; try each hybrid
 method. A capability the cluster lacks (a plugin, a license, a version) is reported as
 ``unsupported`` with the engine's own words, not as a failure.
+
+With ``serve=ServeTarget(url=..., api_key=...)`` (``splade-es doctor --serve-url``) three rows
+more, on whether the cluster's own inference reaches ``splade-es serve`` (``serve_checks``):
+
+* ``cluster may call serve``: ``register``'s own checks (OpenSearch: ml-commons, its trusted
+  endpoint regex, private IPs; Elasticsearch: the version and the license), each failure naming
+  the setting and the fix;
+* ``serve answers``: doctor calls ``<url>/_splade/embed/document|query`` itself, with the key;
+* ``cluster's vectors equal splade-es's``: sample texts through what ``register`` created
+  (found by its names, never created here) equal what serve answers directly; ``skipped``
+  ("not registered: run splade-es register") when those objects do not exist.
+
+They create nothing on the cluster, and the key is never shown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qsl, urlsplit
 
 import elasticsearch
+import numpy as np
 import opensearchpy
 
 from . import defaults
 from .connect import ClientOrCluster, Cluster, call
+from .documents import document_text
 from .engines import (
     FIELD_TYPES,
     HYBRID_METHODS,
@@ -42,13 +61,33 @@ from .engines import (
     dialect_of,
 )
 from .engines.base import rank_feature_query
-from .exceptions import SpladeEsError
+from .exceptions import SpladeEsError, UnsupportedFeatureError
 from .ingest.index_source import read_index
 from .query import clause_limit_of
+from .register import elasticsearch as es_plan
+from .register import opensearch as os_plan
+from .register.plan import (
+    KINDS,
+    REDACTED,
+    Existing,
+    Kind,
+    Problem,
+    RegisterConfig,
+    Request,
+    embed_url,
+    serve_host,
+)
+from .register.run import (  # register's reads: its transports, finds and secret scrubbing
+    Resolve,
+    _Session,
+    is_private_host,
+    resolve_host,
+    settings_fix,
+)
 from .sparse import Vocabulary, stored_precision
 from .tokens import TokenCodec
 
-Status = Literal["ok", "unsupported", "FAILED"]
+Status = Literal["ok", "unsupported", "skipped", "FAILED"]
 
 FIELD = defaults.VECTOR_FIELD  # the sparse field of the doctor's indices
 
@@ -97,7 +136,8 @@ _ENGINE_ERRORS = (elasticsearch.ApiError, elasticsearch.TransportError, opensear
 @dataclass(frozen=True)
 class Check:
     """One capability: ``ok``, ``unsupported`` (the cluster lacks it: version, plugin,
-    license) or ``FAILED`` (it runs but is wrong, or errs where it should work)."""
+    license), ``skipped`` (nothing to check yet: what it checks was not set up) or ``FAILED``
+    (it runs but is wrong, or errs where it should work)."""
 
     capability: str
     status: Status
@@ -215,11 +255,22 @@ def engine_error(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- the run
-def doctor(target: ClientOrCluster, *, prefix: str = "splade-es-doctor") -> DoctorReport:
+def doctor(
+    target: ClientOrCluster,
+    *,
+    prefix: str = "splade-es-doctor",
+    serve: ServeTarget | None = None,
+    resolve: Resolve | None = None,
+) -> DoctorReport:
     """Check every capability splade-es claims for the cluster of ``target`` (a client or a
-    ``Cluster``). Creates and deletes temporary indices named ``<prefix>-<random>-...``."""
+    ``Cluster``). Creates and deletes temporary indices named ``<prefix>-<random>-...``.
+    With ``serve``, also whether the cluster can call ``splade-es serve`` (``serve_checks``;
+    ``resolve`` as there)."""
     cluster = target if isinstance(target, Cluster) else Cluster.from_client(target)
-    return _Doctor(cluster, f"{prefix}-{uuid.uuid4().hex[:12]}").run()
+    report = _Doctor(cluster, f"{prefix}-{uuid.uuid4().hex[:12]}").run()
+    if serve is None:
+        return report
+    return replace(report, checks=report.checks + serve_checks(cluster, serve, resolve=resolve))
 
 
 class _Doctor:
@@ -580,3 +631,519 @@ def _distribution(info: Mapping[str, Any]) -> str:
     version = info.get("version", {})
     parts = [version.get("distribution") or version.get("build_flavor"), version.get("build_type")]
     return " ".join(str(p) for p in parts if p) or "unknown"
+
+
+# ---------------------------------------------------------------------- serve
+CAN_CALL = "cluster may call serve"
+SERVE_ANSWERS = "serve answers"
+SAME_VECTORS = "cluster's vectors equal splade-es's"
+
+SERVE_DOCUMENTS: tuple[tuple[str, ...], ...] = (
+    ("Tax depreciation", "of U.S. property, 100% deductible"),
+    ("  garlic powder, one ounce  ",),
+    ("Ünïcödé wörds: naïve café",),
+)
+"""Sample documents, as the values of their text fields in order: a text split over two
+fields and a padded one show that the cluster joins fields as ``splade-es ingest`` does."""
+SERVE_QUERIES: tuple[str, ...] = ("what is tax depreciation", "garlic", "u.s. brain 100%")
+
+_NO_KEY = "no-key-given"
+"""Fills the key slot of register's plan when serve takes no key: doctor sends only the plan's
+read-only checks, never a body that holds the key."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeTarget:
+    """What the serve rows need, in ``register``'s terms: ``url``, where the cluster's nodes
+    reach serve (doctor calls it from here too); ``api_key``, what the cluster sends serve (the
+    first key of serve's ``--api-key-file``; None when serve takes none); ``name`` and
+    ``field_type``, what register was given (its objects' names, the URLs they call)."""
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    name: str = defaults.REGISTER_NAME
+    field_type: FieldType = defaults.FIELD_TYPE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", self.register_config().serve_url)  # register's rules
+
+    def register_config(self) -> RegisterConfig:
+        """The ``RegisterConfig`` these name (a stand-in key when there is none)."""
+        return RegisterConfig(
+            serve_url=self.url,
+            api_key=self.api_key or _NO_KEY,
+            name=self.name,
+            field_type=self.field_type,
+        )
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """What the cluster answered for ``texts`` through register's ``kind`` object
+    (``through`` names it), and the serve URL that object calls."""
+
+    kind: Kind
+    texts: tuple[str, ...]
+    vectors: tuple[Any, ...]
+    url: str
+    through: str
+
+
+def serve_checks(
+    target: ClientOrCluster,
+    serve: ServeTarget,
+    *,
+    resolve: Resolve | None = None,
+    timeout: float = defaults.CONNECTOR_READ_TIMEOUT_S,
+) -> tuple[Check, ...]:
+    """The three serve rows (see the module's docstring) for the cluster of ``target``.
+    ``resolve`` names a host's addresses, to tell whether serve's is private (default: this
+    machine's resolver); ``timeout``: seconds doctor waits for serve, as long as a connector
+    does. Read-only on the cluster; the key is redacted from every row."""
+    cluster = target if isinstance(target, Cluster) else Cluster.from_client(target)
+    return _ServeDoctor(cluster, serve, resolve or resolve_host, timeout).run()
+
+
+def relay_difference(got: Any, sent: Mapping[str, float]) -> str | None:
+    """None when ``got`` is the vector ``sent`` as an engine relays it, else what differs.
+
+    Relayed means the same keys and each weight the same float32: the engines parse weights
+    as Java floats and serve's are float32, so nothing may change on the way. (Nothing the
+    serve rows compare is stored, so the storage precision of ``sparse.stored_precision``
+    does not enter.)
+
+    >>> relay_difference({"tax": 1.2345679}, {"tax": 1.2345678806304932}) is None
+    True
+    >>> relay_difference({"tax": 1.5}, {"tax": 1.5, "law": 0.25})
+    "keys differ: missing ['law'], extra []"
+    """
+    if not isinstance(got, Mapping):
+        return f"not a vector: {json.dumps(got)[:80]}"
+    missing, extra = sorted(set(sent) - set(got)), sorted(set(got) - set(sent))
+    if missing or extra:
+        return f"keys differ: missing {missing[:5]}, extra {extra[:5]}"
+    for key, weight in sent.items():
+        value = got[key]
+        if not isinstance(value, (int, float)) or np.float32(value) != np.float32(weight):
+            return f"{key!r} weighs {value!r} there, {weight!r} in serve's answer"
+    return None
+
+
+def sample_text(parts: Sequence[str]) -> str:
+    """The text ``splade-es ingest`` encodes for a document whose text fields hold ``parts``."""
+    names = [str(i) for i in range(len(parts))]
+    return document_text(dict(zip(names, parts, strict=True)), names, 0)
+
+
+class _Skipped(Exception):
+    """Nothing to check (yet): the row is ``skipped`` with this reason."""
+
+
+class _Lacking(Exception):
+    """The cluster lacks what the row needs (version, plugin, license): ``unsupported``."""
+
+
+class _ServeEngine(Protocol):
+    """What differs between the engines in the serve rows."""
+
+    planner: Any  # register.opensearch or register.elasticsearch
+    required: tuple[str, ...]  # the keys of register's objects the vectors row uses
+
+    def lacking(self, answer: Any) -> str | None:
+        """What the cluster lacks to call any model server, read from a check's answer."""
+
+    def allowed(self, private: bool) -> str:
+        """The detail of a passing ``cluster may call serve``."""
+
+    def relayed(self, session: _Session, found: Mapping[str, Existing]) -> list[Relayed]:
+        """The sample texts through the objects ``found`` (by key)."""
+
+
+class _OpenSearchServe:
+    """ml-commons remote models: documents through the ingest pipeline (simulated: nothing is
+    indexed), queries through the query model's predict API (what ``neural_sparse`` sends)."""
+
+    planner: Any = os_plan
+    required: tuple[str, ...] = (
+        "connector:document",
+        "connector:query",
+        "model:document",
+        "model:query",
+        "ingest_pipeline",
+    )
+
+    def lacking(self, answer: Any) -> str | None:
+        settings = isinstance(answer, Mapping) and "defaults" in answer
+        if settings and os_plan.setting(answer, os_plan.TRUSTED)[0] is None:
+            return (
+                f"ml-commons is not installed (the cluster has no {os_plan.TRUSTED} "
+                "setting): install the opensearch-ml and opensearch-neural-search plugins"
+            )
+        return None
+
+    def allowed(self, private: bool) -> str:
+        return "ml-commons present; its trusted endpoint regex matches serve's embed URLs" + (
+            "; private addresses allowed" if private else ""
+        )
+
+    def relayed(self, session: _Session, found: Mapping[str, Existing]) -> list[Relayed]:
+        pipeline = found["ingest_pipeline"]
+        fields, target = _pipeline_fields(pipeline.definition, pipeline.id)
+        sources = [_sample_source(parts, fields) for parts in SERVE_DOCUMENTS]
+        simulate = Request(
+            "POST",
+            f"/_ingest/pipeline/{pipeline.id}/_simulate",
+            body={"docs": [{"_source": source} for source in sources]},
+        )
+        answer = session.read(simulate, f"simulating the ingest pipeline {pipeline.id}")
+        documents = tuple(_simulated(doc, target) for doc in (answer or {}).get("docs") or [])
+        query_model = found["model:query"]
+        predict = Request(
+            "POST",
+            f"{os_plan.ML}/_predict/text_embedding/{query_model.id}",
+            body={"text_docs": list(SERVE_QUERIES)},
+        )
+        predicted = session.read(predict, f"predicting with the model {query_model.id}")
+        return [
+            Relayed(
+                "document",
+                tuple(sample_text(parts) for parts in SERVE_DOCUMENTS),
+                documents,
+                _action_url(found["connector:document"]),
+                f"the ingest pipeline {pipeline.id}",
+            ),
+            Relayed(
+                "query",
+                SERVE_QUERIES,
+                _predictions(predicted),
+                _action_url(found["connector:query"]),
+                f"the model {query_model.id} (predict)",
+            ),
+        ]
+
+
+class _ElasticsearchServe:
+    """``sparse_embedding`` inference endpoints, called with the sample texts
+    (``POST _inference/sparse_embedding/<id>`` with ``{"input": [...]}``, answered
+    ``{"sparse_embedding": [{"is_truncated": ..., "embedding": {token: weight}}]}``)."""
+
+    planner: Any = es_plan
+    required: tuple[str, ...] = ("endpoint:document", "endpoint:query")
+
+    def lacking(self, answer: Any) -> str | None:
+        return None  # the version and the license are register's checks
+
+    def allowed(self, private: bool) -> str:
+        return "the version and the license allow inference endpoints"
+
+    def relayed(self, session: _Session, found: Mapping[str, Existing]) -> list[Relayed]:
+        texts = {
+            "document": tuple(sample_text(parts) for parts in SERVE_DOCUMENTS),
+            "query": SERVE_QUERIES,
+        }
+        out = []
+        for kind in KINDS:
+            endpoint = found[f"endpoint:{kind}"]
+            infer = Request(
+                "POST",
+                f"/_inference/sparse_embedding/{endpoint.id}",
+                body={"input": list(texts[kind])},
+            )
+            answer = session.read(infer, f"calling the inference endpoint {endpoint.id}")
+            results = (answer or {}).get("sparse_embedding") or []
+            vectors = tuple(r.get("embedding") if isinstance(r, Mapping) else r for r in results)
+            url = str(endpoint.definition.get("url") or "")
+            out.append(
+                Relayed(kind, texts[kind], vectors, url, f"the inference endpoint {endpoint.id}")
+            )
+        return out
+
+
+_SERVE_ENGINES: dict[str, _ServeEngine] = {
+    "opensearch": _OpenSearchServe(),
+    "elasticsearch": _ElasticsearchServe(),
+}
+
+
+class _ServeDoctor:
+    def __init__(
+        self, cluster: Cluster, serve: ServeTarget, resolve: Resolve, timeout: float
+    ) -> None:
+        self.cluster = cluster
+        self.serve = serve
+        self.resolve = resolve
+        self.engine = _SERVE_ENGINES[cluster.engine]
+        self.config = serve.register_config()
+        self.session = _Session(cluster, self.config, time.sleep)  # reads only
+        self.client = _ServeClient(serve.url, serve.api_key, timeout)
+        self.checks: list[Check] = []
+
+    def run(self) -> tuple[Check, ...]:
+        may_call = self._row(CAN_CALL, self._may_call)
+        answers = self._row(SERVE_ANSWERS, self._answers)
+        if may_call == "unsupported":
+            self._add(SAME_VECTORS, "skipped", "the cluster cannot call serve (above)")
+        elif answers != "ok":
+            self._add(SAME_VECTORS, "skipped", "serve does not answer (above)")
+        else:
+            self._row(SAME_VECTORS, self._same_vectors)
+        return tuple(self.checks)
+
+    def _row(self, capability: str, body: Callable[[], str]) -> Status:
+        """Run one row: ``body`` returns the detail of a pass, or raises what the row is."""
+        started = time.perf_counter()
+        error: str | None = None
+        status: Status
+        try:
+            status, detail = "ok", body()
+        except _Skipped as exc:
+            status, detail = "skipped", str(exc)
+        except _Lacking as exc:
+            status, detail = "unsupported", str(exc)
+        except CheckFailed as exc:
+            status, detail = "FAILED", str(exc)
+        except SpladeEsError as exc:
+            status, detail = "FAILED", str(exc)
+            error = engine_error(exc.__cause__) if exc.__cause__ is not None else None
+        self._add(capability, status, detail, error, (time.perf_counter() - started) * 1000)
+        return status
+
+    def _add(
+        self, capability: str, status: Status, detail: str, error: str | None = None, ms: float = 0
+    ) -> None:
+        key = self.serve.api_key
+        if key:  # an engine or serve may echo what it was sent
+            detail = detail.replace(key, REDACTED)
+            error = error.replace(key, REDACTED) if error else error
+        claimed = status != "skipped"
+        self.checks.append(Check(capability, status, detail, error, claimed, round(ms, 1)))
+
+    # ------------------------------------------------------------------ the rows
+    def _may_call(self) -> str:
+        """register's checks for this serve URL; settings problems fail, naming the fix."""
+        private = is_private_host(serve_host(self.serve.url), self.resolve)
+        try:
+            plan = self.engine.planner.registration_plan(
+                self.config, self.cluster.version, private_host=private
+            )
+        except UnsupportedFeatureError as exc:
+            raise _Lacking(str(exc)) from None
+        problems: list[Problem] = []
+        for check in plan.checks:
+            answer = self.session.read(check.request, "reading the cluster's state")
+            lacking = self.engine.lacking(answer)
+            if lacking:
+                raise _Lacking(lacking)
+            problems += check.judge(answer)
+        fatal = [p.message for p in problems if p.settings is None]
+        if fatal:
+            raise _Lacking("; ".join(fatal))
+        if problems:
+            said = "; ".join(p.message for p in problems)
+            raise CheckFailed(
+                f"{said}: fix with PUT _cluster/settings {json.dumps(settings_fix(problems))} "
+                "or run splade-es register with --apply-settings"
+            )
+        return "; ".join((self.engine.allowed(private), *plan.notes))
+
+    def _answers(self) -> str:
+        """serve's two embed endpoints answer one text each, with the key."""
+        found = []
+        samples: tuple[tuple[Kind, str], ...] = (
+            ("document", sample_text(SERVE_DOCUMENTS[0])),
+            ("query", SERVE_QUERIES[0]),
+        )
+        for kind, text in samples:
+            [vector] = self.client.embed(kind, [text])
+            found.append(f"{kind}: {len(vector)} features")
+        how = "with the key" if self.serve.api_key else "without a key"
+        return f"{self.serve.url}/_splade/embed/* answered {how} ({', '.join(found)})"
+
+    def _same_vectors(self) -> str:
+        found = self._registered()
+        relayed = self.engine.relayed(self.session, found)
+        for each in relayed:
+            self._compare(each)
+        said = "; ".join(f"{len(r.texts)} {r.kind} texts through {r.through}" for r in relayed)
+        detail = f"{said}: every vector is serve's, key for key and float for float"
+        elsewhere = sorted({_base_url(r.url) for r in relayed} - {self.serve.url})
+        if elsewhere:
+            detail += f" (the cluster calls serve at {', '.join(elsewhere)})"
+        return detail
+
+    def _registered(self) -> dict[str, Existing]:
+        """register's objects the vectors row uses, found by their names; ``_Skipped`` when
+        some are missing (or are not register's)."""
+        plan = self.engine.planner.removal_plan(self.config, self.cluster.version)
+        found, missing = {}, []
+        for planned in plan.objects:
+            if planned.key not in self.engine.required:
+                continue
+            ours = [e for e in self.session.find(planned) if e.ours]
+            if ours:
+                found[planned.key] = ours[0]
+            else:
+                missing.append(f"{planned.what} {planned.name}")
+        if missing:
+            raise _Skipped(f"not registered: run splade-es register (no {', '.join(missing)})")
+        return found
+
+    def _compare(self, relayed: Relayed) -> None:
+        """``CheckFailed`` unless each vector the cluster gave is serve's own for its text."""
+        params = [(k, v) for k, v in parse_qsl(urlsplit(relayed.url).query) if k != "format"]
+        expected = self.client.embed(relayed.kind, relayed.texts, params)
+        if len(relayed.vectors) != len(expected):
+            raise CheckFailed(
+                f"{relayed.through} gave {len(relayed.vectors)} vectors for "
+                f"{len(relayed.texts)} {relayed.kind} texts"
+            )
+        for text, got, sent in zip(relayed.texts, relayed.vectors, expected, strict=True):
+            difference = relay_difference(got, sent)
+            if difference:
+                raise CheckFailed(
+                    f"{relayed.kind} {text!r} through {relayed.through}: {difference}"
+                )
+
+
+class _ServeClient:
+    """doctor's own calls to serve's embed endpoint (format ``maps``)."""
+
+    def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
+        self.url = url
+        self._api_key = api_key
+        self.timeout = timeout
+
+    def embed(
+        self, kind: Kind, texts: Sequence[str], params: Sequence[tuple[str, str]] = ()
+    ) -> list[dict[str, float]]:
+        """serve's vectors for ``texts``; ``CheckFailed`` saying why there are none."""
+        target = embed_url(self.url, kind, dict(params) or None)
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        data = json.dumps({"inputs": list(texts)}).encode()
+        request = urllib.request.Request(target, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise CheckFailed(self._refusal(exc.code, _error_reason(exc), target)) from None
+        except OSError as exc:  # URLError, timeouts, resets
+            raise CheckFailed(_unreachable(target, exc)) from None
+        except ValueError:
+            raise CheckFailed(f"{target} did not answer JSON: is splade-es serve there?") from None
+        return _maps(answer, len(texts), target)
+
+    def _refusal(self, status: int, reason: str, target: str) -> str:
+        if status == 401:
+            if not self._api_key:
+                return (
+                    f"serve wants an API key (401): give the first key of its --api-key-file "
+                    f"(api_key / --serve-api-key-file); {reason}"
+                )
+            return f"serve did not take the key (401): {reason}"
+        if status == 403:
+            return (
+                "serve refused the key (403): it is not one of the keys of serve's --api-key-file"
+            )
+        if status == 404:
+            return f"no embed endpoint at {target} (404): is this splade-es serve's URL?"
+        return f"serve answered {status} at {target}: {reason}"
+
+
+def _unreachable(target: str, exc: OSError) -> str:
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ConnectionRefusedError):
+        return f"connection refused at {target}: serve is down, or not listening there"
+    if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
+        return f"no answer from {target} in time: serve is overloaded or unreachable"
+    return f"cannot reach serve at {target}: {reason}"
+
+
+def _error_reason(exc: urllib.error.HTTPError) -> str:
+    """The reason in an error answer (serve's ``{"error": {"reason": ...}}``), else its text."""
+    try:
+        raw = exc.read()
+    except OSError:
+        return exc.reason if isinstance(exc.reason, str) else ""
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        return " ".join(raw.decode(errors="replace").split())[:200]
+    if isinstance(error, Mapping):
+        return str(error.get("reason") or error.get("type") or "")
+    return str(error or "")
+
+
+def _maps(answer: Any, count: int, target: str) -> list[dict[str, float]]:
+    """serve's ``format=maps`` answer, checked: one ``{key: weight}`` per text."""
+    ok = isinstance(answer, list) and len(answer) == count
+    if ok and all(isinstance(v, dict) for v in answer):
+        return [dict(v) for v in answer]
+    raise CheckFailed(
+        f"{target} answered {json.dumps(answer)[:120]}, not one vector per text: is "
+        "splade-es serve there?"
+    )
+
+
+def _pipeline_fields(body: Any, name: str) -> tuple[list[str], str]:
+    """(the text fields, the sparse field) of register's ingest pipeline ``body``: the join
+    script's ``fields`` and the ``sparse_encoding`` target."""
+    fields: list[str] = []
+    targets: list[str] = []
+    for processor in (body or {}).get("processors") or []:
+        if not isinstance(processor, Mapping):
+            continue
+        script = processor.get("script") or {}
+        fields += list((script.get("params") or {}).get("fields") or [])
+        targets += list(((processor.get("sparse_encoding") or {}).get("field_map") or {}).values())
+    if not fields or len(targets) != 1:
+        raise CheckFailed(
+            f"the ingest pipeline {name} is not what splade-es register creates (no join "
+            "script or not one sparse_encoding target): run splade-es register again"
+        )
+    return [str(f) for f in fields], str(targets[0])
+
+
+def _sample_source(parts: Sequence[str], fields: Sequence[str]) -> dict[str, str]:
+    """A sample document for text ``fields``: one part per field, or all (joined) in the
+    first."""
+    if len(parts) <= len(fields):
+        return dict(zip(fields, parts, strict=False))
+    return {fields[0]: sample_text(parts)}
+
+
+def _simulated(doc: Any, target: str) -> Any:
+    """The vector one document of ``_simulate`` got; ``CheckFailed`` with its error."""
+    if isinstance(doc, Mapping) and doc.get("error"):
+        raise CheckFailed(f"the ingest pipeline failed a sample document: {_reason(doc)}")
+    source = ((doc or {}).get("doc") or {}).get("_source") or {}
+    return source.get(target)
+
+
+def _reason(answer: Mapping[str, Any]) -> str:
+    error = answer.get("error")
+    if isinstance(error, Mapping):
+        return f"{error.get('type', '')}: {error.get('reason', '')}".strip(": ")
+    return str(error)
+
+
+def _predictions(answer: Any) -> tuple[Any, ...]:
+    """The vectors of an ml-commons predict answer: each output's ``dataAsMap.response``
+    (a JSON array answer, wrapped by ml-commons), in order."""
+    out: list[Any] = []
+    for result in (answer or {}).get("inference_results") or []:
+        for output in result.get("output") or []:
+            out += list((output.get("dataAsMap") or {}).get("response") or [])
+    return tuple(out)
+
+
+def _action_url(connector: Existing) -> str:
+    actions = (connector.definition or {}).get("actions") or []
+    predict = [a for a in actions if a.get("action_type") == "PREDICT"]
+    return str((predict or actions or [{}])[0].get("url") or "")
+
+
+def _base_url(url: str) -> str:
+    """serve's URL in an embed URL (what precedes ``/_splade/embed/``)."""
+    return url.split("/_splade/embed/")[0].rstrip("/") if url else url

@@ -10,7 +10,10 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from .. import defaults
 from ..connect import connect
+from ..engines import FIELD_TYPES
+from ..exceptions import ConfigurationError
 from .app import (
     connection_config,
     connection_options,
@@ -21,11 +24,34 @@ from .app import (
     warn,
 )
 
-_STYLES = {"ok": "green", "unsupported": "yellow", "FAILED": "bold red"}
+_STYLES = {"ok": "green", "unsupported": "yellow", "skipped": "dim", "FAILED": "bold red"}
 
 
 @main.command()
 @connection_options
+@click.option(
+    "--serve-url",
+    help="Also check that the cluster can call splade-es serve at this URL (as the cluster's "
+    "nodes reach it) and that what it gets equals serve's vectors.",
+)
+@click.option(
+    "--serve-api-key-file",
+    type=click.Path(dir_okay=False),
+    help="serve's --api-key-file: its first key is what the cluster sends serve.",
+)
+@click.option(
+    "--name",
+    default=defaults.REGISTER_NAME,
+    show_default=True,
+    help="The --name given to splade-es register (finds what it created).",
+)
+@click.option(
+    "--field-type",
+    type=click.Choice(FIELD_TYPES),
+    default=defaults.FIELD_TYPE,
+    show_default=True,
+    help="The --field-type given to splade-es register.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @fail_cleanly
 def doctor(**opts: Any) -> None:
@@ -35,7 +61,9 @@ def doctor(**opts: Any) -> None:
     Detects engine, version, license, plugins and the clause limit; in temporary indices
     (deleted afterwards) checks that every field type, query style and hybrid method
     splade-es offers for this version scores the exact dot product and returns exactly the
-    matching documents.
+    matching documents. With --serve-url, also whether the cluster may call splade-es serve,
+    whether serve answers, and whether the vectors the cluster gets through what splade-es
+    register created equal serve's (skipped until register has run).
 
     Exit status: 0 when everything offered works (capabilities the cluster lacks are
     reported as unsupported), 1 when something offered fails, 2 on errors.
@@ -43,9 +71,10 @@ def doctor(**opts: Any) -> None:
     from ..doctor import doctor as run_doctor
 
     as_json = opts.pop("as_json")
+    serve = _serve_target(opts)
     cluster = connect(connection_config(opts))
     try:
-        report = run_doctor(cluster)
+        report = run_doctor(cluster, serve=serve)
     finally:
         cluster.close()
     if as_json:
@@ -74,6 +103,25 @@ def doctor(**opts: Any) -> None:
         err_console.print(Text(verdict, style="green" if report.ok else "bold red"))
     if not report.ok:
         sys.exit(1)
+
+
+def _serve_target(opts: dict[str, Any]) -> Any:
+    """The ``ServeTarget`` of the serve options (taken out of ``opts``); None without
+    --serve-url."""
+    from ..doctor import ServeTarget
+    from ..register import first_api_key
+
+    url, key_file = opts.pop("serve_url"), opts.pop("serve_api_key_file")
+    name, field_type = opts.pop("name"), opts.pop("field_type")
+    if not url:
+        if key_file:
+            raise ConfigurationError(
+                "--serve-api-key-file is for the serve checks: give --serve-url too",
+                option="serve_url",
+            )
+        return None
+    key = first_api_key(key_file) if key_file else None
+    return ServeTarget(url=url, api_key=key, name=name, field_type=field_type)
 
 
 def doctor_table(report: Any) -> Table:
