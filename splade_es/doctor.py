@@ -79,7 +79,7 @@ from .register.plan import (
 )
 from .register.run import (  # register's reads: its transports, finds and secret scrubbing
     Resolve,
-    _Session,
+    Session,
     is_private_host,
     resolve_host,
     settings_fix,
@@ -755,7 +755,7 @@ class _ServeEngine(Protocol):
     def allowed(self, private: bool) -> str:
         """The detail of a passing ``cluster may call serve``."""
 
-    def relayed(self, session: _Session, found: Mapping[str, Existing]) -> list[Relayed]:
+    def relayed(self, session: Session, found: Mapping[str, Existing]) -> list[Relayed]:
         """The sample texts through the objects ``found`` (by key)."""
 
 
@@ -786,7 +786,7 @@ class _OpenSearchServe:
             "; private addresses allowed" if private else ""
         )
 
-    def relayed(self, session: _Session, found: Mapping[str, Existing]) -> list[Relayed]:
+    def relayed(self, session: Session, found: Mapping[str, Existing]) -> list[Relayed]:
         pipeline = found["ingest_pipeline"]
         fields, target = _pipeline_fields(pipeline.definition, pipeline.id)
         sources = [_sample_source(parts, fields) for parts in SERVE_DOCUMENTS]
@@ -836,7 +836,7 @@ class _ElasticsearchServe:
     def allowed(self, private: bool) -> str:
         return "the version and the license allow inference endpoints"
 
-    def relayed(self, session: _Session, found: Mapping[str, Existing]) -> list[Relayed]:
+    def relayed(self, session: Session, found: Mapping[str, Existing]) -> list[Relayed]:
         texts = {
             "document": tuple(sample_text(parts) for parts in SERVE_DOCUMENTS),
             "query": SERVE_QUERIES,
@@ -874,7 +874,7 @@ class _ServeDoctor:
         self.resolve = resolve
         self.engine = _SERVE_ENGINES[cluster.engine]
         self.config = serve.register_config()
-        self.session = _Session(cluster, self.config, time.sleep)  # reads only
+        self.session = Session(cluster, self.config, time.sleep)  # reads only
         self.client = _ServeClient(serve.url, serve.api_key, timeout)
         self.checks: list[Check] = []
 

@@ -141,7 +141,7 @@ def register(
     planner = _PLANNERS[cluster.engine]
     private = is_private_host(serve_host(serve_url), resolve or resolve_host)
     plan = planner.registration_plan(config, cluster.version, private_host=private)
-    session = _Session(cluster, config, sleep)
+    session = Session(cluster, config, sleep)
     problems = session.check(plan.checks)
     found = [session.decide(planned) for planned in plan.objects]  # refusals before any write
     session.fix_settings(problems)
@@ -170,7 +170,7 @@ def unregister(
     left alone and listed in ``kept``."""
     cluster = _cluster(target)
     plan = _PLANNERS[cluster.engine].removal_plan(config, cluster.version)
-    session = _Session(cluster, config, sleep)
+    session = Session(cluster, config, sleep)
     deleted, absent, kept = [], [], []
     for planned in reversed(plan.objects):
         found = session.find(planned)
@@ -198,7 +198,7 @@ def _cluster(target: ClientOrCluster) -> Cluster:
 
 
 # ------------------------------------------------------------------ the session
-class _Session:
+class Session:
     """One run against one cluster: sends (or, dry, records) requests and remembers ids."""
 
     def __init__(self, cluster: Cluster, config: RegisterConfig, sleep: Sleep) -> None:

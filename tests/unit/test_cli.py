@@ -9,7 +9,16 @@ from splade_es import SpladeEncoder
 from splade_es.cli import main
 from tests.vectors import assert_same_vector
 
-COMMANDS = ["encode", "create-index", "ingest", "search", "explain", "migrate", "evaluate", "register"]
+COMMANDS = [
+    "encode",
+    "create-index",
+    "ingest",
+    "search",
+    "explain",
+    "migrate",
+    "evaluate",
+    "register",
+]
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ MODULES = [
     "splade_es.serve.embed",
     "splade_es.api_keys",
     "splade_es.register.plan",
+    "splade_es.doctor",
 ]
 
 

@@ -172,7 +172,8 @@ def test_serve_options_become_its_config(tmp_path: Path) -> None:
         ("docs*", defaults.TEXT_FIELDS, defaults.VECTOR_FIELD),
         ("news-*", ("headline",), "vec"),
     ]
-    config = _serve_config(opts, enrich)
+    config = _serve_config(opts, enrich, "127.0.0.1")
+    assert config.listen_host == "127.0.0.1" and config.api_keys is None
     assert config.model == str(tmp_path / "model")
     assert config.connection.hosts == ("http://es:9200",)
     assert config.max_batch == defaults.BATCH_SIZE
