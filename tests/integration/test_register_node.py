@@ -257,13 +257,16 @@ def ingest_pipeline_and_search_agree(stack: Stack, name: str, encoder: Any, quer
     for doc_id, source in theirs.items():
         assert "_splade_es_text" not in source  # the pipeline's joined text is removed
         assert_same_vector(source[FIELD], ours[doc_id][FIELD], what=doc_id)
+    # Each index against splade_es.search() on that same index: the two indices' vectors are
+    # equal by the suite's rule (above), not to the bit (other batch shapes), and a weight
+    # that lands on the other side of a 9-bit storage step would move a score by 2**-9.
     query_model = stack.output("query_model_id")
     for text in QUERIES:
-        expected = search(stack.client, by_ingest, text, encoder=query_encoder, field=FIELD)
-        want = [(hit.id, hit.score) for hit in expected.hits]
-        assert want, text
-        assert_same_hits(neural_hits(stack.client, by_pipeline, text, query_model), want)
-        assert_same_hits(neural_hits(stack.client, by_ingest, text, query_model), want)
+        for index in (by_ingest, by_pipeline):
+            expected = search(stack.client, index, text, encoder=query_encoder, field=FIELD)
+            want = [(hit.id, hit.score) for hit in expected.hits]
+            assert want, text
+            assert_same_hits(neural_hits(stack.client, index, text, query_model), want)
     return by_ingest, by_pipeline
 
 
@@ -284,14 +287,14 @@ def test_pipeline_vectors_and_neural_sparse_equal_splade_es(stack: Stack, encode
 
 def test_two_phase_pipeline_returns_the_same_top_10(stack: Stack, encoder):
     docs = make_documents(N_DOCS, seed=7)
-    by_ingest, by_pipeline = two_indices(
+    _, by_pipeline = two_indices(
         stack.client, "two-phase", stack.output("ingest_pipeline"), encoder, docs
     )
     bulk_plain(stack.client, by_pipeline, docs)
     query_model = stack.output("query_model_id")
     two_phase = stack.output("search_pipeline")
-    for text in QUERIES:
-        expected = search(stack.client, by_ingest, text, encoder=encoder)
+    for text in QUERIES:  # against search() on the same index: see the note above
+        expected = search(stack.client, by_pipeline, text, encoder=encoder)
         want = [(h.id, h.score) for h in expected.hits]
         got = neural_hits(stack.client, by_pipeline, text, query_model, search_pipeline=two_phase)
         assert_same_hits(got, want)
