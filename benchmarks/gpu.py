@@ -93,7 +93,10 @@ class Profile:
 
     lengths: tuple[int, ...] = (256, 512)
     batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    measure_s: float = 0.6
+    # The first run (2026-12-04) warmed up on one batch and timed 0.6 s: at batch 512 that
+    # was one or two batches of new shapes, and sweeps stopped on noise. Now 4 batches warm.
+    measure_s: float = 1.0
+    warm_batches: int = 4
     max_docs: int = 40_000
     fidelity_docs: int = 512
     ndcg_docs: int | None = None  # None: the whole corpus
@@ -124,6 +127,7 @@ SMOKE_PROFILE = Profile(
     lengths=(48,),
     batch_sizes=(4, 16),
     measure_s=0.05,
+    warm_batches=1,
     max_docs=200,
     fidelity_docs=16,
     ndcg_docs=120,
@@ -564,11 +568,12 @@ def time_encode(
     profile: Profile,
     offset: int = 0,
 ) -> Timed:
-    """Warm up on one batch twice (the first call pays kernel selection and allocation), size
-    the timed call from the second one's rate to last about ``profile.measure_s``, time it."""
-    warm = take(pool, batch, offset)
-    fn(warm)
+    """Warm up on ``profile.warm_batches`` batches (the first calls pay kernel selection and
+    allocation for each new shape, and length-sorted batches come in many shapes), time one
+    batch to size the timed call to last about ``profile.measure_s``, time it."""
+    fn(take(pool, batch * profile.warm_batches, offset))
     device.sync()
+    warm = take(pool, batch, offset)
     started = time.perf_counter()
     fn(warm)
     device.sync()
@@ -784,6 +789,38 @@ def tokenize_share(
         **tag(model, "splade-es", dtype),
         **common,
     )
+    if device.cuda and hasattr(enc, "_queue_on_device"):
+        waits = host_waits(enc, windows[0].ids[:batch])
+        for name, count in waits.items():
+            results.add("host_waits_per_batch", count, "waits", **tag(model, name, dtype), **common)
+        print(f"  host waits per batch: {waits}", flush=True)
+
+
+def host_waits(enc: Any, ids: list[list[int]]) -> dict[str, int]:
+    """How often the host waits for the GPU while one batch is queued: the accelerator path
+    (``_queue_on_device``, no collect) and the CPU-shaped path (``_encode_batch``, everything),
+    counted by torch's sync debug mode. Uses the encoder's internals (see tokenize_share)."""
+    import warnings
+
+    import torch
+
+    counts = {}
+    for name, call in (
+        ("queue_on_device", lambda: enc._queue_on_device(ids)),
+        ("cpu_shaped", lambda: enc._encode_batch(ids)),
+    ):
+        call()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        counts[name] = sum("synchroniz" in str(w.message) for w in caught)
+    return counts
 
 
 def section_fidelity(ctx: Context) -> None:

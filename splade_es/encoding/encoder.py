@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain, islice, repeat
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -33,6 +33,7 @@ from torch import nn
 from .. import defaults
 from ..exceptions import ConfigurationError, EmptyTextError, InputError, ModelLoadError
 from ..sparse import SparseBatch, Vocabulary
+from .device_batches import DeviceBatch, PendingRows, Rows
 from .fast_forward import FastForward
 from .model_files import (
     CheckpointLayout,
@@ -248,22 +249,24 @@ class SpladeEncoder:
         """Stream: yields one SparseBatch per window of ``window`` texts, in input order.
 
         Memory is bounded by the window, whatever the length of ``texts``. Tokenization of the
-        next window runs in a background thread while this one is on the model.
+        next window runs in a background thread while this one is on the model. Without a
+        ``window``, the first windows are smaller (2, 4, 8 batches, then 16): the model starts
+        after two batches are tokenized, not sixteen.
         """
         if batch_size < 1:
             raise ConfigurationError.bad_value("batch_size", batch_size, "must be >= 1")
-        window = window or batch_size * 16
+        sizes = repeat(window) if window else _ramped_windows(batch_size)
         source = iter(texts)
         offset = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="splade-tokenize") as pool:
-            chunk = list(islice(source, window))
+            chunk = list(islice(source, next(sizes)))
             pending: Future | None = (
                 pool.submit(self._tokenize, chunk, offset, empty) if chunk else None
             )
             while pending is not None:
                 tokenized, size = pending.result(), len(chunk)
                 offset += size
-                chunk = list(islice(source, window))
+                chunk = list(islice(source, next(sizes)))
                 pending = pool.submit(self._tokenize, chunk, offset, empty) if chunk else None
                 yield self._encode_window(tokenized, size, batch_size)
                 if progress:
@@ -378,16 +381,52 @@ class SpladeEncoder:
         ] * size
         truncated = np.zeros(size, dtype=bool)
         order = sorted(range(len(tok.ids)), key=lambda k: len(tok.ids[k]), reverse=True)
-        for batch in _length_batches(order, tok.ids, batch_size, self.max_batch_tokens):
-            for k, (ids, weights) in zip(
-                batch, self._encode_batch([tok.ids[k] for k in batch]), strict=True
-            ):
+
+        def place(batch: list[int], collect: Callable[[], Rows]) -> None:
+            for k, (ids, weights) in zip(batch, collect(), strict=True):
                 rows[tok.positions[k]] = (ids, weights)
                 truncated[tok.positions[k]] = tok.truncated[k]
+
+        # One batch queued ahead: on an accelerator batch k+1 runs while batch k's results are
+        # collected (device_batches.py); on a CPU a launch has computed its batch already.
+        queued: tuple[list[int], Callable[[], Rows]] | None = None
+        for batch in _length_batches(order, tok.ids, batch_size, self.max_batch_tokens):
+            launched = (batch, self._launch([tok.ids[k] for k in batch]))
+            if queued is not None:
+                place(*queued)
+            queued = launched
+        if queued is not None:
+            place(*queued)
         return SparseBatch.from_rows(rows, vocab=self.vocab, truncated=truncated)
 
+    def _launch(self, ids: list[list[int]]) -> Callable[[], Rows]:
+        """Start encoding a batch; the returned function gives its rows. On an accelerator
+        (max pooling) the work is only queued and the function waits for it; on a CPU the rows
+        are computed here."""
+        if self.device.type == "cpu" or self.head.pooling != "max":
+            rows = self._encode_batch(ids)
+            return lambda: rows
+        return self._queue_on_device(ids).collect
+
     @torch.inference_mode()
-    def _encode_batch(self, ids: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _queue_on_device(self, ids: list[list[int]]) -> PendingRows:
+        """The batch's forward and pooling, queued on the accelerator without a wait."""
+        if self.fast_forward is not None:
+            batch = DeviceBatch.build(ids, self.device)
+            packed = self.fast_forward.packed(
+                batch.ids, batch.lengths, row_lengths=batch.row_lengths, slots=batch.slots
+            )
+            hidden = packed.index_select(0, batch.gather).view(len(ids), batch.length, -1)
+        else:
+            batch = DeviceBatch.build(ids, self.device, pad_id=self.pad_id)
+            assert batch.padded_ids is not None and batch.mask is not None
+            hidden = self._forward(batch.padded_ids, batch.mask.long())
+            # pads become copies of the row's first position: a duplicate never changes a max
+            hidden = torch.where(batch.mask.unsqueeze(-1), hidden, hidden[:, :1, :])
+        return PendingRows(self.head.dense_max(hidden))
+
+    @torch.inference_mode()
+    def _encode_batch(self, ids: list[list[int]]) -> Rows:
         lengths = [len(row) for row in ids]
         if self.fast_forward is not None and self.head.takes_packed(sum(lengths)):
             # A query or a micro-batch of short texts: no padding from input ids to pooling.
@@ -531,6 +570,12 @@ def _query_side(
         )
     _require_same_vocabulary(query, tokenizer, encoder.name)
     return query
+
+
+def _ramped_windows(batch_size: int) -> Iterator[int]:
+    """Texts per window: 2, 4 and 8 batches, then 16 batches for good."""
+    yield from (batch_size * 2, batch_size * 4, batch_size * 8)
+    yield from repeat(batch_size * 16)
 
 
 def _length_batches(

@@ -155,13 +155,22 @@ class FastForward:
         out[real] = hidden
         return out
 
-    def packed(self, input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def packed(
+        self,
+        input_ids: torch.Tensor,
+        lengths: list[int],
+        *,
+        row_lengths: torch.Tensor | None = None,
+        slots: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Rows of different lengths without padding: ``input_ids`` [T] holds the rows'
         tokens one row after another, ``lengths`` how many each. Returns [T, H].
 
         Everything but attention runs on the T real tokens only (a micro-batch of queries
         padded to its longest is ~2x more tokens); attention pads them into [B, L] for SDPA
-        and takes its output back, per layer."""
+        and takes its output back, per layer. ``row_lengths`` ([B], ``lengths`` on the
+        device) and ``slots`` ([T], each token's place in [B * L]) may come precomputed
+        (``DeviceBatch``): an accelerator then never waits for the device here."""
         batch, length = len(lengths), max(lengths)
         padded = min(lengths) < length
         x = self.word[input_ids]
@@ -170,12 +179,12 @@ class FastForward:
         mask = None
         if padded:
             device = input_ids.device
-            real = (
-                torch.arange(length, device=device) < torch.tensor(lengths, device=device)[:, None]
-            )
-            slots = real.flatten().nonzero(as_tuple=True)[0]  # each token's place in [B * L]
+            if row_lengths is None:
+                row_lengths = torch.tensor(lengths, device=device)
+            real = torch.arange(length, device=device) < row_lengths[:, None]
+            places = slots if slots is not None else real.flatten().nonzero(as_tuple=True)[0]
             mask = real[:, None, None, :]
-            x = self.embedding_norm(x + self.position[slots % length])
+            x = self.embedding_norm(x + self.position[places % length])
         else:  # a single row, or rows of one length: positions 0..L-1 in every row
             x = self.embedding_norm(
                 (x.view(batch, length, -1) + self.position[:length]).view(batch * length, -1)
@@ -184,13 +193,13 @@ class FastForward:
         def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             if padded:
                 q, k, v = (
-                    t.new_zeros(batch * length, t.shape[1]).index_copy_(0, slots, t)
+                    t.new_zeros(batch * length, t.shape[1]).index_copy_(0, places, t)
                     for t in (q, k, v)
                 )
             q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             context = context.transpose(1, 2).reshape(batch * length, -1)
-            return context.index_select(0, slots) if padded else context
+            return context.index_select(0, places) if padded else context
 
         return self._layers(x, attention)
 

@@ -50,6 +50,9 @@ SINGLE_PASS_ELEMENTS = 24 * 1024 * 1024
 FUSED_PACKED_TOKENS = 2048
 # A packed block's logits stay about this size (2 MB in bf16: cache-resident).
 _PACKED_BLOCK_ELEMENTS = 1024 * 1024
+# ``dense_max`` (accelerators) evaluates the vocabulary in blocks of about this many logits
+# (512 MB in bf16), whatever the batch: the block is transient and nothing waits between blocks.
+DENSE_BLOCK_ELEMENTS = 1 << 28
 # What one small op costs in dispatch overhead, in FLOPs of a CPU matmul (~10 us at
 # ~50 GFLOP/s): the per-row recompute pays a handful of them for every row.
 _ROW_OVERHEAD_FLOPS = 5_000_000
@@ -115,6 +118,7 @@ class SpladeHead:
         # One contiguous [H, V] matrix (x @ W^T is the layout BLAS is fastest with); chunks
         # are column views of it, so the single-pass path costs no extra memory.
         self.matrix = weight.t().contiguous()
+        self.vocab_chunk = vocab_chunk
         self.bounds = [
             (s, min(s + vocab_chunk, vocab_size)) for s in range(0, vocab_size, vocab_chunk)
         ]
@@ -184,6 +188,33 @@ class SpladeHead:
             cols=torch.cat([p[1] for p in parts]),
             values=torch.cat([p[2] for p in parts]),
         )
+
+    def dense_max(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Max pooling into the dense [B, V] fp32 weights (0 where the formula gives 0) of
+        ``hidden`` [B, L, H] whose every position is a real token or a copy of one of its
+        row's (``DeviceBatch.gather``): no mask, and nothing that makes the host wait for the
+        device, so an accelerator can queue the next batch behind it. Max pooling only.
+
+        >>> head = SpladeHead(torch.randn(50, 8), torch.zeros(50), vocab_chunk=16)
+        >>> hidden = torch.randn(2, 5, 8)
+        >>> rows = head(hidden, torch.ones(2, 5, dtype=torch.bool))
+        >>> dense = head.dense_max(hidden)
+        >>> bool(torch.allclose(dense[rows.rows, rows.cols], rows.values))
+        True
+        >>> int((dense > 0).sum()) == rows.values.numel()
+        True
+        """
+        if self.pooling != "max":
+            raise ConfigurationError("dense_max is max pooling only")
+        hidden = hidden.to(self.dtype)
+        batch, length, _ = hidden.shape
+        vocab = self.vocab_size
+        width = min(vocab, max(self.vocab_chunk, DENSE_BLOCK_ELEMENTS // max(batch * length, 1)))
+        pooled = torch.empty(batch, vocab, dtype=torch.float32, device=hidden.device)
+        for start in range(0, vocab, width):
+            end = min(start + width, vocab)
+            pooled[:, start:end] = (hidden @ self.matrix[:, start:end]).amax(dim=1)
+        return activate(pooled.add_(self.bias), self.activation)
 
     def _packed_max(self, packed: torch.Tensor, lengths: list[int]) -> SparseRows:
         """Max pooling over the real tokens only: ``packed`` [T, H] holds the rows' tokens
