@@ -25,6 +25,16 @@ VECTOR_FIELD: Final = "splade"
 """The field that holds a document's sparse vector."""
 FIELD_TYPE: Final = "rank_features"
 """The sparse field type every supported engine version has (``sparse_vector`` where newer)."""
+PASSAGE_VECTOR: Final = "vector"
+"""Passages layout (``long_documents="passages"``): the vector field is ``nested``, one object
+per passage; this sub-field holds the passage's sparse vector."""
+PASSAGE_START: Final = "start"
+"""Passages layout: where the passage starts (character offset into the encoded text)."""
+PASSAGE_END: Final = "end"
+"""Passages layout: where the passage ends (character offset, exclusive)."""
+PASSAGE_HITS: Final = 3
+"""Matching passages a passages query returns per hit (inner hits, best first); the engines'
+own inner-hits default."""
 
 # ------------------------------------------------------------------ search
 TOP_K: Final = 10

@@ -12,6 +12,11 @@ No cluster needed, so any application can build bodies and send them with its ow
 ``QueryBuilder.for_index(client, index)`` reads engine, version, field type and the clause
 limit from the cluster instead.
 
+``passages=True`` (found in the mapping by ``for_index``): the field is ``nested``, one object
+per passage of a long document (``{"vector": {...}, "start": 0, "end": 812}``); the query is
+a ``nested`` query whose score is the best passage's dot product, and it asks for the best
+matching passages (inner hits: start, end, score) of each hit.
+
 Pruning (``QueryPruning``) keeps the heaviest tokens: top-k, a minimum weight, a kept fraction
 of the total weight, and never more tokens than the cluster's bool clause limit. What was cut
 is reported (``PruneReport``), never an error, unless nothing is left: a query without tokens
@@ -30,7 +35,16 @@ from typing import Any
 
 from . import defaults
 from .connect import ClientOrCluster, Version, call, client_of
-from .engines import Dialect, FieldType, Hybrid, QueryStyle, SearchRequest, dialect_for, dialect_of
+from .engines import (
+    FIELD_TYPES,
+    Dialect,
+    FieldType,
+    Hybrid,
+    QueryStyle,
+    SearchRequest,
+    dialect_for,
+    dialect_of,
+)
 from .engines.base import DEFAULT_CLAUSE_LIMIT, with_filters
 from .exceptions import ClusterError, ConfigurationError, EmptyQueryError
 from .sparse import SparseBatch
@@ -152,11 +166,20 @@ class QueryBuilder:
         pruning: QueryPruning | None = None,
         max_clauses: int | None = None,
         options: Mapping[str, Any] | None = None,
+        passages: bool = False,
+        passage_hits: int = defaults.PASSAGE_HITS,
     ) -> None:
-        dialect.check_field_type(field_type)
+        if passages:
+            dialect.check_passages(field_type)
+        else:
+            dialect.check_field_type(field_type)
+        if passage_hits < 0:
+            raise ConfigurationError.bad_value("passage_hits", passage_hits, "must be >= 0")
         self.dialect = dialect
         self.field = field
         self.field_type = field_type
+        self.passages = passages
+        self.passage_hits = passage_hits
         self.style = dialect.style_for(field_type, style)
         self.pruning = pruning or QueryPruning()
         self.max_clauses = max_clauses
@@ -167,8 +190,14 @@ class QueryBuilder:
     def __repr__(self) -> str:
         return (
             f"QueryBuilder({self.dialect!r}, field={self.field!r}, "
-            f"field_type={self.field_type!r}, style={self.style!r})"
+            f"field_type={self.field_type!r}, style={self.style!r}"
+            + (", passages=True)" if self.passages else ")")
         )
+
+    @property
+    def vector_field(self) -> str:
+        """The field the sparse clause scores: ``field``, or ``<field>.vector`` for passages."""
+        return f"{self.field}.{defaults.PASSAGE_VECTOR}" if self.passages else self.field
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -188,11 +217,15 @@ class QueryBuilder:
         **options: Any,
     ) -> QueryBuilder:
         """A builder for an existing index: engine and version from ``info()``, the field
-        type from the index mapping, the clause limit from the cluster settings.
+        type and layout (``passages`` for a nested field) from the index mapping, the clause
+        limit from the cluster settings.
         ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``."""
         dialect = dialect_of(client)
         client = client_of(client)
-        options.setdefault("field_type", field_type_of(client, index, field))
+        if "field_type" not in options or "passages" not in options:
+            layout = field_layout_of(client, index, field)
+            options.setdefault("field_type", layout.field_type)
+            options.setdefault("passages", layout.passages)
         options.setdefault("max_clauses", clause_limit_of(client, dialect))
         return cls(dialect, field=field, **options)
 
@@ -264,15 +297,21 @@ class QueryBuilder:
             )
         raise EmptyQueryError("nothing to search for: the query has no tokens with a weight")
 
-    def _clause(self, features: Mapping[str, float]) -> dict[str, Any]:
-        """The dialect's query for already-pruned features, on this builder's field."""
-        return self.dialect.sparse_query(
+    def _clause(self, features: Mapping[str, float], *, inner_hits: bool = True) -> dict[str, Any]:
+        """The dialect's query for already-pruned features, on this builder's field; for
+        passages, wrapped in the nested query (with its inner hits unless ``inner_hits`` is
+        False)."""
+        sparse = self.dialect.sparse_query(
             features,
-            field=self.field,
+            field=self.vector_field,
             field_type=self.field_type,
             style=self.style,
             options=self.options,
         )
+        if not self.passages:
+            return sparse
+        hits = self.passage_hits if inner_hits else 0
+        return self.dialect.passage_query(sparse, field=self.field, inner_hits=hits)
 
     def search_request(
         self,
@@ -309,7 +348,7 @@ class QueryBuilder:
             log.warning("no SPLADE query tokens left; the hybrid query ranks by BM25 alone")
             sparse: dict[str, Any] = {"match_none": {}}
         else:
-            sparse = self._clause(kept)
+            sparse = self._clause(kept, inner_hits=self.dialect.inner_hits_with(hybrid))
         request = self.dialect.search_request(
             sparse, k=k, filters=filters, lexical=lexical, hybrid=hybrid, source=source
         )
@@ -317,33 +356,58 @@ class QueryBuilder:
 
 
 # ---------------------------------------------------------------------- cluster reads
-def field_type_of(client: ClientOrCluster, index: str, field: str) -> FieldType:
-    """The sparse field's type in ``index``'s mapping (``field_type_from_mapping``)."""
+@dataclass(frozen=True)
+class FieldLayout:
+    """How an index stores its vectors: the sparse field type, and whether the field is the
+    passages layout (``nested``, the vector in ``<field>.vector``)."""
+
+    field_type: FieldType
+    passages: bool = False
+
+
+def field_layout_of(client: ClientOrCluster, index: str, field: str) -> FieldLayout:
+    """The sparse field's type and layout in ``index``'s mapping (``field_layout_from_mapping``)."""
     connection = client_of(client)
     mappings = call(lambda: connection.indices.get_mapping(index=index), f"reading {index} mapping")
-    return field_type_from_mapping(dict(mappings), index, field)
+    return field_layout_from_mapping(dict(mappings), index, field)
+
+
+def field_type_of(client: ClientOrCluster, index: str, field: str) -> FieldType:
+    """The sparse field's type in ``index``'s mapping (``field_type_from_mapping``)."""
+    return field_layout_of(client, index, field).field_type
 
 
 def field_type_from_mapping(mappings: Mapping[str, Any], index: str, field: str) -> FieldType:
     """The sparse field's type from a ``GET <index>/_mapping`` response (several indices for
-    an alias or pattern: those without the field are skipped, the others must agree). Pure.
+    an alias or pattern: those without the field are skipped, the others must agree); for a
+    passages field, its ``vector`` sub-field's type. Pure.
 
     >>> m = {"a": {"mappings": {"properties": {"splade": {"type": "rank_features"}}}}}
     >>> field_type_from_mapping(m, "a", "splade")
     'rank_features'
     """
+    return field_layout_from_mapping(mappings, index, field).field_type
+
+
+def field_layout_from_mapping(mappings: Mapping[str, Any], index: str, field: str) -> FieldLayout:
+    """``field_type_from_mapping`` plus whether the field is the passages layout: ``nested``
+    with a sparse ``vector`` sub-field. Pure.
+
+    >>> vector = {"type": "rank_features"}
+    >>> nested = {"type": "nested", "properties": {"vector": vector}}
+    >>> field_layout_from_mapping({"a": {"mappings": {"properties": {"sp": nested}}}}, "a", "sp")
+    FieldLayout(field_type='rank_features', passages=True)
+    """
     if not mappings:
         raise ConfigurationError(f"index {index!r} not found")
     kinds = {
-        name: body.get("mappings", {}).get("properties", {}).get(field, {}).get("type")
+        name: _field_kind(body.get("mappings", {}).get("properties", {}).get(field, {}))
         for name, body in mappings.items()
     }
-    sparse: set[FieldType] = {
-        kind for kind in kinds.values() if kind in ("rank_features", "sparse_vector")
-    }
-    if len(sparse) == 1:
-        return sparse.pop()
-    if len(sparse) > 1:
+    layouts = {layout for kind in kinds.values() if (layout := _layout(kind)) is not None}
+    if len(layouts) == 1:
+        return layouts.pop()
+    if len(layouts) > 1:
         listing = ", ".join(f"{name}: {kind}" for name, kind in sorted(kinds.items()) if kind)
         raise ConfigurationError(
             f"the indices of {index!r} disagree on the type of field {field!r} ({listing})"
@@ -353,6 +417,28 @@ def field_type_from_mapping(mappings: Mapping[str, Any], index: str, field: str)
         f"index {index!r} has no rank_features or sparse_vector field {field!r}"
         + (f" (it is {', '.join(other)})" if other else "")
     )
+
+
+_PASSAGES_KIND = "nested:"
+
+
+def _field_kind(mapping: Mapping[str, Any]) -> str | None:
+    """A field mapping's type; ``"nested:<type>"`` for a nested field with a typed ``vector``
+    sub-field (the passages layout); None when unmapped."""
+    kind = mapping.get("type")
+    if kind != "nested":
+        return None if kind is None else str(kind)
+    vector = mapping.get("properties", {}).get(defaults.PASSAGE_VECTOR, {}).get("type")
+    return f"{_PASSAGES_KIND}{vector}" if vector else "nested"
+
+
+def _layout(kind: str | None) -> FieldLayout | None:
+    """The layout of a ``_field_kind``, or None when it holds no sparse vectors."""
+    if kind is None:
+        return None
+    name = kind.removeprefix(_PASSAGES_KIND)
+    field_type = next((t for t in FIELD_TYPES if t == name), None)
+    return None if field_type is None else FieldLayout(field_type, name != kind)
 
 
 def clause_limit_of(client: ClientOrCluster, dialect: Dialect) -> int:

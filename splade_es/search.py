@@ -9,6 +9,10 @@
 ``explain`` breaks one document's score into per-token contributions
 (query weight x stored document weight) that add up to the engine's ``_score``.
 
+On a passages index (``QueryBuilder.passages``: one nested object per passage of a long
+document) a hit's score is its best passage's dot product, and ``Hit.passages`` holds its best
+matching passages (start, end, score), best first; ``explain`` explains the best passage.
+
 A query with no tokens (an empty text, or one that pruning empties) raises
 ``EmptyQueryError`` instead of searching: it matches nothing (see ``splade_es.query``).
 """
@@ -32,10 +36,21 @@ from .tokens import unescape_key
 
 
 @dataclass(frozen=True)
+class Passage:
+    """One matching passage of a hit: character offsets into the encoded text (``end``
+    exclusive) and its own score (its dot product with the query)."""
+
+    start: int
+    end: int
+    score: float
+
+
+@dataclass(frozen=True)
 class Hit:
     id: str
     score: float
     source: Mapping[str, Any]
+    passages: tuple[Passage, ...] = ()  # passages index: best matching passages, best first
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,7 @@ class Explanation:
     doc_id: str
     contributions: tuple[TokenContribution, ...]
     engine_score: float | None = None
+    passage: Passage | None = None  # passages index: the passage explained (the best one)
 
     @property
     def score(self) -> float:
@@ -86,8 +102,10 @@ def create_index(
     shards: int = 1,
     replicas: int = 1,
     dialect: Dialect | None = None,
+    passages: bool = False,
 ) -> dict[str, Any]:
-    """Create ``index`` from the ``mappings/`` template for this engine and version.
+    """Create ``index`` from the ``mappings/`` template for this engine and version
+    (``passages``: the sparse field holds one nested object per passage).
 
     Returns the body that was sent. Refuses an existing index (nothing is overwritten).
     ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``.
@@ -95,7 +113,7 @@ def create_index(
     dialect = dialect or dialect_of(client)
     connection = client_of(client)
     body = dialect.index_body(
-        field_type, sparse_field=sparse_field, shards=shards, replicas=replicas
+        field_type, sparse_field=sparse_field, shards=shards, replicas=replicas, passages=passages
     )
     if call(lambda: connection.indices.exists(index=index), f"checking index {index}"):
         raise ConfigurationError(f"index {index!r} already exists; nothing was changed")
@@ -137,9 +155,11 @@ def search(
     source: Any = True,
 ) -> SearchResult:
     """Encode ``text`` and search ``index``: the score is the exact SPLADE dot product
-    (plus BM25 with ``hybrid``). Pass a ``builder`` when searching repeatedly; otherwise one
-    is made from the index (three small requests). ``client``: an Elasticsearch or
-    OpenSearch client, or a ``Cluster`` from ``connect``.
+    (plus BM25 with ``hybrid``); on a passages index, the best passage's, and each hit
+    carries its best matching passages (``Hit.passages``). Pass a ``builder`` when searching
+    repeatedly; otherwise one is made from the index (three small requests), which finds a
+    passages field in the mapping. ``client``: an Elasticsearch or OpenSearch client, or a
+    ``Cluster`` from ``connect``.
 
     ``EmptyQueryError`` when the text is empty or pruning leaves no token (a hybrid search
     then ranks by BM25 alone)."""
@@ -184,7 +204,7 @@ def search_vector(
     )
     response, search_ms = send(client, index, prepared.request)
     return SearchResult(
-        hits=hits_of(response),
+        hits=hits_of(response, passages_field=builder.field if builder.passages else None),
         features=prepared.features,
         prune=prepared.prune,
         encode_ms=encode_ms,
@@ -204,11 +224,40 @@ def send(client: Any, index: str, request: SearchRequest) -> tuple[dict, float]:
     return dict(response), (time.perf_counter() - started) * 1000
 
 
-def hits_of(response: Mapping[str, Any]) -> tuple[Hit, ...]:
+def hits_of(response: Mapping[str, Any], *, passages_field: str | None = None) -> tuple[Hit, ...]:
+    """The hits of a search response. Each hit's passages come from the inner hits named
+    ``passages_field`` (a passages query's, named after its field), or, when None, from any
+    inner hits whose ``_source`` holds ``start`` and ``end``."""
     return tuple(
-        Hit(id=str(h["_id"]), score=float(h["_score"] or 0.0), source=h.get("_source") or {})
+        Hit(
+            id=str(h["_id"]),
+            score=float(h["_score"] or 0.0),
+            source=h.get("_source") or {},
+            passages=passages_of(h, passages_field),
+        )
         for h in response.get("hits", {}).get("hits", [])
     )
+
+
+def passages_of(hit: Mapping[str, Any], field: str | None = None) -> tuple[Passage, ...]:
+    """A hit's matching passages from its inner hits, best first. Pure.
+
+    >>> inner = {"_score": 2.5, "_nested": {"field": "sp", "offset": 1},
+    ...          "_source": {"start": 640, "end": 1490}}
+    >>> passages_of({"inner_hits": {"sp": {"hits": {"hits": [inner]}}}})
+    (Passage(start=640, end=1490, score=2.5),)
+    """
+    groups = hit.get("inner_hits") or {}
+    names = list(groups) if field is None else [field]
+    found = []
+    for name in names:
+        for inner in (groups.get(name) or {}).get("hits", {}).get("hits", []):
+            source = inner.get("_source") or {}
+            start, end = source.get(defaults.PASSAGE_START), source.get(defaults.PASSAGE_END)
+            if start is None or end is None:
+                continue
+            found.append(Passage(int(start), int(end), float(inner.get("_score") or 0.0)))
+    return tuple(sorted(found, key=lambda p: -p.score))
 
 
 # ---------------------------------------------------------------------- explain
@@ -270,19 +319,29 @@ def explain_body(builder: QueryBuilder, doc_id: str) -> dict[str, Any]:
     }
 
 
+StoredVector = Mapping[str, float] | Sequence[Mapping[str, Any]]
+"""A document's stored vector, or (passages index) its passage objects."""
+
+
 def stored_vector(
     response: Mapping[str, Any], builder: QueryBuilder, doc_id: str, index: str
-) -> Mapping[str, float]:
-    """The document's stored vector from the ``explain_body`` response."""
+) -> StoredVector:
+    """The document's stored vector from the ``explain_body`` response; for a passages
+    builder, its passages (objects with ``vector``, ``start``, ``end``)."""
     hits = hits_of(response)
     if not hits:
         raise InputError(f"document {doc_id!r} not found in {index!r}")
     document = hits[0].source.get(builder.field)
-    if not isinstance(document, Mapping):
-        raise InputError(
-            f"document {doc_id!r} has no {builder.field!r} vector in _source", field=builder.field
-        )
-    return document
+    if builder.passages:
+        # One passage may be stored as an object rather than a one-element list.
+        document = [document] if isinstance(document, Mapping) else document
+        if isinstance(document, list) and all(isinstance(p, Mapping) for p in document):
+            return document
+    elif isinstance(document, Mapping):
+        return document
+    raise InputError(
+        f"document {doc_id!r} has no {builder.field!r} vector in _source", field=builder.field
+    )
 
 
 def score_request(builder: QueryBuilder, vector: QueryVector, doc_id: str) -> SearchRequest:
@@ -294,24 +353,48 @@ def explanation(
     builder: QueryBuilder,
     vector: QueryVector,
     doc_id: str,
-    document: Mapping[str, float],
+    document: StoredVector,
     scored_response: Mapping[str, Any],
 ) -> Explanation:
-    """``Explanation`` from the stored vector and the ``score_request`` response.
-    ``EmptyQueryError`` when the query has no tokens."""
+    """``Explanation`` from the stored vector and the ``score_request`` response; for
+    passages, of the passage with the highest dot product (the one the engine scores the
+    document by). ``EmptyQueryError`` when the query has no tokens."""
     query, _ = builder.prune(vector)
     scored_hits = hits_of(scored_response)
+    namer = token_namer(builder, vector.vocab if isinstance(vector, SparseBatch) else None)
+    passage = None
+    if isinstance(document, Mapping):
+        parts = contributions(query, document, token_of=namer)
+    else:
+        passage, parts = best_passage(query, document, token_of=namer)
     return Explanation(
         doc_id=doc_id,
-        contributions=contributions(
-            query,
-            document,
-            token_of=token_namer(
-                builder, vector.vocab if isinstance(vector, SparseBatch) else None
-            ),
-        ),
+        contributions=parts,
         engine_score=scored_hits[0].score if scored_hits else None,
+        passage=passage,
     )
+
+
+def best_passage(
+    query: Mapping[str, float],
+    passages: Sequence[Mapping[str, Any]],
+    *,
+    token_of: Any = unescape_key,
+) -> tuple[Passage | None, tuple[TokenContribution, ...]]:
+    """The passage (of objects with ``vector``, ``start``, ``end``) with the highest stored
+    precision dot product with ``query`` (the first of equals), and its contributions; None
+    and no contributions when no passage shares a key with the query. Pure."""
+    best: tuple[Passage | None, tuple[TokenContribution, ...]] = (None, ())
+    for stored in passages:
+        parts = contributions(query, stored.get(defaults.PASSAGE_VECTOR) or {}, token_of=token_of)
+        if not parts:
+            continue
+        score = math.fsum(c.contribution for c in parts)
+        if best[0] is None or score > best[0].score:
+            start, end = stored.get(defaults.PASSAGE_START), stored.get(defaults.PASSAGE_END)
+            passage = Passage(int(start or 0), int(end or 0), score)
+            best = (passage, parts)
+    return best
 
 
 def token_namer(builder: QueryBuilder, vocab: Sequence[str] | None) -> Callable[[str], str]:

@@ -142,6 +142,34 @@ class Dialect(ABC):
                 f"({self._field_type_requirement(field_type)}); use rank_features"
             )
 
+    def check_passages(self, field_type: FieldType) -> None:
+        """Refuse the passages layout (a ``nested`` vector field, one object per passage, scored
+        by its best passage) where this version cannot store or score it as the exact dot
+        product. ``ConfigurationError`` with the reason; an unknown or missing field type is
+        ``check_field_type``'s error."""
+        self.check_field_type(field_type)
+        reason = self._passages_refusal(field_type)
+        if reason:
+            raise ConfigurationError(
+                f"{self.engine} {self.version_text} cannot keep passages in a "
+                f"{field_type!r} field: {reason}"
+            )
+
+    def _passages_refusal(self, field_type: FieldType) -> str | None:
+        """Why ``field_type`` cannot hold passages on this version, or None (it can)."""
+        return None
+
+    def inner_hits_with(self, hybrid: Hybrid | None) -> bool:
+        """Whether a request of this kind returns a passages query's inner hits (the matching
+        passages). A plain or ``sum`` query is one ``bool`` query: always. A fused hybrid
+        runs the sparse query inside the engine's fusion, which may drop them."""
+        if hybrid is None or hybrid.method == "sum":
+            return True
+        return self._fused_inner_hits()
+
+    def _fused_inner_hits(self) -> bool:
+        return False
+
     def style_for(self, field_type: FieldType, style: QueryStyle | None) -> QueryStyle:
         """The query style to use: ``style`` if this version supports it, else the default."""
         styles = self.query_styles(field_type)
@@ -181,10 +209,18 @@ class Dialect(ABC):
         sparse_field: str = defaults.VECTOR_FIELD,
         shards: int = 1,
         replicas: int = 1,
+        passages: bool = False,
     ) -> dict[str, Any]:
         """The ``PUT /<index>`` body from ``mappings/<engine>.<field_type>.json``, adjusted
-        to this version, with the sparse field renamed to ``sparse_field``."""
-        self.check_field_type(field_type)
+        to this version, with the sparse field renamed to ``sparse_field``.
+
+        ``passages``: the field is ``nested``, one object per passage of a long document:
+        ``{"vector": <the sparse field as above>, "start": integer, "end": integer}``
+        (sub-field names ``defaults.PASSAGE_*``); query it with ``passage_query``."""
+        if passages:
+            self.check_passages(field_type)
+        else:
+            self.check_field_type(field_type)
         if not sparse_field or "." in sparse_field:
             raise ConfigurationError.bad_value(
                 "sparse_field", sparse_field, "must be a field name without '.'"
@@ -195,6 +231,8 @@ class Dialect(ABC):
         properties = body["mappings"]["properties"]
         properties[sparse_field] = properties.pop("splade")  # the templates' field name
         self._adjust_index_body(body, field_type, sparse_field)
+        if passages:
+            properties[sparse_field] = passages_mapping(properties[sparse_field])
         return body
 
     def _adjust_index_body(self, body: dict[str, Any], field_type: FieldType, field: str) -> None:
@@ -226,6 +264,27 @@ class Dialect(ABC):
                 raise ConfigurationError("a rank_feature query takes no engine options")
             return rank_feature_query(features, field)
         return self._native_sparse_query(features, field, field_type, style, dict(options or {}))
+
+    def passage_query(
+        self, sparse: Query, *, field: str, inner_hits: int = defaults.PASSAGE_HITS
+    ) -> Query:
+        """``sparse`` (a ``sparse_query`` on ``<field>.vector``) over the passages of each
+        document: a ``nested`` query on ``field`` whose score is the best passage's
+        (``score_mode: max``), so a document scores its best passage's dot product.
+
+        ``inner_hits`` > 0: each hit also returns its ``inner_hits`` best matching passages,
+        best first, with their scores and ``start`` / ``end`` only (never the vectors)."""
+        nested: dict[str, Any] = {"path": field, "score_mode": "max", "query": sparse}
+        if inner_hits < 0:
+            raise ConfigurationError.bad_value("inner_hits", inner_hits, "must be >= 0")
+        if inner_hits:
+            nested["inner_hits"] = {
+                "size": inner_hits,
+                # Nested inner hits filter the root document's _source by full paths, then
+                # return the passage object alone: {"start": ..., "end": ...}.
+                "_source": [f"{field}.{defaults.PASSAGE_START}", f"{field}.{defaults.PASSAGE_END}"],
+            }
+        return {"nested": nested}
 
     @abstractmethod
     def _native_sparse_query(
@@ -358,8 +417,9 @@ class Dialect(ABC):
         """The cluster's license (type and status), where the engine has licenses."""
         return None
 
-    def approximation(self, field_type: FieldType) -> str | None:
-        """When queries on ``field_type`` stop being the exact dot product (None: never)."""
+    def approximation(self, field_type: FieldType, *, passages: bool = False) -> str | None:
+        """When queries on ``field_type`` (holding passages, with ``passages``) stop being the
+        exact dot product (None: never)."""
         return None
 
     # ------------------------------------------------------------------ cluster settings
@@ -416,6 +476,19 @@ def rank_feature_query(features: Mapping[str, float], field: str) -> Query:
                 for key, weight in features.items()
             ]
         }
+    }
+
+
+def passages_mapping(vector: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``nested`` mapping of a passages field whose ``vector`` sub-field is mapped as
+    ``vector`` (a sparse field mapping)."""
+    return {
+        "type": "nested",
+        "properties": {
+            defaults.PASSAGE_VECTOR: dict(vector),
+            defaults.PASSAGE_START: {"type": "integer"},
+            defaults.PASSAGE_END: {"type": "integer"},
+        },
     }
 
 

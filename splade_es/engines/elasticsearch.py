@@ -13,6 +13,14 @@ Version facts this dialect relies on (from the Elasticsearch reference and chang
   window is ``window_size`` on 8.14 and ``rank_window_size`` from 8.15
   (elastic/elasticsearch-specification, branches 8.14 / 8.15,
   ``specification/_types/Retriever.ts``, renamed in PR #2562).
+* Passages (a ``nested`` vector field, ``nested`` query with ``score_mode: max``): core
+  ``NestedQueryBuilder`` / ``InnerHitBuilder`` (inner hits default size 3, by score;
+  ``_source`` filtered by full paths, then cut to the passage object:
+  ``FetchSourcePhase.extractNested``), 8.15.0 and 9.1.0 alike. ``sparse_vector`` inside
+  ``nested`` is what ``semantic_text`` itself maps and queries (x-pack inference
+  ``SemanticTextFieldMapper``: nested ``chunks.embeddings``, ``NestedQueryBuilder(...,
+  ScoreMode.Max)``). Compound retrievers (rrf, linear) run the sparse query in their own
+  searches: its inner hits are not asked for there.
 * Point in time + ``search_after`` with the ``_shard_doc`` tiebreaker: every 8.x / 9.x.
 * Index settings that describe one index's storage or origin (time series bounds, searchable
   snapshot mounts, downsampling) are not copied into a new index.

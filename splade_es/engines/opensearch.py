@@ -20,6 +20,17 @@ Version facts this dialect relies on (from the OpenSearch documentation):
   ``combination.parameters`` on 2.19 / 3.0 and from ``combination`` from 3.1 (neural-search
   ``processor/factory/RRFProcessorFactory.java`` at 2.19.0.0, 3.0.0.0, 3.1.0.0; #1322).
   Weights are read as doubles (``ScoreCombinationUtil.getWeights``): an integer is refused.
+* Passages (a ``nested`` vector field, ``nested`` query with ``score_mode: max``): core
+  ``NestedQueryBuilder`` (ToParentBlockJoinQuery, Max) and nested ``inner_hits`` (default size
+  3, sorted by score; ``_source`` filtered by full paths, then cut to the passage object:
+  ``FetchPhase.prepareNestedHitContext``) on 2.19 and 3.3 alike. ``rank_feature`` and
+  ``neural_sparse`` score a nested ``rank_features`` sub-field like a top-level one. The
+  SEISMIC field's mapper, codec and query work per Lucene document, so a nested one is exact
+  below ``approximate_threshold`` like a top-level one, counting passages (and their parent
+  documents) as documents (neural-search 3.3.2.0 ``sparse/mapper/SparseVectorFieldMapper``,
+  ``sparse/query/SparseQueryWeight``, ``sparse/common/PredicateUtils``). A ``hybrid`` query
+  drops its sub-queries' inner hits before neural-search 3.0 (no ``extractInnerHitBuilders``
+  until PR #1253, 3.0.0.0).
 * Point in time (``create_pit``): 2.4+; the ``_shard_doc`` tiebreaker that makes
   ``search_after`` paging exact across shards: 3.3+ (OpenSearch PR #18924). Older versions
   are read with a scroll.
@@ -83,13 +94,24 @@ class OpenSearchDialect(Dialect):
     def key_scheme(self, field_type: FieldType) -> KeyScheme:
         return "id" if field_type == "sparse_vector" else "token"
 
-    def approximation(self, field_type: FieldType) -> str | None:
+    def approximation(self, field_type: FieldType, *, passages: bool = False) -> str | None:
         if field_type != "sparse_vector":
             return None
+        if passages:
+            return (
+                "exact in segments below the field's approximate_threshold Lucene documents "
+                "(default 1,000,000; every passage counts, and every parent document); SEISMIC "
+                "(approximate: top_n query tokens, k passages per segment) above"
+            )
         return (
             "exact in segments below the field's approximate_threshold documents (default "
             "1,000,000); SEISMIC (approximate: top_n query tokens, k per segment) above"
         )
+
+    def _fused_inner_hits(self) -> bool:
+        # neural-search 3.0.0.0 HybridQueryBuilder.extractInnerHitBuilders (PR #1253); before,
+        # the hybrid query keeps AbstractQueryBuilder's no-op and the inner hits are dropped.
+        return self.since(3, 0)
 
     def required_plugin(self, capability: str) -> str | None:
         # neural_sparse, the SEISMIC field and the hybrid query / search pipeline processors
