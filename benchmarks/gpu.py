@@ -758,12 +758,16 @@ def tokenize_share(
     texts = take(ctx.corpus.texts, n, batch)
     window = batch * 16  # iter_encode's default window
     started = time.perf_counter()
-    windows = [enc._tokenize(texts[i : i + window], i, "error") for i in range(0, n, window)]
+    policy = enc.window_policy() if hasattr(enc, "window_policy") else None
+    extra = (policy,) if policy is not None else ()
+    windows = [
+        enc._tokenize(texts[i : i + window], i, "error", *extra) for i in range(0, n, window)
+    ]
     tokenize_s = time.perf_counter() - started
     device.sync()
     started = time.perf_counter()
     for i, tok in zip(range(0, n, window), windows, strict=True):
-        enc._encode_window(tok, len(texts[i : i + window]), batch)
+        enc._encode_window(tok, len(texts[i : i + window]), batch, *extra)
     device.sync()
     model_s = time.perf_counter() - started
     common = {"max_length": length, "batch_size": batch, "docs": n}

@@ -19,6 +19,14 @@ BATCH_SIZE: Final = 32
 """Texts per forward pass."""
 DEVICE: Final = "auto"
 """``auto``: the GPU when there is one, else the CPU."""
+LONG_DOCUMENTS: Final = "truncate"
+"""What happens to the tokens past one window: ``truncate`` (dropped, counted), ``maxpool``
+(every window encoded, the elementwise max taken) or ``passages`` (one vector per window)."""
+WINDOW_OVERLAP: Final = 32
+"""Content tokens shared by consecutive windows (``maxpool``, ``passages``)."""
+MAX_WINDOWS: Final = 64
+"""Windows per document at most (``maxpool``, ``passages``): the rest is dropped and counted as
+truncated. 64 windows of 512 tokens read ~30,000 tokens, a 100-page text."""
 
 # ------------------------------------------------------------------ the index
 VECTOR_FIELD: Final = "splade"

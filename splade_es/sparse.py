@@ -133,6 +133,8 @@ class SparseBatch:
     values: np.ndarray
     vocab: Sequence[str] = field(repr=False)
     truncated: np.ndarray | None = field(default=None, repr=False)  # bool per row
+    # windows encoded per row (long_documents="maxpool"); None: one each
+    windows: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.indptr) - 1
@@ -164,6 +166,7 @@ class SparseBatch:
             values=stored_precision(self.values),
             vocab=self.vocab,
             truncated=self.truncated,
+            windows=self.windows,
         )
 
     def dot(self, other: SparseBatch) -> np.ndarray:
@@ -194,7 +197,9 @@ class SparseBatch:
                 top[order[:top_k]] = True
                 keep &= top
             rows.append((ids[keep], weights[keep]))
-        return SparseBatch.from_rows(rows, vocab=self.vocab, truncated=self.truncated)
+        return SparseBatch.from_rows(
+            rows, vocab=self.vocab, truncated=self.truncated, windows=self.windows
+        )
 
     @classmethod
     def from_rows(
@@ -203,6 +208,7 @@ class SparseBatch:
         *,
         vocab: Sequence[str],
         truncated: np.ndarray | None = None,
+        windows: np.ndarray | None = None,
     ) -> SparseBatch:
         indptr: list[int] = [0]
         indices: list[np.ndarray] = []
@@ -219,6 +225,7 @@ class SparseBatch:
             values=np.concatenate(values) if values else np.zeros(0, np.float32),
             vocab=vocab,
             truncated=truncated,
+            windows=windows,
         )
 
     @classmethod
@@ -229,15 +236,110 @@ class SparseBatch:
         indptr = np.concatenate(
             [[0]] + [b.indptr[1:] + off for b, off in zip(batches, offsets, strict=True)]
         )
-        truncated = (
-            np.concatenate([b.truncated for b in batches])
-            if all(b.truncated is not None for b in batches)
-            else None
-        )
         return cls(
             indptr=indptr.astype(np.int64),
             indices=np.concatenate([b.indices for b in batches]),
             values=np.concatenate([b.values for b in batches]),
             vocab=batches[0].vocab,
-            truncated=truncated,
+            truncated=_concat_optional([b.truncated for b in batches]),
+            windows=_concat_optional([b.windows for b in batches]),
+        )
+
+
+def _concat_optional(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The parts joined, or None when any is None."""
+    present = [p for p in parts if p is not None]
+    return np.concatenate(present) if len(present) == len(parts) else None
+
+
+@dataclass(frozen=True)
+class PassageBatch:
+    """Documents as passages (``long_documents="passages"``): one sparse vector per window.
+
+    ``passages`` has one row per passage, each document's passages together and in text
+    order; ``document[p]`` is passage ``p``'s document (0 .. len-1), ``spans[p]`` its
+    ``(start, end)`` character offsets in the encoded text (end exclusive); ``truncated[d]``
+    whether document ``d``'s tail was dropped (``max_windows``). A document may have no
+    passage (an empty text under ``empty="empty_vector"``).
+
+    >>> rows = SparseBatch.from_rows([([0], [1.0]), ([1], [2.0]), ([0, 1], [0.5, 0.5])],
+    ...                              vocab=("tax", "code"))
+    >>> batch = PassageBatch(rows, np.array([0, 0, 1]), np.array([[0, 9], [7, 20], [0, 4]]),
+    ...                      np.array([False, False]))
+    >>> batch.to_dicts()[1]
+    [{'vector': {'tax': 0.5, 'code': 0.5}, 'start': 0, 'end': 4}]
+    >>> query = SparseBatch.from_rows([([0, 1], [1.0, 1.0])], vocab=("tax", "code"))
+    >>> batch.best_scores(query).tolist()
+    [[2.0, 1.0]]
+    """
+
+    passages: SparseBatch
+    document: np.ndarray  # int64 [P]
+    spans: np.ndarray  # int64 [P, 2]
+    truncated: np.ndarray  # bool [D]
+
+    def __len__(self) -> int:
+        return len(self.truncated)
+
+    @property
+    def vocab(self) -> Sequence[str]:
+        return self.passages.vocab
+
+    @property
+    def windows(self) -> np.ndarray:
+        """Passages per document."""
+        return np.bincount(self.document, minlength=len(self)).astype(np.int64)
+
+    def passage_range(self, d: int) -> range:
+        """The passage rows of document ``d``."""
+        lo, hi = np.searchsorted(self.document, [d, d + 1])
+        return range(int(lo), int(hi))
+
+    def to_dicts(self) -> list[list[dict[str, object]]]:
+        """Per document, its passages as the index stores them (``defaults.PASSAGE_*``)."""
+        from . import defaults
+
+        return [
+            [
+                {
+                    defaults.PASSAGE_VECTOR: self.passages.to_dict(p),
+                    defaults.PASSAGE_START: int(self.spans[p, 0]),
+                    defaults.PASSAGE_END: int(self.spans[p, 1]),
+                }
+                for p in self.passage_range(d)
+            ]
+            for d in range(len(self))
+        ]
+
+    def prune(self, *, top_k: int | None = None, min_weight: float | None = None) -> PassageBatch:
+        """Every passage pruned as ``SparseBatch.prune`` prunes a row."""
+        pruned = self.passages.prune(top_k=top_k, min_weight=min_weight)
+        return PassageBatch(pruned, self.document, self.spans, self.truncated)
+
+    def stored(self) -> PassageBatch:
+        return PassageBatch(self.passages.stored(), self.document, self.spans, self.truncated)
+
+    def best_scores(self, queries: SparseBatch) -> np.ndarray:
+        """[len(queries), len(self)]: each document's best passage's exact dot product (0 for a
+        document without passages), the score of a ``nested`` query with ``score_mode: max``."""
+        scores = np.zeros((len(queries), len(self)), dtype=np.float64)
+        if len(self.document) == 0:
+            return scores
+        dots = queries.dot(self.passages)  # [Q, P]
+        starts = np.flatnonzero(np.r_[True, self.document[1:] != self.document[:-1]])
+        scores[:, self.document[starts]] = np.maximum.reduceat(dots, starts, axis=1)
+        return scores
+
+    @classmethod
+    def concat(cls, batches: Sequence[PassageBatch]) -> PassageBatch:
+        if not batches:
+            raise ConfigurationError("concat needs at least one batch")
+        offsets = np.cumsum([0] + [len(b) for b in batches[:-1]])
+        return cls(
+            passages=SparseBatch.concat([b.passages for b in batches]),
+            document=np.concatenate(
+                [b.document + off for b, off in zip(batches, offsets, strict=True)]
+            ).astype(np.int64),
+            spans=np.concatenate([b.spans.reshape(-1, 2) for b in batches]).astype(np.int64),
+            truncated=np.concatenate([b.truncated for b in batches]).astype(bool),
         )

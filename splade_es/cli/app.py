@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from rich.console import Console
@@ -213,6 +213,81 @@ def device_option() -> Callable[..., Any]:
 
 
 FIELDS = LibraryValue("fields", _parse_fields, "FIELD,...")
+
+
+def long_document_options(*, several: bool = False) -> Callable[..., Any]:
+    """``--long-documents``, ``--window``, ``--overlap``, ``--max-windows``: how a text longer
+    than one window is encoded (encoding/windows.py), shared by every command that encodes
+    documents. ``several``: ``--long-documents`` takes a comma list (evaluate compares modes).
+    Read them with ``window_policy_of``."""
+    from ..encoding.windows import LONG_DOCUMENT_MODES
+
+    modes = "|".join(LONG_DOCUMENT_MODES)
+    options = [
+        click.option(
+            "--long-documents",
+            default=defaults.LONG_DOCUMENTS,
+            show_default=True,
+            type=click.STRING if several else click.Choice(LONG_DOCUMENT_MODES),
+            callback=_check_modes if several else None,
+            metavar=f"[{modes}]{',...' if several else ''}",
+            help="Text past one window: truncate (dropped, counted), maxpool (every window "
+            "encoded, the elementwise max), passages (one vector per window, nested)."
+            + (" A comma list compares them side by side." if several else ""),
+        ),
+        click.option(
+            "--window",
+            type=click.IntRange(2),
+            help="Model tokens per window, special tokens included. [default: --max-length]",
+        ),
+        click.option(
+            "--overlap",
+            type=click.IntRange(0),
+            help=f"Content tokens shared by consecutive windows. [default: "
+            f"{defaults.WINDOW_OVERLAP}, at most a quarter of the window]",
+        ),
+        click.option(
+            "--max-windows",
+            type=click.IntRange(1),
+            default=defaults.MAX_WINDOWS,
+            show_default=True,
+            help="Windows per document at most; the rest is dropped and counted as truncated.",
+        ),
+    ]
+
+    def apply(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+def _check_modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    from ..encoding.windows import LONG_DOCUMENT_MODES
+
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in LONG_DOCUMENT_MODES]
+    if bad or not modes:
+        raise click.BadParameter(
+            f"{', '.join(bad) or 'nothing'}: choose from {', '.join(LONG_DOCUMENT_MODES)}",
+            ctx,
+            param,
+        )
+    return list(dict.fromkeys(modes))
+
+
+def window_policy_of(opts: dict[str, Any], mode: str | None = None) -> Any:
+    """The ``WindowPolicy`` of a command's ``long_document_options`` (``mode`` overrides
+    ``--long-documents``, e.g. one of evaluate's list)."""
+    from ..encoding.windows import LongDocuments, WindowPolicy
+
+    return WindowPolicy(
+        cast("LongDocuments", mode or opts["long_documents"]),
+        window=opts.get("window"),
+        overlap=opts.get("overlap"),
+        max_windows=opts.get("max_windows"),
+    )
 
 
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:

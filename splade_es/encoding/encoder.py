@@ -22,7 +22,8 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import chain, islice, repeat
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -32,7 +33,7 @@ from torch import nn
 
 from .. import defaults
 from ..exceptions import ConfigurationError, EmptyTextError, InputError, ModelLoadError
-from ..sparse import SparseBatch, Vocabulary
+from ..sparse import PassageBatch, SparseBatch, Vocabulary
 from .device_batches import DeviceBatch, PendingRows, Rows
 from .fast_forward import FastForward
 from .model_files import (
@@ -46,6 +47,8 @@ from .model_files import (
 )
 from .pooling import SparseRows, SpladeHead
 from .static_query import StaticQueryEncoder
+from .window_tokens import WindowTokenizer
+from .windows import LongDocuments, WindowPolicy, max_pool
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -65,9 +68,13 @@ class _PassThrough(nn.Module):
 
 @dataclass(frozen=True)
 class _Tokenized:
-    positions: list[int]  # index of each text within the window
-    ids: list[list[int]]
-    truncated: list[bool]
+    """The rows to encode for a window of texts: one per text, or one per token window of a
+    long text (``long_documents`` maxpool / passages), a text's rows together and in order."""
+
+    positions: list[int]  # per row: index of its text within the window
+    ids: list[list[int]]  # per row: the token ids the model reads
+    truncated: list[bool]  # per row: its text lost tokens (past max_length / max_windows)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # per row (windowed modes)
 
 
 class SpladeEncoder:
@@ -85,6 +92,7 @@ class SpladeEncoder:
         max_batch_tokens: int = 16384,
         query_encoder: StaticQueryEncoder | None = None,
         fast_forward: bool = True,
+        long_documents: WindowPolicy | None = None,
     ) -> None:
         self.model = model
         # transformers' forward costs ~1 ms of Python per call, most of a short query's time:
@@ -109,6 +117,46 @@ class SpladeEncoder:
         self.vocab = Vocabulary(names, special_ids=tokenizer.all_special_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.query_encoder = query_encoder
+        # Resolved per call (``window_policy``): max_length may change after construction.
+        self.long_documents = long_documents or WindowPolicy()
+
+    @cached_property
+    def window_tokenizer(self) -> WindowTokenizer:
+        return WindowTokenizer(self.tokenizer)
+
+    def window_policy(
+        self,
+        long_documents: LongDocuments | WindowPolicy | None = None,
+        *,
+        window: int | None = None,
+        overlap: int | None = None,
+        max_windows: int | None = None,
+    ) -> WindowPolicy:
+        """The encoder's ``long_documents`` policy with the given parts replaced, checked
+        against this model (``ConfigurationError`` naming the option)."""
+        if isinstance(long_documents, WindowPolicy):
+            policy = long_documents
+        else:
+            base = self.long_documents
+            policy = replace(
+                base,
+                mode=long_documents or base.mode,
+                window=base.window if window is None else window,
+                overlap=base.overlap if overlap is None else overlap,
+                max_windows=base.max_windows if max_windows is None else max_windows,
+            )
+        if not policy.windowed:
+            return policy.resolved(max_length=self.max_length, specials=0)
+        policy = policy.resolved(
+            max_length=self.max_length, specials=self.window_tokenizer.specials
+        )
+        if policy.mode == "passages" and not self.window_tokenizer.has_offsets:
+            raise ConfigurationError.bad_value(
+                "long_documents",
+                "passages",
+                "needs a fast tokenizer (the passages' character offsets); use maxpool",
+            )
+        return policy
 
     @property
     def fast_tokenizer(self) -> bool:
@@ -138,6 +186,10 @@ class SpladeEncoder:
         trust_remote_code: bool = False,
         layout: CheckpointLayout | None = None,
         query_encoder: StaticQueryEncoder | None = None,
+        long_documents: LongDocuments = defaults.LONG_DOCUMENTS,
+        window: int | None = None,
+        overlap: int | None = None,
+        max_windows: int | None = defaults.MAX_WINDOWS,
     ) -> SpladeEncoder:
         """Load a checkpoint by Hub id or local path; none: ``model_files.default_model()``
         (``SPLADE_ES_MODEL``, ``../shared/models/splade-tiny``, the user cache folder, then
@@ -155,6 +207,13 @@ class SpladeEncoder:
         ``query_encoder``: an inference-free checkpoint's query side when the caller has
         loaded it already (``StaticQueryEncoder.from_files`` of this layout): its table is
         reused, over this model's vocabulary, instead of being read again.
+        ``long_documents``: "truncate" (the model reads the first ``max_length`` tokens),
+        "maxpool" (every ``window``-token window encoded, the elementwise max taken) or
+        "passages" (``encode_passages``: one vector per window); ``window`` counts model
+        tokens with the special ones (default ``max_length``), ``overlap`` content tokens
+        shared by consecutive windows (default ``defaults.WINDOW_OVERLAP``, at most a quarter
+        of the window), ``max_windows`` bounds the windows per document
+        (windows.py).
         """
         if name_or_path is None:
             name_or_path = default_model()
@@ -184,7 +243,9 @@ class SpladeEncoder:
             name=name_or_path,
             max_batch_tokens=_default_batch_tokens(torch_device),
             fast_forward=not compile and fast_paths != "off",
+            long_documents=WindowPolicy(long_documents, window, overlap, max_windows),
         )
+        encoder.window_policy()  # a bad window / overlap is reported at load, not later
         if layout.query_files is not None:
             encoder.query_encoder = _query_side(
                 layout.query_files, encoder, tokenizer, query_encoder, trust_remote_code
@@ -201,22 +262,68 @@ class SpladeEncoder:
         min_weight: float | None = None,
         empty: EmptyPolicy = "error",
         progress: ProgressCallback | None = None,
+        long_documents: LongDocuments | WindowPolicy | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        max_windows: int | None = None,
     ) -> SparseBatch:
-        """Encode a sequence of texts; row ``i`` of the result belongs to ``texts[i]``."""
+        """Encode a sequence of texts; row ``i`` of the result belongs to ``texts[i]``.
+        ``long_documents`` .. ``max_windows`` override the encoder's own for this call
+        ("truncate" or "maxpool"; passages: ``encode_passages``)."""
+        policy = self.window_policy(
+            long_documents, window=window, overlap=overlap, max_windows=max_windows
+        )
+        _require_one_vector(policy)
+        batch = self._encode_all(texts, batch_size, empty, progress, policy)
+        assert isinstance(batch, SparseBatch)
+        return batch.prune(top_k=top_k, min_weight=min_weight)
+
+    def encode_passages(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = defaults.BATCH_SIZE,
+        top_k: int | None = None,
+        min_weight: float | None = None,
+        empty: EmptyPolicy = "error",
+        progress: ProgressCallback | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        max_windows: int | None = None,
+    ) -> PassageBatch:
+        """Encode texts as passages: one vector per window of each text (windows.py);
+        ``top_k`` / ``min_weight`` prune every passage."""
+        policy = self.window_policy(
+            "passages", window=window, overlap=overlap, max_windows=max_windows
+        )
+        batch = self._encode_all(texts, batch_size, empty, progress, policy)
+        assert isinstance(batch, PassageBatch)
+        return batch.prune(top_k=top_k, min_weight=min_weight)
+
+    def _encode_all(
+        self,
+        texts: Sequence[str],
+        batch_size: int,
+        empty: EmptyPolicy,
+        progress: ProgressCallback | None,
+        policy: WindowPolicy,
+    ) -> SparseBatch | PassageBatch:
         if isinstance(texts, Sequence) and 0 < len(texts) <= batch_size:
             # One batch (a query, a micro-batch): no tokenizer thread to start and join, which
             # costs more than the tokenizing itself at this size.
-            tokenized = self._tokenize(list(texts), 0, empty)
-            batch = self._encode_window(tokenized, len(texts), batch_size)
+            tokenized = self._tokenize(list(texts), 0, empty, policy)
+            batch = self._encode_window(tokenized, len(texts), batch_size, policy)
             if progress:
                 progress(len(texts))
-            return batch.prune(top_k=top_k, min_weight=min_weight)
-        windows = list(
-            self.iter_encode(texts, batch_size=batch_size, empty=empty, progress=progress)
-        )
-        if not windows:
+            return batch
+        windows = list(self._stream(texts, batch_size, None, empty, progress, policy))
+        passages = [w for w in windows if isinstance(w, PassageBatch)]
+        vectors = [w for w in windows if isinstance(w, SparseBatch)]
+        if policy.mode == "passages":
+            return PassageBatch.concat(passages) if passages else _no_passages(self.vocab)
+        if not vectors:
             return SparseBatch.from_rows([], vocab=self.vocab, truncated=np.zeros(0, bool))
-        return SparseBatch.concat(windows).prune(top_k=top_k, min_weight=min_weight)
+        return SparseBatch.concat(vectors)
 
     def encode_queries(
         self,
@@ -228,13 +335,19 @@ class SpladeEncoder:
         empty: EmptyPolicy = "error",
     ) -> SparseBatch:
         """Encode queries: through the model (siamese), or by weight lookup (inference-free;
-        ``max_length`` does not apply there: the model's query truncation does)."""
+        ``max_length`` does not apply there: the model's query truncation does). A query is
+        always truncated at ``max_length``, whatever ``long_documents`` says."""
         if self.query_encoder is not None:
             return self.query_encoder.encode_queries(
                 texts, top_k=top_k, min_weight=min_weight, empty=empty
             )
         return self.encode_documents(
-            texts, batch_size=batch_size, top_k=top_k, min_weight=min_weight, empty=empty
+            texts,
+            batch_size=batch_size,
+            top_k=top_k,
+            min_weight=min_weight,
+            empty=empty,
+            long_documents="truncate",
         )
 
     def iter_encode(
@@ -245,14 +358,50 @@ class SpladeEncoder:
         window: int | None = None,
         empty: EmptyPolicy = "error",
         progress: ProgressCallback | None = None,
+        long_documents: LongDocuments | WindowPolicy | None = None,
     ) -> Iterator[SparseBatch]:
         """Stream: yields one SparseBatch per window of ``window`` texts, in input order.
 
         Memory is bounded by the window, whatever the length of ``texts``. Tokenization of the
         next window runs in a background thread while this one is on the model. Without a
         ``window``, the first windows are smaller (2, 4, 8 batches, then 16): the model starts
-        after two batches are tokenized, not sixteen.
+        after two batches are tokenized, not sixteen. ``long_documents``: "truncate" or
+        "maxpool" (or a ``WindowPolicy``), default the encoder's; passages: ``iter_passages``.
         """
+        policy = self.window_policy(long_documents)
+        _require_one_vector(policy)
+        for batch in self._stream(texts, batch_size, window, empty, progress, policy):
+            assert isinstance(batch, SparseBatch)
+            yield batch
+
+    def iter_passages(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int = defaults.BATCH_SIZE,
+        window: int | None = None,
+        empty: EmptyPolicy = "error",
+        progress: ProgressCallback | None = None,
+        policy: WindowPolicy | None = None,
+    ) -> Iterator[PassageBatch]:
+        """``iter_encode`` for passages: one PassageBatch per window of ``window`` texts.
+        ``policy``: the token windows (default the encoder's; its mode is taken as passages)."""
+        if policy is None:
+            policy = replace(self.long_documents, mode="passages")
+        resolved = self.window_policy(replace(policy, mode="passages"))
+        for batch in self._stream(texts, batch_size, window, empty, progress, resolved):
+            assert isinstance(batch, PassageBatch)
+            yield batch
+
+    def _stream(
+        self,
+        texts: Iterable[str],
+        batch_size: int,
+        window: int | None,
+        empty: EmptyPolicy,
+        progress: ProgressCallback | None,
+        policy: WindowPolicy,
+    ) -> Iterator[SparseBatch | PassageBatch]:
         if batch_size < 1:
             raise ConfigurationError.bad_value("batch_size", batch_size, "must be >= 1")
         sizes = repeat(window) if window else _ramped_windows(batch_size)
@@ -261,19 +410,23 @@ class SpladeEncoder:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="splade-tokenize") as pool:
             chunk = list(islice(source, next(sizes)))
             pending: Future | None = (
-                pool.submit(self._tokenize, chunk, offset, empty) if chunk else None
+                pool.submit(self._tokenize, chunk, offset, empty, policy) if chunk else None
             )
             while pending is not None:
                 tokenized, size = pending.result(), len(chunk)
                 offset += size
                 chunk = list(islice(source, next(sizes)))
-                pending = pool.submit(self._tokenize, chunk, offset, empty) if chunk else None
-                yield self._encode_window(tokenized, size, batch_size)
+                pending = (
+                    pool.submit(self._tokenize, chunk, offset, empty, policy) if chunk else None
+                )
+                yield self._encode_window(tokenized, size, batch_size, policy)
                 if progress:
                     progress(size)
 
     # ------------------------------------------------------------------ internals
-    def _tokenize(self, texts: list[Any], offset: int, empty: EmptyPolicy) -> _Tokenized:
+    def _tokenize(
+        self, texts: list[Any], offset: int, empty: EmptyPolicy, policy: WindowPolicy
+    ) -> _Tokenized:
         keep: list[int] = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
@@ -290,10 +443,37 @@ class SpladeEncoder:
                 )
         if not keep:
             return _Tokenized([], [], [])
-        ids, truncated = self._token_ids([texts[i] for i in keep])
-        return _Tokenized(keep, ids, truncated)
+        if not policy.windowed:
+            ids, truncated = self._token_ids([texts[i] for i in keep])
+            return _Tokenized(keep, ids, truncated)
+        return self._tokenize_windows(texts, keep, policy)
 
-    def _token_ids(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+    def _tokenize_windows(
+        self, texts: list[str], keep: list[int], policy: WindowPolicy
+    ) -> _Tokenized:
+        """Rows for maxpool / passages: a text that fits one window is tokenized as truncate
+        tokenizes it (the same ids, so the same vector in every mode); a longer one is cut
+        into its windows (window_tokens.py)."""
+        assert policy.window is not None
+        first, longer = self._token_ids([texts[i] for i in keep], max_length=policy.window)
+        tok = _Tokenized([], [], [], [])
+        for i, ids, more in zip(keep, first, longer, strict=True):
+            if not more:
+                tok.positions.append(i)
+                tok.ids.append(ids)
+                tok.truncated.append(False)
+                tok.spans.append((0, len(texts[i])))
+                continue
+            windows = self.window_tokenizer.windows(texts[i], policy)
+            tok.positions.extend([i] * len(windows.ids))
+            tok.ids.extend(windows.ids)
+            tok.truncated.extend([windows.dropped] * len(windows.ids))
+            tok.spans.extend(windows.spans)
+        return tok
+
+    def _token_ids(
+        self, texts: list[str], max_length: int | None = None
+    ) -> tuple[list[list[int]], list[bool]]:
         """The ids the model reads for each text (``max_length`` of them at most, specials
         included) and whether the text had more, tokenizing a bounded prefix of a long text.
 
@@ -313,18 +493,19 @@ class SpladeEncoder:
         """
         # Slow only where the tokenizer says so (every transformers tokenizer does); a wrapper
         # without ``is_fast`` (a test's spy around a fast one) keeps the fast path.
+        max_length = max_length or self.max_length
         if not getattr(self.tokenizer, "is_fast", True):
-            return self._slow_token_ids(texts)
+            return self._slow_token_ids(texts, max_length)
         ids: list[list[int]] = [[] for _ in texts]
         truncated = [False] * len(texts)
         pending = list(range(len(texts)))
-        cut = self.max_length * _CHARS_PER_TOKEN
+        cut = max_length * _CHARS_PER_TOKEN
         while pending:
             pieces = [_prefix(texts[k], cut) if self.cut_prefixes else texts[k] for k in pending]
             enc = self.tokenizer(
                 pieces,
                 truncation=True,
-                max_length=self.max_length,
+                max_length=max_length,
                 return_overflowing_tokens=True,
                 return_attention_mask=False,
                 return_token_type_ids=False,
@@ -344,7 +525,9 @@ class SpladeEncoder:
             cut *= 4
         return ids, truncated
 
-    def _slow_token_ids(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+    def _slow_token_ids(
+        self, texts: list[str], max_length: int
+    ) -> tuple[list[list[int]], list[bool]]:
         """``_token_ids`` for a slow (Python) tokenizer: each text tokenized whole.
 
         The bounded prefix of the fast path is correct only where the cut cannot change the
@@ -366,26 +549,49 @@ class SpladeEncoder:
                 tokens,
                 add_special_tokens=True,
                 truncation=True,
-                max_length=self.max_length,
+                max_length=max_length,
                 return_attention_mask=False,
                 return_token_type_ids=False,
                 verbose=False,
             )
             ids.append(list(ready["input_ids"]))
-            truncated.append(len(tokens) + specials > self.max_length)
+            truncated.append(len(tokens) + specials > max_length)
         return ids, truncated
 
-    def _encode_window(self, tok: _Tokenized, size: int, batch_size: int) -> SparseBatch:
-        rows: list[tuple[np.ndarray, np.ndarray]] = [
-            (np.zeros(0, np.int64), np.zeros(0, np.float32))
-        ] * size
+    def _encode_window(
+        self, tok: _Tokenized, size: int, batch_size: int, policy: WindowPolicy
+    ) -> SparseBatch | PassageBatch:
+        """The window's ``size`` texts, encoded: one row per text (truncate, maxpool), or a
+        PassageBatch (passages)."""
+        encoded = self._encode_rows(tok, batch_size)
         truncated = np.zeros(size, dtype=bool)
+        truncated[tok.positions] = tok.truncated
+        if policy.mode == "passages":
+            return PassageBatch(
+                SparseBatch.from_rows(encoded, vocab=self.vocab),
+                document=np.asarray(tok.positions, dtype=np.int64),
+                spans=np.asarray(tok.spans, dtype=np.int64).reshape(-1, 2),
+                truncated=truncated,
+            )
+        empty_row = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        grouped: list[Rows] = [[] for _ in range(size)]
+        for position, row in zip(tok.positions, encoded, strict=True):
+            grouped[position].append(row)
+        rows = [max_pool(group) if group else empty_row for group in grouped]
+        windows = None
+        if policy.mode == "maxpool":
+            windows = np.asarray([len(group) for group in grouped], dtype=np.int64)
+        return SparseBatch.from_rows(rows, vocab=self.vocab, truncated=truncated, windows=windows)
+
+    def _encode_rows(self, tok: _Tokenized, batch_size: int) -> Rows:
+        """Every row of ``tok`` through the model, in ``tok``'s order: length-sorted batches
+        of at most ``batch_size`` rows (a long text's windows share batches with others)."""
+        encoded: Rows = [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * len(tok.ids)
         order = sorted(range(len(tok.ids)), key=lambda k: len(tok.ids[k]), reverse=True)
 
         def place(batch: list[int], collect: Callable[[], Rows]) -> None:
-            for k, (ids, weights) in zip(batch, collect(), strict=True):
-                rows[tok.positions[k]] = (ids, weights)
-                truncated[tok.positions[k]] = tok.truncated[k]
+            for k, row in zip(batch, collect(), strict=True):
+                encoded[k] = row
 
         # One batch queued ahead: on an accelerator batch k+1 runs while batch k's results are
         # collected (device_batches.py); on a CPU a launch has computed its batch already.
@@ -397,7 +603,7 @@ class SpladeEncoder:
             queued = launched
         if queued is not None:
             place(*queued)
-        return SparseBatch.from_rows(rows, vocab=self.vocab, truncated=truncated)
+        return encoded
 
     def _launch(self, ids: list[list[int]]) -> Callable[[], Rows]:
         """Start encoding a batch; the returned function gives its rows. On an accelerator
@@ -570,6 +776,24 @@ def _query_side(
         )
     _require_same_vocabulary(query, tokenizer, encoder.name)
     return query
+
+
+def _require_one_vector(policy: WindowPolicy) -> None:
+    if policy.mode == "passages":
+        raise ConfigurationError.bad_value(
+            "long_documents",
+            "passages",
+            "gives several vectors per document: use encode_passages / iter_passages",
+        )
+
+
+def _no_passages(vocab: Vocabulary) -> PassageBatch:
+    return PassageBatch(
+        SparseBatch.from_rows([], vocab=vocab),
+        document=np.zeros(0, np.int64),
+        spans=np.zeros((0, 2), np.int64),
+        truncated=np.zeros(0, bool),
+    )
 
 
 def _ramped_windows(batch_size: int) -> Iterator[int]:

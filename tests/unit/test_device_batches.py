@@ -24,7 +24,7 @@ TEXTS = [
 
 
 def _ids(encoder: SpladeEncoder, texts: list[str]) -> list[list[int]]:
-    return encoder._tokenize(texts, 0, "error").ids
+    return encoder._tokenize(texts, 0, "error", encoder.window_policy()).ids
 
 
 @pytest.mark.parametrize("forward", ["fast", "transformers"])

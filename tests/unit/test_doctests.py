@@ -15,6 +15,8 @@ MODULES = [
     "splade_es.encoding.pooling",
     "splade_es.encoding.fast_forward",
     "splade_es.encoding.fused_screen",
+    "splade_es.encoding.windows",
+    "splade_es.encoding.device_batches",
     "splade_es.ingest.inputs",
     "splade_es.ingest.bulk",
     "splade_es.ingest.checkpoint",
