@@ -27,7 +27,7 @@ from .encoding.protocol import Encoder
 from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_for
 from .engines.base import DEFAULT_CLAUSE_LIMIT
 from .exceptions import ClusterError, EmptyQueryError
-from .query import QueryVector, field_type_from_mapping
+from .query import FieldLayout, QueryVector, field_layout_from_mapping
 from .search import (
     Explanation,
     SearchResult,
@@ -60,11 +60,16 @@ async def dialect_of(client: AsyncClient) -> Dialect:
     return dialect_for(engine, version)
 
 
-async def field_type_of(client: AsyncClient, index: str, field: str) -> FieldType:
+async def field_layout_of(client: AsyncClient, index: str, field: str) -> FieldLayout:
+    """The sparse field's type, and whether it is the passages layout (nested)."""
     mappings = await acall(
         lambda: client.indices.get_mapping(index=index), f"reading {index} mapping"
     )
-    return field_type_from_mapping(dict(mappings), index, field)
+    return field_layout_from_mapping(dict(mappings), index, field)
+
+
+async def field_type_of(client: AsyncClient, index: str, field: str) -> FieldType:
+    return (await field_layout_of(client, index, field)).field_type
 
 
 async def clause_limit_of(client: AsyncClient, dialect: Dialect) -> int:
@@ -88,7 +93,9 @@ class QueryBuilder(_query.QueryBuilder):
     ) -> QueryBuilder:
         dialect = await dialect_of(client)
         if "field_type" not in options:
-            options["field_type"] = await field_type_of(client, index, field)
+            layout = await field_layout_of(client, index, field)
+            options["field_type"] = layout.field_type
+            options.setdefault("passages", layout.passages)
         if "max_clauses" not in options:
             options["max_clauses"] = await clause_limit_of(client, dialect)
         return cls(dialect, field=field, **options)
@@ -191,6 +198,7 @@ __all__ = [
     "clause_limit_of",
     "dialect_of",
     "explain",
+    "field_layout_of",
     "field_type_of",
     "search",
     "search_vector",

@@ -21,8 +21,10 @@ from .app import (
     device_option,
     err_console,
     fail_cleanly,
+    long_document_options,
     main,
     model_option,
+    window_policy_of,
 )
 
 if TYPE_CHECKING:
@@ -147,6 +149,7 @@ def default_threads(enriching: bool) -> int:
     "[default: 2 on a CPU, 32 on a GPU].",
 )
 @device_option()
+@long_document_options()
 @click.option(
     "--threads",
     default=0,
@@ -330,6 +333,7 @@ def _serve_config(opts: dict[str, Any], enrich: EnrichConfig | None, host: str) 
         model=opts["model"],
         trust_remote_code=opts["trust_remote_code"],
         device=opts["device"],
+        long_documents=window_policy_of(opts),
         max_batch=opts["max_batch"],
         max_wait_ms=opts["max_wait_ms"],
         cache_size=opts["cache_size"],

@@ -4,7 +4,7 @@ when a request through the proxy changes mappings or aliases, when a rewritten s
 refused (the mapping may have changed behind the proxy), and after ``ttl`` seconds.
 
 Reads go through ``Upstream.get_json`` and are parsed by the same pure functions the
-library uses (``engine_from_info``, ``field_type_from_mapping``, ``Dialect.clause_limit``),
+library uses (``engine_from_info``, ``field_layout_from_mapping``, ``Dialect.clause_limit``),
 into the same ``QueryBuilder``.
 """
 
@@ -21,7 +21,7 @@ from urllib.parse import quote
 from ..connect import engine_from_info
 from ..engines import Dialect, FieldType, dialect_for
 from ..engines.base import DEFAULT_CLAUSE_LIMIT
-from ..query import QueryBuilder, field_type_from_mapping
+from ..query import QueryBuilder, field_layout_from_mapping
 from .upstream import Upstream, UpstreamResponse
 
 T = TypeVar("T")
@@ -263,9 +263,16 @@ class FactsCache:
         dialect = await self.dialect(authorization)
         target = "/" + (quote(index, safe=",*") if index else "_all") + "/_mapping"
         mapping = await self._get(target, authorization)
-        field_type = field_type_from_mapping(mapping, index or "_all", field)
+        layout = field_layout_from_mapping(mapping, index or "_all", field)
         limit = await self._limit(dialect, authorization)
-        builder = QueryBuilder(dialect, field=field, field_type=field_type, max_clauses=limit)
+        # A passages index (nested, long_documents="passages") gets the nested max query.
+        builder = QueryBuilder(
+            dialect,
+            field=field,
+            field_type=layout.field_type,
+            max_clauses=limit,
+            passages=layout.passages,
+        )
         return IndexFacts(builder=builder, read_at=time.monotonic())
 
     async def _read_dialect(self, authorization: str | None) -> Dialect:

@@ -19,6 +19,7 @@ from ..encoding.encoder import SpladeEncoder, parse_device
 from ..encoding.model_files import CheckpointLayout, read_layout, resolve_checkpoint
 from ..encoding.protocol import DocumentEncoder, Encoder
 from ..encoding.static_query import StaticQueryEncoder
+from ..encoding.windows import WindowPolicy
 from ..engines import FieldType, Hybrid, dialect_for
 from ..exceptions import ConfigurationError, InputError, ServiceUnavailableError
 from ..query import PreparedSearch, QueryBuilder, QueryPruning
@@ -40,6 +41,9 @@ class ServeConfig:
     connection: ConnectionConfig
     model: str = ""
     device: str = defaults.DEVICE
+    # How documents longer than one window are encoded (enrich, /_splade/embed/document):
+    # truncate or maxpool, one vector per text (encoding/windows.py). None: truncate.
+    long_documents: WindowPolicy | None = None
     # Run the Python code the checkpoint ships (``SpladeEncoder.from_pretrained``'s option).
     trust_remote_code: bool = False
     max_batch: int = defaults.BATCH_SIZE
@@ -102,6 +106,12 @@ class ServeConfig:
             require_access_control(self.listen_host, self.api_keys, self.allow_unauthenticated)
         if self.max_batch < 1:
             raise ConfigurationError.bad_value("max_batch", self.max_batch, "must be >= 1")
+        if self.long_documents is not None and self.long_documents.mode == "passages":
+            raise ConfigurationError.bad_value(
+                "long_documents",
+                "passages",
+                "serve writes and embeds one vector per text: truncate or maxpool",
+            )
         if self.max_wait_ms < 0:
             raise ConfigurationError.bad_value("max_wait_ms", self.max_wait_ms, "must be >= 0")
         if self.cache_size < 0:
@@ -248,15 +258,25 @@ class Service:
         )
         if isinstance(encoder, StaticQueryEncoder):
             self._loaded_query_table = encoder
+        elif self.config.long_documents is not None:
+            # A siamese model is the document side too: documents follow long_documents,
+            # queries are truncated whatever it says (encode_queries).
+            encoder.long_documents = self.config.long_documents
+            encoder.window_policy()  # a bad window is reported at start
         return encoder
 
     def _load_document_encoder(self) -> SpladeEncoder:
+        policy = self.config.long_documents or WindowPolicy()
         return SpladeEncoder.from_pretrained(
             self.config.model,
             device=self.config.device,
             trust_remote_code=self.config.trust_remote_code,
             layout=self.checkpoint_layout(),
             query_encoder=self._loaded_query_table,
+            long_documents=policy.mode,
+            window=policy.window,
+            overlap=policy.overlap,
+            max_windows=policy.max_windows,
         )
 
     @property
