@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -24,6 +24,8 @@ from rich.table import Table
 
 from .. import defaults
 from ..documents import parse_fields
+from ..encoding.windows import WindowStats
+from ..exceptions import ConfigurationError
 from ..ingest.inputs import InputFile, compression_of, open_output_text
 from .app import (
     EXIT_PARTIAL,
@@ -32,11 +34,13 @@ from .app import (
     device_option,
     err_console,
     fail_cleanly,
+    long_document_options,
     main,
     model_option,
     print_table,
     progress_display,
     warn,
+    window_policy_of,
 )
 
 if TYPE_CHECKING:
@@ -109,6 +113,7 @@ _MODE_NOTES = {
     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
 )
 @click.option("--max-length", type=click.IntRange(2), help="Truncate texts to this many tokens.")
+@long_document_options()
 @click.option("--top-k", type=click.IntRange(1), help="Keep the K largest weights per document.")
 @click.option("--min-weight", type=click.FloatRange(0), help="Drop weights below this value.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -129,12 +134,21 @@ def encode(**opts: Any) -> None:
         opts["dead_letter"]
         or default_dead_letter(source.stem, None if to_stdout else opts["output_path"])
     )
+    policy = window_policy_of(opts)
+    if policy.mode == "passages":
+        raise ConfigurationError.bad_value(
+            "long_documents", "passages", "encode writes one vector per document: use maxpool"
+        )
     encoder = SpladeEncoder.from_pretrained(
         opts["model"],
         device=opts["device"],
         dtype=opts["dtype"],
         max_length=opts["max_length"],
         trust_remote_code=opts["trust_remote_code"],
+        long_documents=policy.mode,
+        window=policy.window,
+        overlap=policy.overlap,
+        max_windows=policy.max_windows,
     )
     dead_path.unlink(missing_ok=True)  # a new run: no stale entries of an earlier one
     dead = DeadLetters(dead_path)
@@ -151,6 +165,8 @@ def encode(**opts: Any) -> None:
                 out.writelines(lines)
     elapsed = time.perf_counter() - started
     print_table(_encode_summary(opts["model"], encoder, stats, elapsed, dead), err_console)
+    if stats.truncated:
+        warn(f"{stats.truncated:,} document(s) lost text past {_cut_where(encoder)}")
     if not (stats.documents or dead.count):
         warn(f"{source.name} holds no documents: nothing was encoded")
     if dead.count:
@@ -166,6 +182,7 @@ class EncodeStats:
     documents: int = 0
     truncated: int = 0
     active: int = 0
+    windows: WindowStats = field(default_factory=WindowStats)
 
 
 def _encode_bars(
@@ -223,6 +240,8 @@ def _vector_lines(
             yield json.dumps(line, ensure_ascii=False) + "\n"
         stats.documents += len(window)
         stats.active += int(window.nnz_per_row.sum())
+        if window.windows is not None and window.truncated is not None:
+            stats.windows.add(window.windows, window.truncated)
         encoded(len(window))
 
 
@@ -238,13 +257,23 @@ def _encode_summary(
             "slower than a fast (Rust) tokenizer",
         )
     table.add_row("documents", f"{stats.documents:,}")
-    table.add_row("truncated documents", f"{stats.truncated:,} (max {encoder.max_length} tokens)")
+    table.add_row("truncated documents", f"{stats.truncated:,} (past {_cut_where(encoder)})")
+    if stats.windows.documents:
+        table.add_row("long documents", stats.windows.summary())
     mean_active = stats.active / stats.documents if stats.documents else 0.0
     table.add_row("mean active dims", f"{mean_active:.1f}")
     table.add_row("throughput", f"{stats.documents / elapsed:.1f} docs/s on {encoder.device}")
     if dead.count:
         table.add_row("dead-lettered", f"{dead.count:,} (in {dead.path})")
     return table
+
+
+def _cut_where(encoder: SpladeEncoder) -> str:
+    """Where a document's text is cut, in the words of the encoder's long_documents mode."""
+    policy = encoder.window_policy()
+    if policy.windowed:
+        return f"{policy.max_windows} windows of {policy.window} tokens (--max-windows)"
+    return f"{encoder.max_length} tokens (--long-documents maxpool reads all of it)"
 
 
 @contextlib.contextmanager
