@@ -134,7 +134,8 @@ def test_encode_writes_one_vector_per_document_in_input_order(runner, tiny_bert_
     encoder = SpladeEncoder.from_pretrained(str(tiny_bert_dir), max_length=16)
     expected = encoder.encode_documents(["Tax code section of the tax code"]).to_dicts()[0]
     assert_same_vector(lines[0]["splade"], expected)
-    assert "truncated documents" in result.output and "1 (max 16 tokens)" in result.output
+    assert "truncated documents" in result.output and "1 (past 16 tokens" in result.output
+    assert "warning: 1 document(s) lost text past 16 tokens" in result.output
 
 
 @pytest.mark.parametrize(
