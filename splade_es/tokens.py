@@ -84,6 +84,10 @@ class TokenCodec:
             raise ConfigurationError(
                 "the vocabulary has duplicate tokens: their feature keys would collide"
             )
+        # The same, as arrays: a row's keys are one fancy index, not a Python loop.
+        self._key_array = np.array(self._keys, dtype=object)
+        self._special_mask = np.zeros(len(self._keys), dtype=bool)
+        self._special_mask[[i for i in special if 0 <= i < len(self._keys)]] = True
 
     def __repr__(self) -> str:
         return f"TokenCodec({len(self.vocab)} tokens, scheme={self.scheme!r})"
@@ -108,20 +112,34 @@ class TokenCodec:
     # ------------------------------------------------------------------ vectors
     def encode_row(self, ids: Iterable[int], weights: Iterable[float]) -> dict[str, float]:
         """``{key: weight}`` for one sparse row, without special tokens or unstorable weights."""
-        out: dict[str, float] = {}
-        for i, w in zip(ids, weights, strict=True):
-            i, w = int(i), float(w)
-            if i not in self._special and is_storable(w):
-                out[self._keys[i]] = w
-        return out
+        id_array = np.asarray(_listed(ids), dtype=np.int64)
+        weight_array = np.asarray(_listed(weights), dtype=np.float64)
+        if id_array.shape != weight_array.shape or id_array.ndim != 1:
+            raise ValueError("ids and weights must be two sequences of the same length")
+        kept = self.storable(id_array, weight_array)
+        keys: list[str] = self._key_array[id_array[kept]].tolist()
+        values: list[float] = weight_array[kept].tolist()
+        return dict(zip(keys, values, strict=True))
 
-    def encode(self, batch: SparseBatch, row: int) -> dict[str, float]:
-        """Feature dict for row ``row`` of ``batch`` (which must use this codec's vocabulary)."""
+    def storable(self, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Which of the (id, weight) pairs ``encode_row`` keeps (a bool array): not a special
+        token, a weight the engines can store (``is_storable``)."""
+        # float32 and float64 compare the same here: the float32 bound is exact in both.
+        kept: np.ndarray = np.isfinite(weights) & (weights >= MIN_STORABLE_WEIGHT)
+        kept &= ~self._special_mask[ids]
+        return kept
+
+    def check_vocab(self, batch: SparseBatch) -> None:
+        """``ConfigurationError`` unless ``batch`` is over a vocabulary of this codec's size."""
         if len(batch.vocab) != len(self.vocab):
             raise ConfigurationError(
                 f"the batch has a {len(batch.vocab)}-token vocabulary, the codec "
                 f"{len(self.vocab)}: encode with the model the index was built with"
             )
+
+    def encode(self, batch: SparseBatch, row: int) -> dict[str, float]:
+        """Feature dict for row ``row`` of ``batch`` (which must use this codec's vocabulary)."""
+        self.check_vocab(batch)
         return self.encode_row(*batch.row(row))
 
     def encode_tokens(self, vector: Mapping[str, float]) -> dict[str, float]:
@@ -143,3 +161,8 @@ class TokenCodec:
         if not hasattr(self, "_by_token"):
             self._by_token = {token: i for i, token in enumerate(self.vocab)}
         return self._by_token
+
+
+def _listed(values: Iterable[object]) -> object:
+    """``values`` as NumPy takes it: arrays and sequences as they are, other iterables listed."""
+    return values if isinstance(values, (np.ndarray, Sequence)) else list(values)

@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import elasticsearch
@@ -42,6 +43,7 @@ __all__ = [
     "request_body",
     "send_bulk",
     "split_items",
+    "vector_action",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,13 +63,25 @@ REQUEST_ERRORS: tuple[type[Exception], ...] = (
 
 @dataclass(frozen=True)
 class Action:
-    """One document to index, with its JSON as it will be sent (``make_action``)."""
+    """One document to index, with its JSON as it will be sent (``make_action``,
+    ``vector_action``)."""
 
     position: int
     doc_id: str
-    source: dict[str, Any]
+    fields: dict[str, Any] = field(repr=False)  # the document (with ``vector``: all but it)
     encoded: bytes = field(repr=False)  # the source as JSON: sized for chunks, sent as is
     encoded_id: bytes = field(repr=False)  # the id as a JSON string, for the action line
+    # (field, a function making its value): the vector, left out of ``fields``; a dict of
+    # ~300 weights is made only if something reads ``source`` (``encoded`` already holds it)
+    vector: tuple[str, Callable[[], Any]] | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def source(self) -> dict[str, Any]:
+        """The document as a dict, its vector included: what ``encoded`` is the JSON of."""
+        if self.vector is None:
+            return self.fields
+        name, make = self.vector
+        return {**self.fields, name: make()}
 
 
 @dataclass(frozen=True)
@@ -86,14 +100,69 @@ class BulkOutcome:
     retried_items: int = 0
 
 
+# json.dumps with these options builds an encoder per call: one, built once, writes the same.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def to_json(value: Any) -> bytes:
     """``value`` as compact UTF-8 JSON, as the clients' own serializers write it."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _JSON.encode(value).encode("utf-8")
 
 
 def make_action(position: int, doc_id: str, source: dict[str, Any]) -> Action:
     """The action for one document; its source is serialized here, once."""
     return Action(position, doc_id, source, to_json(source), to_json(doc_id))
+
+
+def vector_action(
+    position: int,
+    doc_id: str,
+    fields: dict[str, Any],
+    vector_field: str,
+    vector: tuple[bytes, Callable[[], Any]],
+) -> Action:
+    """``make_action(position, doc_id, {**fields, vector_field: value})`` from the value's JSON
+    (``vector[0]``, as ``to_json`` writes it) and a function that makes the value (``vector[1]``,
+    called only if the action's ``source`` is read): the same bytes, and no dict made.
+
+    >>> action = vector_action(1, "a", {"t": "x"}, "v", (b'{"k":1.5}', lambda: {"k": 1.5}))
+    >>> action.encoded == make_action(1, "a", {"t": "x", "v": {"k": 1.5}}).encoded, action.source
+    (True, {'t': 'x', 'v': {'k': 1.5}})
+    """
+    json_text, make = vector
+    if vector_field in fields:  # the field keeps its place: serialized as a whole
+        return make_action(position, doc_id, {**fields, vector_field: make()})
+    comma = b"," if fields else b""
+    parts = (json_object_head(fields), comma, to_json(vector_field), b":", json_text, b"}")
+    encoded = b"".join(parts)
+    return Action(position, doc_id, fields, encoded, to_json(doc_id), (vector_field, make))
+
+
+_ESCAPED = bytes(range(0x20)) + b'"\\'  # what JSON writes escaped (ensure_ascii=False)
+
+
+def json_object_head(fields: dict[str, Any]) -> bytes:
+    """``to_json(fields)`` without its closing "}", writing a string that needs no escape
+    as its UTF-8 bytes in quotes (what ``json.dumps`` writes, without its per-character
+    escaping pass over a document's text).
+
+    >>> json_object_head({"t": "tax", "n": [1, 2.5]}) + b"}" == to_json({"t": "tax", "n": [1, 2.5]})
+    True
+    """
+    parts = []
+    for key, value in fields.items():
+        if type(key) is not str:  # json.dumps turns other keys into strings its own way
+            return to_json(fields)[:-1]
+        text = _json_string(value) if type(value) is str else to_json(value)
+        parts.append(b"%s:%s" % (_json_string(key), text))
+    return b"{" + b",".join(parts)
+
+
+def _json_string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    if len(data.translate(None, _ESCAPED)) == len(data):
+        return b'"%s"' % data
+    return to_json(text)
 
 
 class ActionChunker:
@@ -159,7 +228,10 @@ def ndjson_body(index: str, actions: Sequence[Action]) -> bytes:
     b'{"index":{"_index":"ix","_id":"a"}}\\n{"t":1}\\n'
     """
     head = b'{"index":{"_index":' + to_json(index) + b',"_id":'
-    return b"".join(b"%s%s}}\n%s\n" % (head, a.encoded_id, a.encoded) for a in actions)
+    parts: list[bytes] = []
+    for a in actions:  # joined once: each document's bytes are copied once
+        parts += (head, a.encoded_id, b"}}\n", a.encoded, b"\n")
+    return b"".join(parts)
 
 
 def request_body(client: Any, index: str, actions: Sequence[Action]) -> bytes | list[Any]:

@@ -17,6 +17,7 @@ import heapq
 import json
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,12 @@ class Watermark:
 
     def settle(self, position: int, kind: str) -> None:
         """``kind``: "indexed" or "dead_lettered"."""
+        self.settle_all((position,), kind)
+
+    def settle_all(self, positions: Iterable[int], kind: str) -> None:
+        """``settle`` each of ``positions`` (one lock for all)."""
         with self._lock:
-            self._settled[position] = kind
+            self._settled.update(dict.fromkeys(positions, kind))
             while self._open and self._open[0] in self._settled:
                 done = self._settled.pop(heapq.heappop(self._open))
                 if done == "indexed":

@@ -49,6 +49,7 @@ from .stages import (
     ProgressCallback,
     SenderPool,
     encoded_windows,
+    made_ahead,
     prepared_records,
     records_to_index,
     until,
@@ -207,7 +208,10 @@ def document_chunks(
     """The data flow from input records to bulk chunks, one stage each (``stages``)."""
     to_index = records_to_index(until(records, stopped), ledger, config.shard)
     prepared = prepared_records(to_index, document_rule(config), ledger.refuse)
-    windows = encoded_windows(prepared, encoder, batch_size=config.batch_size)
+    # The encoder makes the next window while this one becomes bulk actions (in this thread).
+    windows = made_ahead(
+        encoded_windows(prepared, encoder, batch_size=config.batch_size), name="splade-encode"
+    )
     encoded = partial(ledger.counters.add, "encoded")
     actions = window_actions(windows, codec, sparse_field=config.sparse_field, encoded=encoded)
     return chunk_actions(actions, max_docs=config.bulk_docs, max_bytes=config.bulk_bytes)

@@ -20,16 +20,18 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..connect import call
 from ..exceptions import InputError, InputStreamError
 from ..retry import RetryPolicy
 from ..sparse import SparseBatch
 from ..tokens import TokenCodec
-from .bulk import Action, BulkOutcome, make_action, send_bulk
+from .bulk import Action, BulkOutcome, send_bulk, vector_action
 from .checkpoint import Checkpoint, CheckpointState, DeadLetters, Watermark, dead_letter_entry
 from .sources import Prepared, Record, in_shard, records_of
+from .vector_json import VectorJson
 
 if TYPE_CHECKING:
     from ..encoding.protocol import DocumentEncoder, EmptyPolicy
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[[str, int], None]  # (stage, count): read/encoded/indexed/failed
 STAGES = ("read", "encoded", "indexed", "failed")
 POLL_SECONDS = 0.2  # how often a blocked put looks whether the senders stopped
+T = TypeVar("T")
 
 
 class Counters:
@@ -99,15 +102,13 @@ class JobLedger:
                     f.action.doc_id,
                     f.reason,
                     status=f.status,
-                    document=_without(f.action.source, self.sparse_field),
+                    document=_without(f.action.fields, self.sparse_field),
                 )
                 for f in outcome.failed
             ]
         )
-        for action in outcome.indexed:
-            self.watermark.settle(action.position, "indexed")
-        for failed in outcome.failed:
-            self.watermark.settle(failed.action.position, "dead_lettered")
+        self.watermark.settle_all((a.position for a in outcome.indexed), "indexed")
+        self.watermark.settle_all((f.action.position for f in outcome.failed), "dead_lettered")
         self.counters.add("indexed", len(outcome.indexed))
         self.counters.add("failed", len(outcome.failed))
         self.counters.add("retried", outcome.retried_items)
@@ -231,6 +232,55 @@ def encoded_windows(
         yield [pending.popleft() for _ in range(len(window))], window
 
 
+class _Raised:
+    """An exception the thread making items raised: the consumer raises it."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def made_ahead(items: Iterable[T], *, name: str) -> Iterator[T]:
+    """``items``, each made in a thread of its own one step ahead: while the consumer works
+    on one item, the next is being made (the encoder runs while the window before is turned
+    into bulk actions). One item at most waits, made, for the consumer. What the thread
+    raises is raised here; closing this generator stops the thread once the item it is
+    making is done, and closes ``items`` there."""
+    made: queue.SimpleQueue[object] = queue.SimpleQueue()
+    turn = threading.Semaphore(1)  # the item being made: the next waits for a take
+    stop = threading.Event()
+
+    def make() -> None:
+        source = iter(items)
+        try:
+            while turn.acquire() and not stop.is_set():
+                item = next(source, _END)
+                made.put(item)
+                if item is _END:
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            made.put(_Raised(exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=make, name=name, daemon=True)
+    thread.start()
+    try:
+        while (item := made.get()) is not _END:
+            if isinstance(item, _Raised):
+                raise item.error
+            turn.release()
+            yield cast(T, item)
+    finally:
+        stop.set()
+        turn.release()
+        thread.join()
+
+
 def window_actions(
     windows: Iterable[tuple[list[Prepared], SparseBatch]],
     codec: TokenCodec,
@@ -240,12 +290,12 @@ def window_actions(
 ) -> Iterator[Action]:
     """The bulk action of each encoded record (its stored fields plus its vector, keyed as
     the index wants); ``encoded`` is told each window's size once its actions are out."""
+    vectors = VectorJson(codec)
     for records, window in windows:
+        texts = vectors.rows(window)  # the whole window's JSON at once, in NumPy
         for row, record in enumerate(records):
-            vector = codec.encode(window, row)
-            yield make_action(
-                record.position, record.doc_id, {**record.source, sparse_field: vector}
-            )
+            vector = (texts[row], partial(codec.encode, window, row))
+            yield vector_action(record.position, record.doc_id, record.source, sparse_field, vector)
         encoded(len(records))
 
 

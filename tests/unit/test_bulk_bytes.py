@@ -138,8 +138,8 @@ def test_no_source_is_serialized_again_on_send_or_retry(kind, monkeypatch):
 
 def test_make_action_serializes_the_source_once(monkeypatch):
     calls = []
-    real_dumps = json.dumps
-    monkeypatch.setattr(json, "dumps", lambda v, *a, **k: calls.append(v) or real_dumps(v, *a, **k))
+    real_encode = bulk._JSON.encode  # to_json's encoder: json.dumps's, built once
+    monkeypatch.setattr(bulk._JSON, "encode", lambda v: calls.append(v) or real_encode(v))
     source = {"text": "x", "splade": {"a": 1.0}}
     action = make_action(1, "d1", source)
     assert calls.count(source) == 1

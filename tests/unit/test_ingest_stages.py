@@ -7,8 +7,10 @@ import gzip
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import opensearchpy
 import pytest
 from click.testing import CliRunner
@@ -25,13 +27,14 @@ from splade_es.ingest.stages import (
     JobLedger,
     SenderPool,
     encoded_windows,
+    made_ahead,
     prepared_records,
     records_to_index,
     until,
     window_actions,
 )
 from splade_es.retry import RetryPolicy
-from splade_es.sparse import SparseBatch
+from splade_es.sparse import SparseBatch, Vocabulary
 from splade_es.tokens import TokenCodec
 
 VOCAB = ["[PAD]", "tax", "code", "section"]
@@ -177,6 +180,72 @@ def test_actions_carry_the_vector_keyed_for_the_index_and_count_windows():
     assert actions[3].source == {"id": "d4", "vec": {"1": 1.0, "2": 1.0}}
     assert json.loads(actions[3].encoded) == actions[3].source
     assert encoded == [3, 1]
+
+
+def test_actions_are_the_bytes_of_the_document_with_its_vector_as_json_dumps_writes_them():
+    vocab = Vocabulary(["[PAD]", ".", "tax", "é", 'q"'], special_ids={0})
+    rng = np.random.default_rng(0)
+    rows, records_ = [], []
+    for i in range(1, 41):
+        ids = np.sort(rng.choice(5, rng.integers(0, 6), replace=False))
+        rows.append((ids, rng.gamma(1.5, 0.5, len(ids)).astype(np.float32)))
+        records_.append(Prepared(i, f"d{i}", "text", {"title": f"T{i} ü", "id": f"d{i}"}))
+    window = SparseBatch.from_rows(rows, vocab=vocab)
+    for scheme in ("token", "id"):
+        codec = TokenCodec(vocab, scheme=scheme)
+        windows = [(records_, window)]
+        actions = list(window_actions(windows, codec, sparse_field="v", encoded=lambda n: None))
+        for row, (record, action) in enumerate(zip(records_, actions, strict=True)):
+            source = {**record.source, "v": codec.encode(window, row)}
+            assert action.encoded == make_action(record.position, record.doc_id, source).encoded
+            assert action.source == source
+
+
+def test_windows_are_made_one_ahead_in_a_thread_of_their_own():
+    made: list[int] = []
+    closed = threading.Event()
+
+    def windows() -> Iterator[int]:
+        try:
+            for i in range(10):
+                made.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    ahead = made_ahead(windows(), name="test-ahead")
+    assert next(ahead) == 0
+    deadline = time.monotonic() + 5
+    while len(made) < 2 and time.monotonic() < deadline:  # the next one is made meanwhile
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert made == [0, 1]  # and no more: one waits, made, for its turn
+    assert list(ahead) == list(range(1, 10)) and closed.is_set()
+
+
+def test_a_stage_made_ahead_raises_in_the_consumer_and_stops_when_closed():
+    def failing() -> Iterator[int]:
+        yield 1
+        raise InputError("bad window")
+
+    ahead = made_ahead(failing(), name="test-ahead")
+    assert next(ahead) == 1
+    with pytest.raises(InputError, match="bad window"):
+        next(ahead)
+    closed = threading.Event()
+
+    def endless() -> Iterator[int]:
+        try:
+            while True:
+                yield 1
+        finally:
+            closed.set()
+
+    ahead = made_ahead(endless(), name="test-ahead")
+    assert next(ahead) == 1
+    ahead.close()  # the thread stops and closes the stage it ran
+    assert closed.is_set()
+    assert not any(t.name == "test-ahead" for t in threading.enumerate())
 
 
 def test_encoding_pulls_texts_only_as_windows_are_taken():

@@ -105,3 +105,32 @@ def test_stored_keys_are_stable_numpy_types_free():
     vocab = Vocabulary(["a", "b"])
     row = TokenCodec(vocab).encode_row(np.array([0, 1]), np.array([1.0, 2.0], np.float32))
     assert all(type(k) is str and type(v) is float for k, v in row.items())
+
+
+def test_a_row_is_encoded_as_the_one_pair_at_a_time_rule_says():
+    """``encode_row`` works on whole arrays; the rule is still the per-pair one: keep a pair
+    unless its token is special or its weight unstorable, a repeated id's last weight wins."""
+    vocab = Vocabulary([f"t{i}." for i in range(50)], special_ids={0, 7, 49})
+    codec = TokenCodec(vocab)
+    rng = np.random.default_rng(3)
+    odd = [0.0, -2.0, math.nan, math.inf, -math.inf, MIN_STORABLE_WEIGHT / 2, MIN_STORABLE_WEIGHT]
+    for _ in range(200):
+        ids = rng.integers(0, 50, rng.integers(0, 30)).tolist()
+        weights = [float(rng.choice(odd)) if rng.random() < 0.3 else rng.random() for _ in ids]
+        expected = {}
+        for i, w in zip(ids, weights, strict=True):
+            if i not in vocab.special_ids and math.isfinite(w) and w >= MIN_STORABLE_WEIGHT:
+                expected[codec.key(i)] = w
+        for given in (
+            (ids, weights),
+            (iter(ids), (w for w in weights)),
+            (np.array(ids, dtype=np.int32), np.array(weights, dtype=np.float32)),
+        ):
+            row = codec.encode_row(*given)
+            if isinstance(given[1], np.ndarray):  # float32 weights: their float64 values
+                expected32 = {k: float(np.float32(w)) for k, w in expected.items()}
+                assert row == expected32 and list(row) == list(expected32)
+            else:
+                assert row == expected and list(row) == list(expected)
+    with pytest.raises(ValueError):
+        codec.encode_row([1, 2], [1.0])
