@@ -9,6 +9,7 @@ between the two sets of vectors, and peak RSS (and peak GPU memory on CUDA).
     python benchmarks/encode.py ... --stream 20000                     # memory over a long stream
     python benchmarks/encode.py ... --queries 300    # one-query latency: inference-free vs siamese
     python benchmarks/encode.py ... --onnx --docs 200  # vs ONNX Runtime: rounds in one process
+    python benchmarks/encode.py ... --long-documents truncate,maxpool,passages --window 128
 
 Random-weight models of the larger families get their output bias shifted so that about 200
 vocabulary entries are active per document, as with trained SPLADE models (with zero bias,
@@ -24,6 +25,15 @@ screen where the CPU turns it on. It needs ``pip install onnx onnxruntime onnxsc
 ``--threads`` sets torch's and ONNX Runtime's intra-op threads alike; ``--load N`` starts N
 busy processes for the duration (contention on purpose); ``OMP_WAIT_POLICY=passive`` in the
 environment changes how torch's OpenMP threads wait.
+
+The long-documents table (``--long-documents truncate,maxpool,passages --window W``) runs in
+one process on the same documents, the modes in interleaved rounds (the order rotating), the
+model reading ``W`` tokens in every mode (truncate: the first ``W``; maxpool and passages:
+windows of ``W``, ``--overlap`` tokens shared). Per mode: docs/s, windows/s (windows encoded per
+second) and windows per document; the check that maxpool costs no more than the windows it
+encodes (its windows/s within 10% of truncate's docs/s: both are W-token forward passes), and
+that the vectors agree (maxpool = the elementwise max of the passages; a document of one
+window is the same vector in every mode; by ``splade_es.sparse.same_vector``).
 
 The query latency table (``--queries N``) times ``encode_queries([q])``, one query per call as
 a search does, in one process: the checkpoint itself (siamese: a forward pass per query), and
@@ -478,6 +488,180 @@ def onnx_comparison(args: argparse.Namespace):
     return table
 
 
+# ---------------------------------------------------------------------- long documents
+def long_document_encoders(enc, args: argparse.Namespace) -> dict:
+    """mode -> encode(texts) -> (vectors, windows encoded), every mode at ``args.window``."""
+    batch, window, overlap = args.batch_size, args.window, args.overlap
+
+    def truncate(docs):
+        return enc.encode_documents(docs, batch_size=batch), len(docs)
+
+    def maxpool(docs):
+        out = enc.encode_documents(
+            docs, batch_size=batch, long_documents="maxpool", window=window, overlap=overlap
+        )
+        return out, int(out.windows.sum())
+
+    def passages(docs):
+        out = enc.encode_passages(docs, batch_size=batch, window=window, overlap=overlap)
+        return out, len(out.passages)
+
+    chosen = {"truncate": truncate, "maxpool": maxpool, "passages": passages}
+    modes = [m.strip() for m in args.long_documents.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in chosen]
+    if unknown or not modes:
+        raise SystemExit(
+            f"--long-documents: {', '.join(unknown) or 'nothing'}: choose from {', '.join(chosen)}"
+        )
+    return {m: chosen[m] for m in dict.fromkeys(modes)}
+
+
+def long_document_rounds(impls: dict, texts: list[str], rounds: int):
+    """Seconds per mode per round (each mode takes each place in turn), the last vectors and
+    windows encoded per mode."""
+    for encode in impls.values():  # first calls allocate and pick kernels
+        encode(texts[:8])
+    seconds: dict[str, list[float]] = {name: [] for name in impls}
+    vectors, windows = {}, {}
+    names = list(impls)
+    for round_no in range(rounds):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            vectors[name], windows[name] = impls[name](texts)
+            seconds[name].append(time.perf_counter() - started)
+    return seconds, vectors, windows
+
+
+def long_document_vector_check(vectors: dict) -> list[str]:
+    """maxpool = the elementwise max of the passages; one-window documents the same in every
+    mode (the suite's rule, ``same_vector``)."""
+    from splade_es.encoding.windows import max_pool
+    from splade_es.sparse import same_vector
+
+    lines = []
+    pooled, passages = vectors.get("maxpool"), vectors.get("passages")
+    if pooled is not None and passages is not None:
+        same = sum(
+            same_vector(
+                pooled.to_dict(d),
+                dict_of(
+                    max_pool([passages.passages.row(p) for p in passages.passage_range(d)]),
+                    pooled.vocab,
+                ),
+            )
+            for d in range(len(pooled))
+        )
+        lines.append(f"maxpool = elementwise max of the passages: {same}/{len(pooled)} documents")
+    modes = list(vectors.values())
+    single = [
+        d
+        for d in range(len(modes[0]))
+        if all(windows_of(v, d) == 1 and not truncated_of(v, d) for v in modes)
+    ]
+    same = sum(
+        all(same_vector(one_vector(modes[0], d), one_vector(v, d)) for v in modes) for d in single
+    )
+    lines.append(f"documents of one window, the same vector in every mode: {same}/{len(single)}")
+    return lines
+
+
+def dict_of(row, vocab) -> dict[str, float]:
+    ids, weights = row
+    return {vocab[i]: float(w) for i, w in zip(ids.tolist(), weights.tolist(), strict=True)}
+
+
+def windows_of(vectors, d: int) -> int:
+    if hasattr(vectors, "passages"):
+        return len(vectors.passage_range(d))
+    return 1 if vectors.windows is None else int(vectors.windows[d])
+
+
+def truncated_of(vectors, d: int) -> bool:
+    return bool(vectors.truncated[d]) if vectors.truncated is not None else False
+
+
+def one_vector(vectors, d: int) -> dict[str, float]:
+    """Document ``d``'s vector (a passages batch: its first passage)."""
+    if hasattr(vectors, "passages"):
+        return vectors.passages.to_dict(vectors.passage_range(d)[0])
+    return vectors.to_dict(d)
+
+
+def long_document_comparison(args: argparse.Namespace):
+    """docs/s and windows/s per long-documents mode over interleaved rounds, windows per
+    document, the maxpool cost check and the vector check."""
+    import statistics
+
+    import torch
+    from rich.markup import escape
+    from rich.table import Table
+    from transformers.utils import logging as hf_logging
+
+    from splade_es import SpladeEncoder
+
+    hf_logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    texts = load_texts(Path(args.data), args.docs)
+    enc = SpladeEncoder.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, max_length=args.window
+    )
+    policy = enc.window_policy("maxpool", window=args.window, overlap=args.overlap)
+    impls = long_document_encoders(enc, args)
+    load_before = os.getloadavg()[0]
+    seconds, vectors, windows = long_document_rounds(impls, texts, args.rounds)
+    load_after = os.getloadavg()[0]
+    title = (
+        f"{escape(Path(args.model).name)}, {len(texts)} documents of "
+        f"{escape(Path(args.data).name)}, windows of {policy.window} tokens (overlap "
+        f"{policy.overlap}), batch {args.batch_size}, {args.device} ({args.dtype}), "
+        f"{args.rounds} interleaved rounds; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)\n{escape(cpu_header())}; load average "
+        f"{load_before:.1f} -> {load_after:.1f}"
+    )
+    table = Table(title=title)
+    for col in (
+        "mode",
+        "docs/s (median)",
+        "min-max",
+        "windows/doc",
+        "windows/s (median)",
+        "windows/s / truncate docs/s",
+    ):
+        table.add_column(col, justify="right")
+    base = seconds.get("truncate")
+    ratios = {}
+    for name in impls:
+        rates = [len(texts) / s for s in seconds[name]]
+        per_window = [windows[name] / s for s in seconds[name]]
+        if base:  # per round: this mode's windows/s over truncate's docs/s of the same round
+            ratios[name] = statistics.median(
+                windows[name] * b / (len(texts) * s)
+                for b, s in zip(base, seconds[name], strict=True)
+            )
+        table.add_row(
+            name,
+            f"{statistics.median(rates):.1f}",
+            f"{min(rates):.1f}-{max(rates):.1f}",
+            f"{windows[name] / len(texts):.2f}",
+            f"{statistics.median(per_window):.1f}",
+            f"{ratios[name]:.2f}" if name in ratios else "",
+        )
+    notes = [
+        f"round {r + 1}: " + ", ".join(f"{name} {seconds[name][r]:.1f} s" for name in impls)
+        for r in range(args.rounds)
+    ]
+    notes += long_document_vector_check(vectors)
+    if "maxpool" in ratios:
+        verdict = "ok" if ratios["maxpool"] >= 0.9 else "FAILS"
+        notes.append(
+            f"check: maxpool windows/s / truncate docs/s = {ratios['maxpool']:.2f} (median of "
+            f"rounds; within 10%: >= 0.90): {verdict}"
+        )
+    return table, notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -506,10 +690,24 @@ def main() -> None:
     parser.add_argument(
         "--onnx", action="store_true", help="only the ONNX Runtime table (one process, rounds)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (--onnx)")
-    parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (--onnx)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds (--onnx, --long-documents)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch and ONNX Runtime threads (--onnx, --long-documents)"
+    )
     parser.add_argument(
         "--load", type=int, default=0, help="busy processes to run alongside (--onnx)"
+    )
+    parser.add_argument(
+        "--long-documents",
+        help="only the long-documents table: a comma list of truncate,maxpool,passages",
+    )
+    parser.add_argument(
+        "--window", type=int, default=128, help="model tokens per window (--long-documents)"
+    )
+    parser.add_argument(
+        "--overlap", type=int, help="content tokens shared by windows (--long-documents)"
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stream-worker", action="store_true", help=argparse.SUPPRESS)
@@ -529,6 +727,12 @@ def main() -> None:
     console = Console(width=150)
     if args.onnx:
         console.print(onnx_comparison(args))
+        return
+    if args.long_documents:
+        table, notes = long_document_comparison(args)
+        console.print(table)
+        for note in notes:
+            console.print(note)
         return
     if args.queries:
         with tempfile.TemporaryDirectory() as tmp:

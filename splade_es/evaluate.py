@@ -7,27 +7,36 @@
 
 ``in_memory_run`` scores the same queries exactly in memory (full-precision dot products over
 all documents), the reference the cluster's ranking is compared with.
+
+``compare_long_documents`` chooses how long documents are encoded on the user's own judgments:
+the corpus encoded once per mode (truncate, maxpool, passages; ``encoding/windows.py``), every
+judged query scored exactly in memory against each, the measures, the index size and the query
+cost per mode side by side (``splade-es evaluate --corpus ... --long-documents a,b,c``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import ir_measures
 import numpy as np
 
 from . import defaults
 from .connect import ClientOrCluster, client_of
-from .encoding.protocol import Encoder
+from .documents import read_document, read_jsonl
+from .encoding.protocol import EmptyPolicy, Encoder, ProgressCallback
+from .encoding.windows import LONG_DOCUMENT_MODES, LongDocuments, WindowPolicy, WindowStats
 from .engines import Hybrid, SearchRequest
-from .exceptions import ConfigurationError, EmptyQueryError
+from .exceptions import ConfigurationError, EmptyQueryError, InputError
 from .query import PruneReport, QueryBuilder
 from .search import Hit, hits_of, search_vector, send
-from .sparse import SparseBatch
+from .sparse import PassageBatch, SparseBatch
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +288,297 @@ def in_memory_run(
     """Exact top-``k`` by full-precision dot product, for every query. Pure."""
     scores = queries.to_scipy().astype(np.float64) @ documents.to_scipy().astype(np.float64).T
     scores = scores.toarray()
+    return {qid: top_documents(scores[row], doc_ids, k) for row, qid in enumerate(query_ids)}
+
+
+def top_documents(scores: np.ndarray, doc_ids: Sequence[str], k: int) -> dict[str, float]:
+    """``{doc id: score}`` of the ``k`` best-scoring documents (ties in document order), best
+    first; a document that shares no token with the query (score 0) is not retrieved."""
+    top = np.argsort(-scores, kind="stable")[:k]
+    return {doc_ids[j]: float(scores[j]) for j in top if scores[j] > 0}
+
+
+# ---------------------------------------------------------------- long documents, compared
+class WindowedEncoder(Encoder, Protocol):
+    """What ``compare_long_documents`` needs of an encoder (``SpladeEncoder`` is one): a
+    document as one vector under a ``WindowPolicy`` (truncate, maxpool), or as passages."""
+
+    def encode_documents(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = ...,
+        empty: EmptyPolicy = ...,
+        progress: ProgressCallback | None = None,
+        long_documents: WindowPolicy | None = None,
+    ) -> SparseBatch: ...
+
+    def encode_passages(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = ...,
+        empty: EmptyPolicy = ...,
+        progress: ProgressCallback | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        max_windows: int | None = None,
+    ) -> PassageBatch: ...
+
+
+@dataclass(frozen=True)
+class IndexSize:
+    """What one mode's vectors cost the index."""
+
+    documents: int
+    vectors: int  # stored vectors: one per document, or one per passage
+    postings: int  # non-zero weights over all vectors (the inverted index's postings)
+    json_bytes: int  # the vectors (and passage offsets) as compact UTF-8 JSON, as bulk sends them
+
+    @property
+    def per_document(self) -> float:
+        """Non-zero weights per document (over all its passages)."""
+        return self.postings / self.documents if self.documents else 0.0
+
+
+@dataclass(frozen=True)
+class EncodedCorpus:
+    """A corpus encoded in one long-documents mode, and how long that took."""
+
+    mode: LongDocuments
+    vectors: SparseBatch | PassageBatch
+    seconds: float
+
+    def window_stats(self) -> WindowStats:
+        """Windows encoded per document; ``hit_max_windows``: documents whose tail was
+        dropped (for truncate, every document longer than one window)."""
+        stats = WindowStats()
+        vectors = self.vectors
+        windows = vectors.windows if vectors.windows is not None else np.ones(len(vectors), int)
+        truncated = (
+            vectors.truncated if vectors.truncated is not None else np.zeros(len(vectors), bool)
+        )
+        stats.add(windows, truncated)
+        return stats
+
+    def size(self) -> IndexSize:
+        stored = self.vectors.stored()
+        rows = stored.passages if isinstance(stored, PassageBatch) else stored
+        as_json = (
+            json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in stored.to_dicts()
+        )
+        return IndexSize(
+            documents=len(stored),
+            vectors=len(rows),
+            postings=int(rows.indptr[-1]),
+            json_bytes=sum(len(text.encode("utf-8")) for text in as_json),
+        )
+
+
+class ExactScorer:
+    """One query at a time, exactly (float64), against every vector of a corpus: a document
+    scores its vector's dot product with the query or, as passages, its best passage's
+    (``PassageBatch.best_scores``: a ``nested`` query's ``score_mode: max``)."""
+
+    def __init__(self, vectors: SparseBatch | PassageBatch) -> None:
+        rows = vectors.passages if isinstance(vectors, PassageBatch) else vectors
+        self._columns = rows.to_scipy().astype(np.float64).T.tocsr()  # [vocab, vectors]
+        self._documents = len(vectors)
+        self._starts: np.ndarray | None = None
+        self._owners = np.zeros(0, np.int64)
+        if isinstance(vectors, PassageBatch):
+            document = vectors.document
+            self._starts = np.flatnonzero(np.r_[True, document[1:] != document[:-1]])
+            self._owners = document[self._starts] if len(document) else self._owners
+        self.postings = np.diff(self._columns.indptr)  # vectors holding each token
+
+    def scores(self, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """[documents]: every document's score for the query ``(ids, weights)``."""
+        dots = np.asarray(self._columns[ids].T @ weights.astype(np.float64)).ravel()
+        if self._starts is None:
+            return dots
+        scores = np.zeros(self._documents, dtype=np.float64)
+        if len(dots):
+            scores[self._owners] = np.maximum.reduceat(dots, self._starts)
+        return scores
+
+    def postings_read(self, ids: np.ndarray) -> int:
+        """Postings an inverted index reads for a query of these tokens."""
+        return int(self.postings[ids].sum())
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    """One long-documents mode evaluated in memory: a row of ``compare_long_documents``."""
+
+    mode: LongDocuments
+    metrics: Mapping[str, float]
+    queries: int
+    size: IndexSize
+    windows: WindowStats
+    encode_s: float  # encoding the corpus in this mode
+    latency_ms: Latency  # one query scored exactly against every vector and ranked, in memory
+    postings_per_query: float  # mean postings an inverted index reads per query
+    run: Mapping[str, Mapping[str, float]]
+
+    def to_json(self) -> dict[str, Any]:
+        """One mode of the ``evaluate --long-documents ... --json`` object."""
+        return {
+            "mode": self.mode,
+            **{name: round(value, 6) for name, value in self.metrics.items()},
+            "queries": self.queries,
+            "documents": self.size.documents,
+            "vectors": self.size.vectors,
+            "postings": self.size.postings,
+            "nonzeros_per_document": round(self.size.per_document, 2),
+            "json_bytes": self.size.json_bytes,
+            "windows_per_document": {
+                "mean": round(self.windows.mean, 3),
+                "p99": self.windows.percentile(99),
+            },
+            "truncated_documents": self.windows.hit_max_windows,
+            "encode_s": round(self.encode_s, 3),
+            "score_ms": {"p50": self.latency_ms.p50, "p95": self.latency_ms.p95},
+            "postings_per_query": round(self.postings_per_query, 1),
+        }
+
+
+def one_vector_policy(mode: LongDocuments, policy: WindowPolicy) -> WindowPolicy:
+    """``policy`` for a one-vector mode. ``truncate`` with a ``window`` reads the first window
+    only (maxpool cut at one window: the same tokens truncation at that length keeps), so that
+    every mode reads windows of one length and the comparison is about aggregation alone."""
+    if mode == "truncate" and policy.window is not None:
+        return replace(policy, mode="maxpool", max_windows=1)
+    return replace(policy, mode=mode)
+
+
+def encode_corpus(
+    encoder: WindowedEncoder,
+    texts: Sequence[str],
+    mode: LongDocuments,
+    policy: WindowPolicy,
+    *,
+    batch_size: int = defaults.BATCH_SIZE,
+    progress: ProgressCallback | None = None,
+) -> EncodedCorpus:
+    """Every text encoded in ``mode`` with ``policy``'s windows (an empty text: no tokens)."""
+    started = time.perf_counter()
+    vectors: SparseBatch | PassageBatch
+    if mode == "passages":
+        vectors = encoder.encode_passages(
+            texts,
+            batch_size=batch_size,
+            empty="empty_vector",
+            progress=progress,
+            window=policy.window,
+            overlap=policy.overlap,
+            max_windows=policy.max_windows,
+        )
+    else:
+        vectors = encoder.encode_documents(
+            texts,
+            batch_size=batch_size,
+            empty="empty_vector",
+            progress=progress,
+            long_documents=one_vector_policy(mode, policy),
+        )
+    return EncodedCorpus(mode, vectors, time.perf_counter() - started)
+
+
+def measure_mode(
+    encoded: EncodedCorpus,
+    queries: SparseBatch,
+    qrels: Mapping[str, Mapping[str, int]],
+    doc_ids: Sequence[str],
+    *,
+    k: int = defaults.EVALUATION_DEPTH,
+) -> ModeResult:
+    """Score query ``i`` (the ``i``-th id of ``qrels``) exactly against ``encoded``, one
+    query at a time (timed), and measure the run."""
+    scorer = ExactScorer(encoded.vectors)
     run: Run = {}
-    for row, qid in enumerate(query_ids):
-        top = np.argsort(-scores[row], kind="stable")[:k]
-        run[qid] = {doc_ids[j]: float(scores[row, j]) for j in top if scores[row, j] > 0}
-    return run
+    score_ms: list[float] = []
+    postings = 0
+    for row, qid in enumerate(qrels):
+        ids, weights = queries.row(row)
+        started = time.perf_counter()
+        run[qid] = top_documents(scorer.scores(ids, weights), doc_ids, k)
+        score_ms.append((time.perf_counter() - started) * 1000)
+        postings += scorer.postings_read(ids)
+    return ModeResult(
+        mode=encoded.mode,
+        metrics=score_run(run, qrels),
+        queries=len(qrels),
+        size=encoded.size(),
+        windows=encoded.window_stats(),
+        encode_s=encoded.seconds,
+        latency_ms=Latency.of(score_ms),
+        postings_per_query=postings / len(qrels) if qrels else 0.0,
+        run=run,
+    )
+
+
+def compare_long_documents(
+    encoder: WindowedEncoder,
+    corpus: Mapping[str, str],
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    modes: Sequence[LongDocuments] = LONG_DOCUMENT_MODES,
+    policy: WindowPolicy | None = None,
+    *,
+    k: int = defaults.EVALUATION_DEPTH,
+    batch_size: int = defaults.BATCH_SIZE,
+    progress: Callable[[LongDocuments, int], None] | None = None,
+) -> list[ModeResult]:
+    """Each of ``modes`` on the user's judgments, in memory: ``corpus`` (``{doc id: text}``)
+    encoded once per mode with ``policy``'s windows (its own mode is not used; None: windows of
+    the model's max length), every judged query (encoded once) scored exactly against it and
+    measured (``score_run``). One ``ModeResult`` per mode, in the order given; one mode's
+    vectors are held at a time. ``progress(mode, texts)``: texts just encoded."""
+    unknown = [m for m in modes if m not in LONG_DOCUMENT_MODES]
+    if unknown or not modes:
+        raise ConfigurationError.bad_value(
+            "long_documents", ",".join(unknown), f"choose from {', '.join(LONG_DOCUMENT_MODES)}"
+        )
+    policy = policy or WindowPolicy()
+    judged = {qid: queries[qid] for qid in qrels if qid in queries}
+    vectors = encoder.encode_queries(
+        list(judged.values()), batch_size=batch_size, empty="empty_vector"
+    )
+    judgments = {qid: qrels[qid] for qid in judged}
+    doc_ids, texts = list(corpus), list(corpus.values())
+    results = []
+    for mode in dict.fromkeys(modes):
+        report = (lambda n, m=mode: progress(m, n)) if progress else None
+        encoded = encode_corpus(
+            encoder, texts, mode, policy, batch_size=batch_size, progress=report
+        )
+        results.append(measure_mode(encoded, vectors, judgments, doc_ids, k=k))
+    return results
+
+
+def corpus_texts(
+    path: str | Path, text_fields: Sequence[str] = defaults.TEXT_FIELDS
+) -> tuple[dict[str, str], int]:
+    """``({doc id: text}, documents without text)`` of a BEIR ``corpus.jsonl`` (ids from
+    ``defaults.ID_FIELD``; the text fields joined as ingestion joins them). A document with no
+    text in ``text_fields`` is left out and counted: nothing could retrieve it. A line that is
+    not a document object with an id raises ``InputError`` naming it."""
+    texts: dict[str, str] = {}
+    without_text = 0
+    for line_no, obj in read_jsonl(path):
+        try:
+            doc = read_document(
+                obj,
+                id_field=defaults.ID_FIELD,
+                text_fields=text_fields,
+                position=line_no,
+                unit="line",
+            )
+        except InputError as exc:
+            if exc.doc_id is None:
+                raise
+            without_text += 1
+            continue
+        texts[doc.doc_id] = doc.text
+    return texts, without_text

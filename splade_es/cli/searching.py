@@ -3,6 +3,9 @@
 ``search`` and ``evaluate`` share one way to say what runs: ``--mode splade|bm25|hybrid`` and
 ``--hybrid-weight W`` (the weight of BM25). ``--hybrid W`` (the old ``search`` spelling) still
 works: it means ``--mode hybrid --hybrid-weight W``.
+
+``evaluate --corpus corpus.jsonl --long-documents truncate,maxpool,passages`` needs no cluster:
+it compares how long documents are encoded, in memory (``evaluate.compare_long_documents``).
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ from .app import (
     device_option,
     err_console,
     fail_cleanly,
+    long_document_options,
     main,
     model_option,
     print_table,
     progress_display,
     warn,
+    window_policy_of,
 )
 
 if TYPE_CHECKING:
+    from ..evaluate import EvaluationReport, ModeResult
     from ..search import Hit, SearchResult, TokenContribution
 
 MODES = ("splade", "bm25", "hybrid")
@@ -44,12 +50,16 @@ def _apply(func: Callable[..., Any], options: list[Callable[..., Any]]) -> Calla
     return func
 
 
-def sparse_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def sparse_options(func: Callable[..., Any], *, index_required: bool = True) -> Callable[..., Any]:
     """What every SPLADE query needs: index, model, field, pruning, device, output."""
     return _apply(
         func,
         [
-            click.option("--index", required=True),
+            click.option(
+                "--index",
+                required=index_required,
+                help=None if index_required else "The index to evaluate (or --corpus).",
+            ),
             model_option(
                 required=False,
                 describe="The checkpoint the index was built with (not needed for --mode bm25).",
@@ -405,12 +415,24 @@ def explain(**opts: Any) -> None:
         )
 
 
+def evaluation_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``sparse_options`` with ``--index`` optional: ``--corpus`` evaluates in memory."""
+    return sparse_options(func, index_required=False)
+
+
 @main.command()
 @connection_options
-@sparse_options
+@evaluation_options
 @mode_options
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--qrels", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--corpus",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A corpus.jsonl (BEIR) to encode and score exactly in memory instead of --index: "
+    "no cluster; compares the --long-documents modes.",
+)
+@long_document_options(several=True)
 @click.option(
     "--k",
     default=defaults.EVALUATION_DEPTH,
@@ -424,7 +446,33 @@ def evaluate(**opts: Any) -> None:
 
     A query with no tokens to search for (empty, or pruned to nothing) finds nothing: it
     counts as a miss and is reported.
+
+    With --corpus, no cluster: the corpus is encoded in memory once per --long-documents mode
+    (e.g. truncate,maxpool,passages) and every judged query scored exactly against it; the
+    measures, the index size and the query cost of each mode are printed side by side.
     """
+    if opts["corpus"]:
+        _compare_in_memory(opts)
+        return
+    _require_index(opts)
+    _evaluate_index(opts)
+
+
+def _require_index(opts: dict[str, Any]) -> None:
+    """Without --corpus: an index, and no long-documents choice (the index was built with
+    one already; its mapping says which)."""
+    if not opts["index"]:
+        raise click.UsageError("--index is required (or --corpus, to evaluate in memory)")
+    modes = opts["long_documents"]
+    if modes != [defaults.LONG_DOCUMENTS] or opts["window"] or opts["overlap"] is not None:
+        raise click.UsageError(
+            "--long-documents / --window / --overlap compare encodings of a corpus: give "
+            "--corpus (an index was encoded one way already)"
+        )
+
+
+def _evaluate_index(opts: dict[str, Any]) -> None:
+    """The judged queries through ``--index`` on the cluster."""
     from ..beir import read_qrels, read_queries
     from ..evaluate import evaluate as run_evaluation
 
@@ -460,18 +508,138 @@ def evaluate(**opts: Any) -> None:
     if opts["as_json"]:
         click.echo(json.dumps(report.to_json()))
     else:
-        table = Table(
-            title=f"{opts['index']} ({mode}, {report.queries} queries)", show_header=False
-        )
-        for name, value in report.metrics.items():
-            table.add_row(name, f"{value:.4f}")
-        for stage, latency in report.latency_ms.items():
-            table.add_row(f"{stage} latency p50 / p95", f"{latency.p50:.1f} / {latency.p95:.1f} ms")
-        if report.pruned_queries:
-            table.add_row("queries pruned", str(report.pruned_queries))
-        print_table(table)
+        _print_report(report, f"{opts['index']} ({mode}, {report.queries} queries)")
     if report.empty_queries:
         warn(
             f"{report.empty_queries} of {report.queries} queries had no tokens to search for "
             "(empty, or pruned to nothing) and count as misses"
         )
+
+
+def _print_report(report: EvaluationReport, title: str) -> None:
+    table = Table(title=title, show_header=False)
+    for name, value in report.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    for stage, latency in report.latency_ms.items():
+        table.add_row(f"{stage} latency p50 / p95", f"{latency.p50:.1f} / {latency.p95:.1f} ms")
+    if report.pruned_queries:
+        table.add_row("queries pruned", str(report.pruned_queries))
+    print_table(table)
+
+
+# ------------------------------------------------------------ --corpus: modes in memory
+def _compare_in_memory(opts: dict[str, Any]) -> None:
+    """``--corpus``: each --long-documents mode encoded in memory, scored, side by side."""
+    from ..evaluate import compare_long_documents
+
+    _check_in_memory(opts)
+    modes = opts["long_documents"]
+    encoder = _encoder(opts)
+    policy = encoder.window_policy(window_policy_of(opts, "maxpool"))  # checked, filled in
+    queries, qrels, corpus, judged = _judged_corpus(opts)
+    with progress_display(opts["as_json"]) as progress:
+        tasks = {
+            mode: progress.add_task(f"{mode} documents", total=len(corpus), unit="docs")
+            for mode in modes
+        }
+        results = compare_long_documents(
+            encoder,
+            corpus,
+            queries,
+            qrels,
+            modes,
+            window_policy_of(opts, modes[0]),
+            k=opts["k"],
+            progress=lambda mode, n: progress.advance(tasks[mode], n),
+        )
+    if opts["as_json"]:
+        click.echo(json.dumps(_comparison_json(results, policy)))
+        return
+    title = (
+        f"{opts['corpus']}: {len(corpus):,} documents, {judged} judged queries, "
+        f"{encoder.name}, windows of {policy.window} tokens (overlap {policy.overlap}, at "
+        f"most {policy.max_windows}), exact scores in memory"
+    )
+    print_table(_comparison_table(results, title))
+
+
+def _judged_corpus(
+    opts: dict[str, Any],
+) -> tuple[dict[str, str], dict[str, dict[str, int]], dict[str, str], int]:
+    """(queries, qrels, corpus, judged queries) of --queries, --qrels, --corpus."""
+    from ..beir import read_qrels, read_queries
+    from ..evaluate import corpus_texts
+
+    queries, qrels = read_queries(opts["queries"]), read_qrels(opts["qrels"])
+    corpus, without_text = corpus_texts(opts["corpus"], parse_fields(opts["text_fields"]))
+    if without_text:
+        warn(
+            f"{without_text} documents of {opts['corpus']} have no text in --text-fields: left out"
+        )
+    judged = sum(1 for qid in qrels if qid in queries)
+    if not judged:
+        warn(f"no query of {opts['queries']} has judgments in {opts['qrels']}")
+    return queries, qrels, corpus, judged
+
+
+def _check_in_memory(opts: dict[str, Any]) -> None:
+    """What --corpus cannot do: BM25 (no text index), query pruning (queries score whole)."""
+    if not opts["model"]:
+        raise click.UsageError(
+            "--corpus needs --model (or SPLADE_ES_MODEL): the checkpoint to compare"
+        )
+    if opts["mode"] not in (None, "splade") or opts["hybrid_alias"] is not None:
+        raise click.UsageError(
+            "--corpus evaluates SPLADE in memory: --mode bm25 / hybrid need --index"
+        )
+    pruning = [o for o in ("query_top_k", "query_min_weight", "query_mass") if opts[o] is not None]
+    if pruning:
+        raise click.UsageError(
+            f"--corpus scores whole queries: --{pruning[0].replace('_', '-')} applies to --index"
+        )
+    if opts["index"]:
+        warn("--corpus given: --index is not used (the corpus is evaluated in memory)")
+
+
+def _comparison_json(results: Sequence[ModeResult], policy: Any) -> dict[str, Any]:
+    return {
+        "window": policy.window,
+        "overlap": policy.overlap,
+        "max_windows": policy.max_windows,
+        "modes": [result.to_json() for result in results],
+    }
+
+
+def _comparison_table(results: Sequence[ModeResult], title: str) -> Table:
+    """One row per mode: the measures, what the index holds, what a query costs."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("long documents")
+    for name in results[0].metrics if results else ():
+        table.add_column(name, justify="right")
+    for column in (
+        "windows/doc mean (p99)",
+        "truncated docs",
+        "vectors",
+        "non-zeros/doc",
+        "postings",
+        "vectors as JSON",
+        "postings read/query",
+        "score p50 / p95 ms",
+        "encode s",
+    ):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            r.mode,
+            *(f"{value:.4f}" for value in r.metrics.values()),
+            f"{r.windows.mean:.2f} ({r.windows.percentile(99)})",
+            f"{r.windows.hit_max_windows:,}",
+            f"{r.size.vectors:,}",
+            f"{r.size.per_document:.0f}",
+            f"{r.size.postings:,}",
+            f"{r.size.json_bytes / 2**20:.1f} MiB",
+            f"{r.postings_per_query:,.0f}",
+            f"{r.latency_ms.p50:.2f} / {r.latency_ms.p95:.2f}",
+            f"{r.encode_s:.1f}",
+        )
+    return table
