@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -15,10 +16,35 @@ from splade_es.encoding.windows import WindowPolicy, WindowStats, max_pool, wind
 from splade_es.exceptions import ConfigurationError
 from tests.vectors import assert_same_vector
 
-WORDS = (
-    "the search engine indexes a sparse vector for each document in the cluster while "
-    "learned weights expand every passage with related vocabulary terms"
-).split()
+WORDS = [
+    *[
+        "the",
+        "search",
+        "engine",
+        "indexes",
+        "a",
+        "sparse",
+        "vector",
+        "for",
+        "each",
+        "document",
+        "in",
+        "the",
+        "cluster",
+    ],
+    *[
+        "while",
+        "learned",
+        "weights",
+        "expand",
+        "every",
+        "passage",
+        "with",
+        "related",
+        "vocabulary",
+        "terms",
+    ],
+]
 LONG = " ".join(WORDS[i % len(WORDS)] + ("s" if i % 7 == 0 else "") for i in range(150))
 SHORT = "sparse vectors for search"
 
@@ -43,7 +69,7 @@ def test_windows_cover_the_text_with_exact_overlap_and_never_split_a_token(encod
         assert len(ids) <= 16
         assert ids[: len(prefix)] == prefix and ids[-len(suffix) :] == suffix
         inner.append(ids[len(prefix) : -len(suffix)])
-    for a, b in zip(inner, inner[1:], strict=False):
+    for a, b in itertools.pairwise(inner):
         assert a[-4:] == b[:4], "consecutive windows share exactly `overlap` tokens"
     rebuilt = inner[0] + [t for w in inner[1:] for t in w[4:]]
     assert rebuilt == content, "every token in a window, in order, none split or lost"

@@ -42,8 +42,10 @@ def test_passages_are_refused_by_the_config():
 def test_the_cli_refuses_passages_in_one_line(tiny_bert_dir):
     result = CliRunner().invoke(
         main,
-        ["serve", "--url", "http://127.0.0.1:9", "--model", str(tiny_bert_dir)]
-        + ["--long-documents", "passages"],
+        [
+            *("serve", "--url", "http://127.0.0.1:9", "--model", str(tiny_bert_dir)),
+            *("--long-documents", "passages"),
+        ],
     )
     assert result.exit_code == 2
     assert "one vector per text" in result.output
