@@ -574,13 +574,16 @@ class SpladeEncoder:
                 truncated=truncated,
             )
         empty_row = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if policy.mode == "truncate":  # one row per text: placed, nothing to pool
+            rows = [empty_row] * size
+            for position, row in zip(tok.positions, encoded, strict=True):
+                rows[position] = row
+            return SparseBatch.from_rows(rows, vocab=self.vocab, truncated=truncated)
         grouped: list[Rows] = [[] for _ in range(size)]
         for position, row in zip(tok.positions, encoded, strict=True):
             grouped[position].append(row)
+        windows = np.asarray([len(group) for group in grouped], dtype=np.int64)
         rows = [max_pool(group) if group else empty_row for group in grouped]
-        windows = None
-        if policy.mode == "maxpool":
-            windows = np.asarray([len(group) for group in grouped], dtype=np.int64)
         return SparseBatch.from_rows(rows, vocab=self.vocab, truncated=truncated, windows=windows)
 
     def _encode_rows(self, tok: _Tokenized, batch_size: int) -> Rows:

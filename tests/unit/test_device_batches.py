@@ -12,15 +12,8 @@ import torch
 
 from splade_es import SpladeEncoder
 from splade_es.encoding.device_batches import DeviceBatch, PendingRows
+from tests.unit.test_encoder import TEXTS
 from tests.vectors import assert_same_vector
-
-TEXTS = [
-    "what code section is depreciation",
-    "Section 179 depreciation deduction: the cost of property as an expense.",
-    "garlic powder, ounce; tablespoon!",
-    "a",
-    "the search engine indexes a sparse vector for each document in the cluster " * 3,
-]
 
 
 def _ids(encoder: SpladeEncoder, texts: list[str]) -> list[list[int]]:
