@@ -23,11 +23,13 @@ from .app import (
     device_option,
     err_console,
     fail_cleanly,
+    long_document_options,
     main,
     model_option,
     print_table,
     progress_display,
     warn,
+    window_policy_of,
 )
 
 MB = 1024 * 1024  # --bulk-bytes is given in MB
@@ -51,6 +53,11 @@ if TYPE_CHECKING:
 @click.option("--sparse-field", default=defaults.VECTOR_FIELD, show_default=True)
 @click.option("--shards", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--replicas", type=click.IntRange(0), default=1, show_default=True)
+@click.option(
+    "--passages",
+    is_flag=True,
+    help="The sparse field holds one nested object per passage (ingest --long-documents passages).",
+)
 @click.option("--print-body", is_flag=True, help="Print the index body that was sent.")
 @fail_cleanly
 def create_index(**opts: Any) -> None:
@@ -68,11 +75,13 @@ def create_index(**opts: Any) -> None:
         shards=opts["shards"],
         replicas=opts["replicas"],
         dialect=dialect,
+        passages=opts["passages"],
     )
     err_console.print(
         f"created {opts['index']} on {cluster.description}: "
         f"{opts['field_type']} field {opts['sparse_field']!r} "
-        f"(feature keys: {dialect.key_scheme(opts['field_type'])} scheme)"
+        + ("(nested passages) " if opts["passages"] else "")
+        + f"(feature keys: {dialect.key_scheme(opts['field_type'])} scheme)"
     )
     if opts["print_body"]:
         click.echo(json.dumps(body, indent=2))
@@ -145,6 +154,7 @@ def create_index(**opts: Any) -> None:
     show_default=True,
     help="With --create.",
 )
+@long_document_options()
 @device_option()
 @click.option(
     "--dtype",
@@ -194,9 +204,23 @@ def ingest(**opts: Any) -> None:
         print_table(_ingest_summary(report, cluster, encoder, dead_letter), err_console)
     if not (report.read or report.skipped_done or report.other_shards):
         warn(f"{InputFile(opts['input_path']).name} holds no records: nothing was indexed")
+    warn_if_truncated(report)
     if report.dead_lettered:
         warn(f"{report.dead_lettered:,} record(s) were not indexed; see {dead_letter}")
         sys.exit(EXIT_PARTIAL)
+
+
+def warn_if_truncated(report: IngestReport) -> None:
+    """A document that lost text is never silent: the count, at the end of every run."""
+    if not report.truncated:
+        return
+    if report.long_documents == "truncate":
+        warn(
+            f"{report.truncated:,} document(s) lost their text past the model's window: "
+            "--long-documents maxpool or passages encodes all of it"
+        )
+    else:
+        warn(f"{report.truncated:,} document(s) lost their text past --max-windows")
 
 
 def _ingest_config(opts: dict[str, Any], dead_letter: str) -> IngestConfig:
@@ -219,6 +243,7 @@ def _ingest_config(opts: dict[str, Any], dead_letter: str) -> IngestConfig:
         retry=RetryPolicy(max_retries=opts["max_retries"]),
         create=opts["create"],
         field_type=opts["field_type"],
+        long_documents=window_policy_of(opts),
     )
 
 
@@ -263,5 +288,6 @@ def _ingest_summary(
         table.add_row("indexed over all runs", f"{report.total_indexed:,}")
     if report.other_shards:
         table.add_row("records of other shards", f"{report.other_shards:,}")
+    table.add_row("long documents", report.long_document_summary())
     table.add_row("throughput", f"{report.docs_per_second:,.1f} docs/s on {encoder.device}")
     return table

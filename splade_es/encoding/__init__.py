@@ -14,6 +14,6 @@ queries should not pay for it (``from splade_es.encoding.encoder import SpladeEn
 ``splade_es.SpladeEncoder``, which loads it on first use).
 """
 
-from .protocol import DocumentEncoder, Encoder
+from .protocol import DocumentEncoder, Encoder, PassageEncoder
 
-__all__ = ["DocumentEncoder", "Encoder"]
+__all__ = ["DocumentEncoder", "Encoder", "PassageEncoder"]

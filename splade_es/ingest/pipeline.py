@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -31,10 +31,11 @@ from typing import Any
 
 from .. import defaults
 from ..connect import call, client_of
-from ..encoding.protocol import DocumentEncoder
+from ..encoding.protocol import DocumentEncoder, PassageEncoder
+from ..encoding.windows import WindowPolicy
 from ..engines import Dialect, FieldType, dialect_of
 from ..exceptions import ConfigurationError
-from ..query import field_type_of
+from ..query import FieldLayout, field_layout_of
 from ..retry import RetryPolicy
 from ..search import create_index
 from ..tokens import TokenCodec
@@ -46,10 +47,13 @@ from .stages import (
     BreakableInput,
     IndexChunk,
     JobLedger,
+    LongDocumentTally,
     ProgressCallback,
     SenderPool,
+    encoded_passages,
     encoded_windows,
     made_ahead,
+    passage_actions,
     prepared_records,
     records_to_index,
     until,
@@ -93,6 +97,9 @@ class IngestConfig:
     field_type: FieldType = defaults.FIELD_TYPE  # used with create=True
     input_name: str = "<iterable>"  # identifies the input in the checkpoint
     add_id_field: bool = True  # store the id in an ``id`` field when the document has none
+    # How a text longer than one window is encoded (encoding/windows.py); None: the
+    # encoder's own. "passages" indexes one vector per window in a nested field.
+    long_documents: WindowPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.batch_size < 1 or self.bulk_docs < 1 or self.bulk_bytes < 1:
@@ -118,6 +125,22 @@ class IngestReport:
     seconds: float
     index: str
     dead_letter: str | None = None  # the file refused records went to (None: not kept)
+    long_documents: str = defaults.LONG_DOCUMENTS  # the mode the documents were encoded in
+    truncated: int = 0  # documents that lost text: past the window, or past max_windows
+    over_one_window: int = 0  # maxpool / passages: documents cut into several windows
+    windows_mean: float = 0.0  # maxpool / passages: windows per document
+    windows_p99: int = 0
+    hit_max_windows: int = 0
+
+    def long_document_summary(self) -> str:
+        """One line on long documents for the run's summary."""
+        if self.long_documents == "truncate":
+            return f"{self.truncated:,} truncated at the window"
+        return (
+            f"{self.long_documents}: {self.over_one_window:,} of {self.encoded:,} longer than "
+            f"one window; windows per document mean {self.windows_mean:.2f}, p99 "
+            f"{self.windows_p99}; {self.hit_max_windows:,} cut at max_windows"
+        )
 
     @property
     def docs_per_second(self) -> float:
@@ -180,12 +203,17 @@ def ingest(
     """
     client = client_of(client)
     started = time.perf_counter()
+    policy = long_document_policy(encoder, config)
+    config = replace(config, long_documents=policy)
     codec = _prepare_index(client, encoder, config)
     ledger = JobLedger(config, progress)
     source = BreakableInput(documents)
     send = IndexChunk(client, config.index, config.retry, ledger)
+    tally = LongDocumentTally()
     with SenderPool(send, workers=config.workers) as senders:
-        chunks = document_chunks(source, senders.stopped, ledger, encoder, codec, config)
+        chunks = document_chunks(
+            source, senders.stopped, ledger, encoder, codec, config, tally=tally
+        )
         with contextlib.closing(chunks):  # a stop closes the stages (and their threads) now
             for chunk in chunks:
                 if not senders.put(chunk):
@@ -194,7 +222,8 @@ def ingest(
     senders.raise_failure()
     source.raise_if_broken(ledger.counters.values)
     _warn_if_refused_records_are_lost(ledger, config)
-    return _report(ledger, config, time.perf_counter() - started)
+    _warn_if_truncated(tally, policy)
+    return _report(ledger, config, time.perf_counter() - started, policy, tally)
 
 
 def document_chunks(
@@ -204,17 +233,54 @@ def document_chunks(
     encoder: DocumentEncoder,
     codec: TokenCodec,
     config: IngestConfig,
+    *,
+    tally: LongDocumentTally | None = None,
 ) -> Generator[list[Action], None, None]:
     """The data flow from input records to bulk chunks, one stage each (``stages``)."""
     to_index = records_to_index(until(records, stopped), ledger, config.shard)
     prepared = prepared_records(to_index, document_rule(config), ledger.refuse)
-    # The encoder makes the next window while this one becomes bulk actions (in this thread).
-    windows = made_ahead(
-        encoded_windows(prepared, encoder, batch_size=config.batch_size), name="splade-encode"
-    )
     encoded = partial(ledger.counters.add, "encoded")
-    actions = window_actions(windows, codec, sparse_field=config.sparse_field, encoded=encoded)
+    to_actions: dict[str, Any] = {
+        "sparse_field": config.sparse_field,
+        "encoded": encoded,
+        "tally": tally,
+    }
+    policy = config.long_documents
+    # The encoder makes the next window while this one becomes bulk actions (in this thread).
+    actions: Iterator[Action]
+    if policy is not None and policy.mode == "passages":
+        passages = encoded_passages(
+            prepared, _passage_encoder(encoder), batch_size=config.batch_size, policy=policy
+        )
+        actions = passage_actions(made_ahead(passages, name="splade-encode"), codec, **to_actions)
+    else:
+        windows = encoded_windows(
+            prepared, encoder, batch_size=config.batch_size, long_documents=policy
+        )
+        actions = window_actions(made_ahead(windows, name="splade-encode"), codec, **to_actions)
     return chunk_actions(actions, max_docs=config.bulk_docs, max_bytes=config.bulk_bytes)
+
+
+def long_document_policy(encoder: DocumentEncoder, config: IngestConfig) -> WindowPolicy | None:
+    """The job's window policy: the config's, else the encoder's own, checked against the
+    model (a window too long for it is refused before anything is read). None: an encoder
+    that has none (a test double, a remote encoder), which truncates."""
+    resolve = getattr(encoder, "window_policy", None)
+    if resolve is not None:
+        resolved = resolve(config.long_documents)
+        return resolved if isinstance(resolved, WindowPolicy) else None
+    return config.long_documents
+
+
+def _passage_encoder(encoder: DocumentEncoder) -> PassageEncoder:
+    if not isinstance(encoder, PassageEncoder):
+        raise ConfigurationError.bad_value(
+            "long_documents",
+            "passages",
+            f"needs an encoder that makes passages (iter_passages); {type(encoder).__name__} "
+            "does not",
+        )
+    return encoder
 
 
 def document_rule(config: IngestConfig) -> Callable[[Record], Prepared]:
@@ -239,8 +305,32 @@ def _warn_if_refused_records_are_lost(ledger: JobLedger, config: IngestConfig) -
         )
 
 
-def _report(ledger: JobLedger, config: IngestConfig, seconds: float) -> IngestReport:
+def _warn_if_truncated(tally: LongDocumentTally, policy: WindowPolicy | None) -> None:
+    if not tally.truncated:
+        return
+    if policy is None or policy.mode == "truncate":
+        log.warning(
+            "%d documents lost their text past the model's window (long_documents truncate): "
+            "maxpool or passages encode all of it",
+            tally.truncated,
+        )
+    else:
+        log.warning(
+            "%d documents lost their text past max_windows=%s windows",
+            tally.truncated,
+            policy.max_windows,
+        )
+
+
+def _report(
+    ledger: JobLedger,
+    config: IngestConfig,
+    seconds: float,
+    policy: WindowPolicy | None,
+    tally: LongDocumentTally,
+) -> IngestReport:
     values = ledger.counters.values
+    windows = tally.windows
     return IngestReport(
         read=values["read"],
         encoded=values["encoded"],
@@ -255,18 +345,28 @@ def _report(ledger: JobLedger, config: IngestConfig, seconds: float) -> IngestRe
         seconds=seconds,
         index=config.index,
         dead_letter=config.dead_letter,
+        long_documents=policy.mode if policy is not None else defaults.LONG_DOCUMENTS,
+        truncated=tally.truncated,
+        over_one_window=windows.over_one_window,
+        windows_mean=round(windows.mean, 3),
+        windows_p99=windows.percentile(99),
+        hit_max_windows=windows.hit_max_windows,
     )
 
 
 def ensure_index(client: Any, config: IngestConfig) -> tuple[Dialect, FieldType]:
-    """Create ``config.index`` if asked and absent; the dialect and the sparse field's type."""
+    """Create ``config.index`` if asked and absent (in the passages layout for
+    ``long_documents="passages"``); the dialect and the sparse field's type. An index whose
+    layout is not the job's (one vector per document against passages) is refused."""
     dialect = dialect_of(client)
+    passages = config.long_documents is not None and config.long_documents.mode == "passages"
     exists = call(lambda: client.indices.exists(index=config.index), "checking the index")
     if not exists:
         if not config.create:
             raise ConfigurationError(
-                f"index {config.index!r} does not exist: create it (splade-es create-index, "
-                "or --create)"
+                f"index {config.index!r} does not exist: create it (splade-es create-index"
+                + (" --passages" if passages else "")
+                + ", or --create)"
             )
         # "already exists" means another worker created it meanwhile: fine.
         with contextlib.suppress(ConfigurationError):
@@ -276,8 +376,28 @@ def ensure_index(client: Any, config: IngestConfig) -> tuple[Dialect, FieldType]
                 field_type=config.field_type,
                 sparse_field=config.sparse_field,
                 dialect=dialect,
+                passages=passages,
             )
-    return dialect, field_type_of(client, config.index, config.sparse_field)
+    layout = field_layout_of(client, config.index, config.sparse_field)
+    _require_layout(layout, passages, config)
+    return dialect, layout.field_type
+
+
+def _require_layout(layout: FieldLayout, passages: bool, config: IngestConfig) -> None:
+    """The index must store what the job makes: passages in a nested field, or one vector."""
+    if layout.passages == passages:
+        return
+    field = f"{config.index}/{config.sparse_field}"
+    if passages:
+        raise ConfigurationError(
+            f"{field} holds one vector per document, and long_documents=passages makes one "
+            "per window: index passages into an index created for them (create-index "
+            "--passages, or --create on a new index)"
+        )
+    raise ConfigurationError(
+        f"{field} holds passages (nested, one vector per window): index into it with "
+        "long_documents=passages (--long-documents passages), or into another index"
+    )
 
 
 def _prepare_index(client: Any, encoder: DocumentEncoder, config: IngestConfig) -> TokenCodec:

@@ -23,10 +23,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import numpy as np
+
+from .. import defaults
 from ..connect import call
+from ..encoding.windows import WindowStats
 from ..exceptions import InputError, InputStreamError
 from ..retry import RetryPolicy
-from ..sparse import SparseBatch
+from ..sparse import PassageBatch, SparseBatch
 from ..tokens import TokenCodec
 from .bulk import Action, BulkOutcome, send_bulk, vector_action
 from .checkpoint import Checkpoint, CheckpointState, DeadLetters, Watermark, dead_letter_entry
@@ -34,7 +38,8 @@ from .sources import Prepared, Record, in_shard, records_of
 from .vector_json import VectorJson
 
 if TYPE_CHECKING:
-    from ..encoding.protocol import DocumentEncoder, EmptyPolicy
+    from ..encoding.protocol import DocumentEncoder, EmptyPolicy, PassageEncoder
+    from ..encoding.windows import WindowPolicy
     from .pipeline import IngestConfig
 
 ProgressCallback = Callable[[str, int], None]  # (stage, count): read/encoded/indexed/failed
@@ -218,9 +223,40 @@ def encoded_windows(
     *,
     batch_size: int,
     empty: EmptyPolicy = "empty_vector",
+    long_documents: WindowPolicy | None = None,
 ) -> Iterator[tuple[list[Prepared], SparseBatch]]:
     """Each window the encoder streams, with the records its rows are the vectors of. An
-    empty text gets an empty vector by default (the document is still indexed)."""
+    empty text gets an empty vector by default (the document is still indexed).
+    ``long_documents``: truncate or maxpool (None: the encoder's own)."""
+    options: dict[str, Any] = {"batch_size": batch_size, "empty": empty}
+    if long_documents is not None:  # test doubles and remote encoders may not take it
+        options["long_documents"] = long_documents
+    return _paired(prepared, partial(encoder.iter_encode, **options))
+
+
+def encoded_passages(
+    prepared: Iterable[Prepared],
+    encoder: PassageEncoder,
+    *,
+    batch_size: int,
+    policy: WindowPolicy,
+    empty: EmptyPolicy = "empty_vector",
+) -> Iterator[tuple[list[Prepared], PassageBatch]]:
+    """``encoded_windows`` for the passages layout: each record's passages (one vector per
+    window of its text, ``policy``'s windows). An empty text gets no passage (the document
+    is still indexed, with an empty list)."""
+    stream = partial(encoder.iter_passages, batch_size=batch_size, empty=empty, policy=policy)
+    return _paired(prepared, stream)
+
+
+Batch = TypeVar("Batch", SparseBatch, PassageBatch)
+
+
+def _paired(
+    prepared: Iterable[Prepared], stream: Callable[[Iterable[str]], Iterable[Batch]]
+) -> Iterator[tuple[list[Prepared], Batch]]:
+    """The batches ``stream`` makes of the records' texts, each with its records (a batch
+    has one entry per text, in order)."""
     pending: deque[Prepared] = deque()
 
     def texts() -> Iterator[str]:
@@ -228,8 +264,8 @@ def encoded_windows(
             pending.append(record)
             yield record.text
 
-    for window in encoder.iter_encode(texts(), batch_size=batch_size, empty=empty):
-        yield [pending.popleft() for _ in range(len(window))], window
+    for batch in stream(texts()):
+        yield [pending.popleft() for _ in range(len(batch))], batch
 
 
 class _Raised:
@@ -287,16 +323,89 @@ def window_actions(
     *,
     sparse_field: str,
     encoded: Callable[[int], None],
+    tally: LongDocumentTally | None = None,
 ) -> Iterator[Action]:
     """The bulk action of each encoded record (its stored fields plus its vector, keyed as
-    the index wants); ``encoded`` is told each window's size once its actions are out."""
+    the index wants); ``encoded`` is told each window's size once its actions are out,
+    ``tally`` what each window says of long documents."""
     vectors = VectorJson(codec)
     for records, window in windows:
         texts = vectors.rows(window)  # the whole window's JSON at once, in NumPy
         for row, record in enumerate(records):
             vector = (texts[row], partial(codec.encode, window, row))
             yield vector_action(record.position, record.doc_id, record.source, sparse_field, vector)
+        if tally is not None:
+            tally.add(window.truncated, window.windows)
         encoded(len(records))
+
+
+def passage_actions(
+    batches: Iterable[tuple[list[Prepared], PassageBatch]],
+    codec: TokenCodec,
+    *,
+    sparse_field: str,
+    encoded: Callable[[int], None],
+    tally: LongDocumentTally | None = None,
+) -> Iterator[Action]:
+    """``window_actions`` for passages: the sparse field holds the record's passages, one
+    object each (``defaults.PASSAGE_*``: the vector and its character span), in text order."""
+    vectors = VectorJson(codec)
+    for records, batch in batches:
+        texts = vectors.rows(batch.passages)
+        for d, record in enumerate(records):
+            rows = batch.passage_range(d)
+            value = (
+                _passages_json([texts[p] for p in rows], batch.spans[rows.start : rows.stop]),
+                partial(_passages_value, codec, batch, rows),
+            )
+            yield vector_action(record.position, record.doc_id, record.source, sparse_field, value)
+        if tally is not None:
+            tally.add(batch.truncated, batch.windows)
+        encoded(len(records))
+
+
+_PASSAGE_PARTS = (
+    b'{"%s":' % defaults.PASSAGE_VECTOR.encode(),
+    b',"%s":%%d,"%s":%%d}' % (defaults.PASSAGE_START.encode(), defaults.PASSAGE_END.encode()),
+)
+
+
+def _passages_json(vectors: list[bytes], spans: np.ndarray) -> bytes:
+    """The JSON ``to_json`` writes for ``_passages_value``'s list, from the vectors' JSON."""
+    head, tail = _PASSAGE_PARTS
+    items = [
+        head + vector + tail % (start, end)
+        for vector, (start, end) in zip(vectors, spans.tolist(), strict=True)
+    ]
+    return b"[" + b",".join(items) + b"]"
+
+
+def _passages_value(codec: TokenCodec, batch: PassageBatch, rows: range) -> list[dict[str, Any]]:
+    return [
+        {
+            defaults.PASSAGE_VECTOR: codec.encode(batch.passages, p),
+            defaults.PASSAGE_START: int(batch.spans[p, 0]),
+            defaults.PASSAGE_END: int(batch.spans[p, 1]),
+        }
+        for p in rows
+    ]
+
+
+class LongDocumentTally:
+    """What a run's windows say of long documents: how many documents lost text (past the
+    window when truncating, past ``max_windows`` otherwise) and, where documents are cut
+    into windows, windows per document (``WindowStats``)."""
+
+    def __init__(self) -> None:
+        self.truncated = 0
+        self.windows = WindowStats()
+
+    def add(self, truncated: np.ndarray | None, windows: np.ndarray | None) -> None:
+        if truncated is not None:
+            self.truncated += int(np.count_nonzero(truncated))
+        if windows is not None:
+            dropped = truncated if truncated is not None else np.zeros(len(windows), bool)
+            self.windows.add(windows, dropped)
 
 
 @dataclass(frozen=True)

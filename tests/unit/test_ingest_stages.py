@@ -25,16 +25,18 @@ from splade_es.ingest.stages import (
     BreakableInput,
     IndexChunk,
     JobLedger,
+    LongDocumentTally,
     SenderPool,
     encoded_windows,
     made_ahead,
+    passage_actions,
     prepared_records,
     records_to_index,
     until,
     window_actions,
 )
 from splade_es.retry import RetryPolicy
-from splade_es.sparse import SparseBatch, Vocabulary
+from splade_es.sparse import PassageBatch, SparseBatch, Vocabulary
 from splade_es.tokens import TokenCodec
 
 VOCAB = ["[PAD]", "tax", "code", "section"]
@@ -180,6 +182,47 @@ def test_actions_carry_the_vector_keyed_for_the_index_and_count_windows():
     assert actions[3].source == {"id": "d4", "vec": {"1": 1.0, "2": 1.0}}
     assert json.loads(actions[3].encoded) == actions[3].source
     assert encoded == [3, 1]
+
+
+def test_passage_actions_are_the_bytes_json_dumps_writes_of_each_records_passages():
+    """The passages layout: the sparse field is the record's passages in text order, each
+    its vector and span; a record without passages (an empty text) gets an empty list."""
+    vocab = Vocabulary(["[PAD]", ".", "tax", "é", 'q"'], special_ids={0})
+    rng = np.random.default_rng(1)
+    document = np.array([0, 0, 0, 2, 3, 3])  # record 1 has no passage
+    rows = []
+    for _ in document:
+        ids = np.sort(rng.choice(5, rng.integers(0, 6), replace=False))
+        rows.append((ids, rng.gamma(1.5, 0.5, len(ids)).astype(np.float32)))
+    spans = np.array([[0, 10], [8, 20], [18, 25], [0, 7], [0, 30], [26, 41]])
+    truncated = np.array([True, False, False, False])
+    batch = PassageBatch(SparseBatch.from_rows(rows, vocab=vocab), document, spans, truncated)
+    records_ = [Prepared(i, f"d{i}", "text", {"title": f"T{i} ü"}) for i in range(1, 5)]
+    encoded: list[int] = []
+    tally = LongDocumentTally()
+    for scheme in ("token", "id"):
+        codec = TokenCodec(vocab, scheme=scheme)
+        actions = list(
+            passage_actions(
+                [(records_, batch)], codec, sparse_field="v", encoded=encoded.append, tally=tally
+            )
+        )
+        for d, (record, action) in enumerate(zip(records_, actions, strict=True)):
+            passages = [
+                {
+                    "vector": codec.encode(batch.passages, p),
+                    "start": int(spans[p, 0]),
+                    "end": int(spans[p, 1]),
+                }
+                for p in np.flatnonzero(document == d)
+            ]
+            source = {**record.source, "v": passages}
+            assert action.encoded == make_action(record.position, record.doc_id, source).encoded
+            assert action.source == source
+    assert encoded == [4, 4]
+    assert tally.truncated == 2  # record 1, counted once per run (two runs here)
+    assert tally.windows.documents == 8 and tally.windows.over_one_window == 4
+    assert tally.windows.counts == {3: 2, 0: 2, 1: 2, 2: 2}
 
 
 def test_actions_are_the_bytes_of_the_document_with_its_vector_as_json_dumps_writes_them():
