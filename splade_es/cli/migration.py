@@ -23,11 +23,13 @@ from .app import (
     device_option,
     err_console,
     fail_cleanly,
+    long_document_options,
     main,
     model_option,
     print_table,
     progress_display,
     warn,
+    window_policy_of,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +97,7 @@ if TYPE_CHECKING:
     type=NEW_FILE,
     help="Markdown report; a PNG chart is written next to it.",
 )
+@long_document_options()
 @device_option()
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -131,6 +134,13 @@ def migrate(**opts: Any) -> None:
     if opts["report_path"]:
         _write_report_files(report, Path(opts["report_path"]))
     _print_report(report, as_json=opts["as_json"])
+    if report.truncated:  # never silent, whatever the output format
+        where = (
+            "past the model's window"
+            if opts["long_documents"] == "truncate"
+            else ("past --max-windows")
+        )
+        warn(f"{report.truncated:,} document(s) lost their text {where}")
     if _failed(report, switch_asked=opts["mode"] == "switch"):
         sys.exit(EXIT_PARTIAL)
 
@@ -157,6 +167,7 @@ def _migration_config(opts: dict[str, Any]) -> MigrationConfig:
         max_delta=opts["max_delta"],
         max_passes=opts["max_passes"],
         write_block=not opts["no_write_block"],
+        long_documents=window_policy_of(opts),
     )
 
 

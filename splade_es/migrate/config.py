@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .. import defaults
+from ..encoding.windows import WindowPolicy
 from ..engines import FieldType
 from ..exceptions import ConfigurationError
 
@@ -64,6 +65,13 @@ class MigrationConfig:
     # Run the final pass and the switch with the source refusing writes. False: a write
     # acknowledged between the final pass and the switch can be missing from the target.
     write_block: bool = True
+    # How a text longer than one window is encoded (ingest's IngestConfig.long_documents);
+    # "passages" builds the target with the nested passages layout. None: the encoder's own.
+    long_documents: WindowPolicy | None = None
+
+    @property
+    def passages(self) -> bool:
+        return self.long_documents is not None and self.long_documents.mode == "passages"
 
     def __post_init__(self) -> None:
         if self.max_delta < 1 or self.max_passes < 1:

@@ -17,16 +17,18 @@ def target_body(
     dialect: Dialect,
     sparse_field: str,
     field_type: FieldType,
+    passages: bool = False,
 ) -> dict[str, Any]:
     """The target's ``PUT`` body: the source's settings (minus generated and engine-private
     ones, ``Dialect.copyable_settings``) and mapping, plus the sparse field as the
-    ``mappings/`` template defines it for this version. Pure."""
+    ``mappings/`` template defines it for this version (``passages``: the nested layout of
+    one object per passage). Pure."""
     settings = dialect.copyable_settings(source_info.get("settings", {}).get("index", {}))
     mappings = copy.deepcopy(dict(source_info.get("mappings", {})))
     properties = mappings.setdefault("properties", {})
     if sparse_field in properties:
         raise ConfigurationError(f"the source already has a field {sparse_field!r}")
-    template = dialect.index_body(field_type, sparse_field=sparse_field)
+    template = dialect.index_body(field_type, sparse_field=sparse_field, passages=passages)
     properties[sparse_field] = template["mappings"]["properties"][sparse_field]
     for key, value in template["settings"].items():
         if key.startswith("index."):  # what the field type needs (index.sparse, ...)

@@ -42,6 +42,7 @@ def summary_lines(report: MigrationReport) -> list[str]:
             + (f" (in {report.copy.dead_letter})" if report.copy.dead_lettered else "")
             + (f", {report.skipped_existing:,} already there" if report.skipped_existing else "")
         )
+        lines.append(f"long documents: {report.copy.long_document_summary()}")
     for done in report.passes:
         lines.append(
             f"catch-up pass {done.number}{' (writes blocked)' if done.under_write_block else ''}"

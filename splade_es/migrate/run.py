@@ -87,6 +87,13 @@ class MigrationReport:
     passes: tuple[SyncPass, ...] = ()  # catch-up passes, the final one last
     write_blocked_seconds: float | None = None  # None: the source was never blocked
 
+    @property
+    def truncated(self) -> int:
+        """Documents of this run that lost text past the window (or past max_windows), the
+        copy's and the catch-up passes' together."""
+        copied = self.copy.truncated if self.copy is not None else 0
+        return copied + sum(done.truncated for done in self.passes)
+
 
 def migrate(
     client: Any,

@@ -141,6 +141,7 @@ def create_target(job: Migration, states: StateFile) -> None:
         dialect=job.dialect,
         sparse_field=config.sparse_field,
         field_type=config.field_type,
+        passages=config.passages,
     )
     call(lambda: job.client.indices.create(index=config.target, body=body), "creating the target")
     states.restart(phase="copying")
@@ -209,6 +210,7 @@ def ingest_config(config: MigrationConfig, catch_up_pass: int | None = None) -> 
         dead_letter=dead_letter,
         add_id_field=False,
         input_name=f"index:{config.source}",
+        long_documents=config.long_documents,
     )
 
 

@@ -54,6 +54,7 @@ class SyncPass:
     missing: int  # source ids still absent from the target after the pass
     seconds: float
     under_write_block: bool = False
+    truncated: int = 0  # re-copied documents that lost text (ingest's long-document count)
 
     @property
     def changes(self) -> int:
@@ -201,6 +202,7 @@ def catch_up(
             missing=len(source_ids - target_ids),
             seconds=time.perf_counter() - started,
             under_write_block=under_write_block,
+            truncated=report.truncated,
         ),
         now,
     )

@@ -1,0 +1,93 @@
+"""``migrate`` with ``long_documents`` (issue 24): a BM25 index of long texts migrated to a
+SPLADE index of nested passages (or max-pooled vectors), gated through the passages query,
+with the long-document counts in the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from splade_es import SpladeEncoder
+from splade_es.encoding.windows import WindowPolicy
+from splade_es.migrate import Gate, MigrationConfig, migrate
+from splade_es.migrate.report import summary_lines
+from splade_es.query import field_layout_of
+from tests.integration.corpus import make_documents
+from tests.integration.test_migrate import create_bm25_index
+
+pytestmark = pytest.mark.integration
+
+WINDOW, OVERLAP, MAX_WINDOWS = 16, 4, 5
+
+
+@pytest.fixture(scope="module")
+def encoder(search_model_dir):
+    return SpladeEncoder.from_pretrained(str(search_model_dir))
+
+
+@pytest.fixture
+def long_bm25_index(cluster, index_name):
+    """30 documents whose texts run to several 16-token windows, behind an alias."""
+    docs = make_documents(30, seed=5)
+    for i, doc in enumerate(docs):
+        doc["text"] = " ".join([doc["text"]] * (1 + i % 6))
+    alias, target = create_bm25_index(cluster.client, index_name, docs)
+    yield index_name, target, alias, docs
+    cluster.client.indices.delete(index=target, ignore_unavailable=True)
+
+
+def test_migrating_to_passages_builds_a_nested_target_and_gates_through_it(
+    cluster, long_bm25_index, encoder
+):
+    source, target, alias, docs = long_bm25_index
+    policy = WindowPolicy("passages", window=WINDOW, overlap=OVERLAP, max_windows=MAX_WINDOWS)
+    queries = {f"q{i}": docs[i * 3]["title"] for i in range(8)}
+    config = MigrationConfig(
+        source=source,
+        target=target,
+        alias=alias,
+        gate=Gate(queries=queries, min_overlap=0.0),
+        long_documents=policy,
+    )
+    report = migrate(cluster.client, config, encoder=encoder)
+
+    assert field_layout_of(cluster.client, target, "splade").passages
+    texts = [f"{doc['title']}\n{doc['text']}" for doc in docs]
+    expected = encoder.encode_passages(texts, window=WINDOW, overlap=OVERLAP, max_windows=5)
+    stored = cluster.client.search(index=target, body={"size": 100})["hits"]["hits"]
+    windows = {hit["_id"]: len(hit["_source"]["splade"]) for hit in stored}
+    assert windows == {doc["id"]: int(n) for doc, n in zip(docs, expected.windows, strict=True)}
+    assert report.copy is not None and report.copy.long_documents == "passages"
+    assert report.copy.over_one_window == int((expected.windows > 1).sum()) > 10
+    assert report.truncated == report.copy.hit_max_windows == int(expected.truncated.sum()) > 0
+    assert report.gate is not None and report.gate.passed  # the gate searched the passages
+    assert report.verification.ok
+    assert any(line.startswith("long documents: passages: ") for line in summary_lines(report))
+
+
+def test_the_cli_migrates_with_maxpool_and_warns_about_what_max_windows_cut(
+    cluster, long_bm25_index, search_model_dir, tmp_path
+):
+    from click.testing import CliRunner
+
+    from splade_es.cli import main
+
+    source, target, alias, docs = long_bm25_index
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": docs[i]["title"]}) + "\n" for i in range(5))
+    )
+    args = ["migrate", "--url", cluster.url, "--source", source, "--target", target]
+    args += ["--alias", alias, "-m", search_model_dir, "--gate-queries", queries]
+    args += ["--min-overlap", "0", "--long-documents", "maxpool", "--window", WINDOW]
+    args += ["--max-windows", 2, "--json", "--dead-letter", tmp_path / "dead.jsonl"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    copy = report["copy"]
+    assert copy["long_documents"] == "maxpool" and copy["truncated"] > 0
+    assert copy["windows_p99"] == 2
+    assert not field_layout_of(cluster.client, target, "splade").passages
+    warning = f"{copy['truncated']} document(s) lost their text past --max-windows"
+    assert warning in " ".join(result.output.split())
