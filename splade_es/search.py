@@ -15,24 +15,47 @@ matching passages (start, end, score), best first; ``explain`` explains the best
 
 A query with no tokens (an empty text, or one that pruning empties) raises
 ``EmptyQueryError`` instead of searching: it matches nothing (see ``splade_es.query``).
+
+Fusion (``fusion=``) of a ``linear`` / ``rrf`` hybrid: ``"engine"`` (the default, as before)
+sends the engine's own hybrid (Elasticsearch ``rrf`` / ``linear`` retriever, OpenSearch
+``hybrid`` query + search pipeline); ``"client"`` sends the BM25 and the SPLADE searches in one
+``_msearch`` and fuses them here with the engine's formulas (``splade_es.fusion``), which works
+on every license and without the neural-search plugin; ``"auto"`` picks the engine's where the
+cluster has it (version, plugin, license, and on OpenSearch the search pipeline) and the
+client's otherwise. ``SearchResult.fusion`` says which ran, ``fusion_note`` why.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from . import defaults
 from .connect import ClientOrCluster, call, client_of
 from .encoding.protocol import Encoder
 from .engines import Dialect, FieldType, Hybrid, SearchRequest, dialect_of
-from .exceptions import ConfigurationError, EmptyQueryError, InputError
+from .exceptions import (
+    ClusterError,
+    ConfigurationError,
+    ConnectionFailedError,
+    EmptyQueryError,
+    InputError,
+    UnsupportedFeatureError,
+)
+from .fusion import Fused, FusionRules, fuse
 from .query import PruneReport, QueryBuilder, QueryVector
 from .sparse import SparseBatch, stored_precision
 from .tokens import unescape_key
+
+log = logging.getLogger(__name__)
+
+Fusion = Literal["engine", "client", "auto"]
+FUSIONS: tuple[Fusion, ...] = ("engine", "client", "auto")
 
 
 @dataclass(frozen=True)
@@ -63,7 +86,12 @@ class SearchResult:
     encode_ms: float
     search_ms: float  # client round trip
     took_ms: int | None  # as reported by the engine
-    request: SearchRequest
+    request: SearchRequest  # client fusion: the SPLADE search (``requests`` holds both)
+    # Who fused a linear/rrf hybrid: "engine" or "client"; None when nothing was fused (no
+    # hybrid, or a ``sum`` hybrid: one bool query). ``fusion_note``: why that one.
+    fusion: Literal["engine", "client"] | None = None
+    fusion_note: str = ""
+    requests: tuple[SearchRequest, ...] = ()  # client fusion: the BM25 and SPLADE searches
 
 
 @dataclass(frozen=True)
@@ -153,6 +181,7 @@ def search(
     builder: QueryBuilder | None = None,
     field: str = defaults.VECTOR_FIELD,
     source: Any = True,
+    fusion: Fusion | FusionChoice = "engine",
 ) -> SearchResult:
     """Encode ``text`` and search ``index``: the score is the exact SPLADE dot product
     (plus BM25 with ``hybrid``); on a passages index, the best passage's, and each hit
@@ -160,6 +189,12 @@ def search(
     repeatedly; otherwise one is made from the index (three small requests), which finds a
     passages field in the mapping. ``client``: an Elasticsearch or OpenSearch client, or a
     ``Cluster`` from ``connect``.
+
+    ``fusion`` (a ``linear`` / ``rrf`` hybrid only): ``"engine"`` fuses in the engine (as
+    before), ``"client"`` here (one ``_msearch``, the engine's formulas), ``"auto"`` the
+    engine where the cluster can, else here (a few cluster reads per call: pass the
+    ``choose_fusion`` answer instead when searching repeatedly). ``SearchResult.fusion`` says
+    which ran.
 
     ``EmptyQueryError`` when the text is empty or pruning leaves no token (a hybrid search
     then ranks by BM25 alone)."""
@@ -181,6 +216,7 @@ def search(
         hybrid=hybrid,
         source=source,
         encode_ms=encode_ms,
+        fusion=fusion,
     )
 
 
@@ -196,9 +232,30 @@ def search_vector(
     hybrid: Hybrid | None = None,
     source: Any = True,
     encode_ms: float = 0.0,
+    fusion: Fusion | FusionChoice = "engine",
 ) -> SearchResult:
     """``search`` for a vector that is already encoded."""
     client = client_of(client)
+    choice = choose_fusion(client, hybrid, fusion, dialect=builder.dialect, index=index)
+    if choice.fusion == "client":
+        assert hybrid is not None  # choose_fusion: only a fused hybrid is fused here
+        plan = client_fusion(
+            builder, vector, text=text, k=k, filters=filters, hybrid=hybrid, source=source
+        )
+        responses, search_ms = send_msearch(client, index, plan.requests)
+        response = plan.response(responses)
+        return SearchResult(
+            hits=hits_of(response, passages_field=builder.field if builder.passages else None),
+            features=plan.features,
+            prune=plan.prune,
+            encode_ms=encode_ms,
+            search_ms=search_ms,
+            took_ms=response.get("took"),
+            request=plan.sparse,
+            fusion="client",
+            fusion_note=choice.note,
+            requests=plan.requests,
+        )
     prepared = builder.search_request(
         vector, k=k, text=text, filters=filters, hybrid=hybrid, source=source
     )
@@ -211,7 +268,265 @@ def search_vector(
         search_ms=search_ms,
         took_ms=response.get("took"),
         request=prepared.request,
+        fusion=choice.fusion,
+        fusion_note=choice.note,
     )
+
+
+# ---------------------------------------------------------------------- fusion
+@dataclass(frozen=True)
+class FusionChoice:
+    """Who fuses a hybrid: ``"engine"``, ``"client"``, or None (nothing to fuse: no hybrid, or
+    a ``sum`` hybrid, one ``bool`` query), and why, in words."""
+
+    fusion: Literal["engine", "client"] | None
+    note: str
+
+
+def choose_fusion(
+    client: ClientOrCluster,
+    hybrid: Hybrid | None,
+    fusion: Fusion | FusionChoice = "auto",
+    *,
+    dialect: Dialect | None = None,
+    index: str | None = None,
+) -> FusionChoice:
+    """Resolve ``fusion`` for ``hybrid`` on this cluster. ``"auto"`` reads what ``doctor``
+    reads (the version, the plugins where the engine needs one, the license where it needs
+    one; on OpenSearch, whether the hybrid's search pipeline exists) and picks the engine's
+    fusion where all of it is there, the client's otherwise; what cannot be read counts as
+    missing (the client's fusion always works). A ``FusionChoice`` is returned as it is."""
+    if isinstance(fusion, FusionChoice):
+        return fusion
+    if fusion not in FUSIONS:
+        raise ConfigurationError.bad_value("fusion", fusion, f"must be one of {FUSIONS}")
+    if hybrid is None or hybrid.method == "sum":
+        what = "no hybrid" if hybrid is None else "a sum hybrid is one bool query"
+        return FusionChoice(None, f"nothing to fuse ({what})")
+    if fusion == "engine":
+        return FusionChoice("engine", f"{hybrid.method} fused by the engine (fusion=engine)")
+    if fusion == "client":
+        return FusionChoice("client", f"{hybrid.method} fused client-side (fusion=client)")
+    dialect = dialect or dialect_of(client)
+    reason = engine_fusion_refusal(client, hybrid, dialect=dialect)
+    if reason is None:
+        choice = FusionChoice(
+            "engine", f"{hybrid.method} fused by the engine (fusion=auto: the cluster has it)"
+        )
+    else:
+        choice = FusionChoice(
+            "client", f"{hybrid.method} fused client-side (fusion=auto: {reason})"
+        )
+    log.info("%s%s", choice.note, f" [{index}]" if index else "")
+    return choice
+
+
+def engine_fusion_refusal(
+    client: ClientOrCluster, hybrid: Hybrid, *, dialect: Dialect | None = None
+) -> str | None:
+    """Why the cluster cannot fuse ``hybrid`` itself now, or None when it can: the dialect's
+    answer (``Dialect.engine_fusion_refusal``) for the plugins and license read from the
+    cluster (only those the engine needs), then, where the engine fuses through a search
+    pipeline (OpenSearch), whether that pipeline exists (``create_hybrid_pipeline``)."""
+    dialect = dialect or dialect_of(client)
+    connection = client_of(client)
+    capability = f"hybrid:{hybrid.method}"
+    plugins = installed_plugins(connection) if dialect.required_plugin(capability) else ()
+    license = _read_license(connection, dialect) if dialect.required_license(capability) else None
+    reason = dialect.engine_fusion_refusal(hybrid, plugins=plugins, license=license)
+    if reason is None and dialect.hybrid_pipeline_body(hybrid) is not None:
+        name = hybrid.pipeline_name
+        try:
+            call(lambda: connection.search_pipeline.get(id=name), f"reading search pipeline {name}")
+        except ConnectionFailedError:
+            raise
+        except ClusterError:
+            return f"the search pipeline {name} does not exist (create_hybrid_pipeline)"
+    return reason
+
+
+def installed_plugins(client: ClientOrCluster) -> tuple[str, ...] | None:
+    """The plugin (component) names of the cluster's nodes, as ``doctor`` reads them; None
+    when the list cannot be read (a privilege the user lacks, no such API)."""
+    connection = client_of(client)
+    try:
+        rows = call(lambda: connection.cat.plugins(format="json"), "reading the plugins")
+    except ConnectionFailedError:
+        raise
+    except ClusterError:
+        return None
+    if not isinstance(rows, list):
+        rows = list(getattr(rows, "body", None) or [])
+    return tuple(sorted({str(r.get("component")) for r in rows if r.get("component")}))
+
+
+def _read_license(connection: Any, dialect: Dialect) -> str | None:
+    try:
+        return call(lambda: dialect.read_license(connection), "reading the license")
+    except ConnectionFailedError:
+        raise
+    except (ClusterError, KeyError):
+        return None  # no license API (serverless), or no privilege to read it
+
+
+@dataclass(frozen=True)
+class ClientFusion:
+    """A ``linear`` / ``rrf`` hybrid fused by the client: the BM25 and the SPLADE searches
+    (the engine's sub-queries, filtered alike, each for the engine's window of hits) to send
+    in one ``_msearch``, and how to fuse their answers (``splade_es.fusion``). Pure."""
+
+    lexical: SearchRequest
+    sparse: SearchRequest
+    hybrid: Hybrid
+    window: int
+    k: int
+    rules: FusionRules
+    features: Mapping[str, float]
+    prune: PruneReport
+
+    @property
+    def requests(self) -> tuple[SearchRequest, SearchRequest]:
+        """BM25 first, then SPLADE: the engines' order of the sub-queries."""
+        return (self.lexical, self.sparse)
+
+    def msearch_body(self, index: str) -> list[dict[str, Any]]:
+        """The ``_msearch`` body (header, body, header, body)."""
+        return msearch_body(index, self.requests)
+
+    def fused(self, responses: Sequence[Mapping[str, Any]]) -> list[Fused]:
+        """The fused documents, best first (the first ``k``); ids are ``<index>\x00<_id>``."""
+        rankings = [
+            [(_hit_key(h), float(h.get("_score") or 0.0)) for h in _hits(r)] for r in responses
+        ]
+        weights = [self.hybrid.bm25_weight, 1.0 - self.hybrid.bm25_weight]
+        return fuse(
+            rankings,
+            "rrf" if self.hybrid.method == "rrf" else "linear",
+            weights=weights,
+            rank_constant=self.hybrid.rank_constant,
+            window=self.window,
+            size=self.k,
+            rules=self.rules,
+        )
+
+    def response(self, responses: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """A search response of the fused hits (``_score`` the fused score; each hit as the
+        SPLADE search returned it where it did, with its inner hits, else as BM25's);
+        ``hits.total`` is the larger side's, a lower bound (``gte``) of the union's."""
+        lexical, sparse = responses
+        found = {_hit_key(h): h for r in (lexical, sparse) for h in _hits(r)}
+        fused = self.fused(responses)
+        hits = [{**found[f.id], "_score": f.score} for f in fused]
+        totals = [_total(r) for r in responses]
+        return {
+            "took": max(int(r.get("took") or 0) for r in responses),
+            "timed_out": any(bool(r.get("timed_out")) for r in responses),
+            "_shards": sparse.get("_shards", lexical.get("_shards", {})),
+            "hits": {
+                "total": {"value": max(totals), "relation": "gte" if max(totals) else "eq"},
+                "max_score": hits[0]["_score"] if hits else None,
+                "hits": hits,
+            },
+        }
+
+
+def client_fusion(
+    builder: QueryBuilder,
+    vector: QueryVector,
+    *,
+    text: str | None,
+    k: int,
+    hybrid: Hybrid,
+    filters: Sequence[dict] = (),
+    source: Any = True,
+) -> ClientFusion:
+    """The two searches of a client-fused ``hybrid`` and how to fuse them. The SPLADE query
+    is pruned as the engine's hybrid would prune it (the same clauses left for BM25), so both
+    fusions fuse the same lists; a query pruned to nothing matches nothing (BM25 ranks)."""
+    if not text:
+        raise ConfigurationError("a hybrid search needs the query text")
+    if hybrid.method == "sum":
+        raise ConfigurationError("a sum hybrid is one bool query: nothing to fuse")
+    dialect = builder.dialect
+    lexical = dialect.lexical_query(text, hybrid.text_fields)
+    # As QueryBuilder.search_request: multi_match expands to about one clause per term and field.
+    reserve = len(text.split()) * len(hybrid.text_fields) + 1
+    kept, report = builder.prune(vector, reserve=reserve)
+    if report.empty:
+        log.warning("no SPLADE query tokens left; the hybrid query ranks by BM25 alone")
+        sparse: dict[str, Any] = {"match_none": {}}
+    else:
+        sparse = builder._clause(kept)
+    window = dialect.fusion_window(hybrid, k)
+    return ClientFusion(
+        lexical=dialect.search_request(lexical, k=window, filters=filters, source=source),
+        sparse=dialect.search_request(sparse, k=window, filters=filters, source=source),
+        hybrid=hybrid,
+        window=window,
+        k=k,
+        rules=dialect.fusion_rules(),
+        features=kept,
+        prune=report,
+    )
+
+
+def msearch_body(index: str, requests: Sequence[SearchRequest]) -> list[dict[str, Any]]:
+    """An ``_msearch`` body running ``requests`` on ``index`` (their URL params in the
+    headers)."""
+    body: list[dict[str, Any]] = []
+    for request in requests:
+        body.append({"index": index, **dict(request.params)})
+        body.append(dict(request.body))
+    return body
+
+
+def send_msearch(
+    client: Any, index: str, requests: Sequence[SearchRequest]
+) -> tuple[list[dict[str, Any]], float]:
+    """Send ``requests`` in one ``_msearch``; returns their responses (in order) and the round
+    trip in ms. A search the engine refused raises as a refused ``search`` would."""
+    started = time.perf_counter()
+    response = call(
+        lambda: client.msearch(body=msearch_body(index, requests)), f"searching {index}"
+    )
+    elapsed = (time.perf_counter() - started) * 1000
+    return msearch_responses(dict(response), index), elapsed
+
+
+def msearch_responses(response: Mapping[str, Any], index: str) -> list[dict[str, Any]]:
+    """The responses of an ``_msearch`` answer; ``ClusterError`` for one that failed
+    (``UnsupportedFeatureError`` where the engine does not know the query)."""
+    out = []
+    for item in response.get("responses", []):
+        error = item.get("error")
+        if error is not None:
+            reason = error.get("reason") if isinstance(error, Mapping) else str(error)
+            kind = error.get("type", "") if isinstance(error, Mapping) else ""
+            message = f"searching {index}: {item.get('status', '')} {kind}: {reason}".strip()
+            if _UNSUPPORTED_ITEM.search(f"{kind} {reason}"):
+                raise UnsupportedFeatureError(message)
+            raise ClusterError(message)
+        out.append(dict(item))
+    return out
+
+
+_UNSUPPORTED_ITEM = re.compile(
+    r"unknown query|no \[query\] registered|No mapper found for type|unknown retriever",
+    re.IGNORECASE,
+)
+
+
+def _hits(response: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list(response.get("hits", {}).get("hits", []))
+
+
+def _hit_key(hit: Mapping[str, Any]) -> str:
+    return f"{hit.get('_index', '')}\x00{hit['_id']}"
+
+
+def _total(response: Mapping[str, Any]) -> int:
+    total = response.get("hits", {}).get("total", 0)
+    return int(total.get("value", 0) if isinstance(total, Mapping) else total or 0)
 
 
 def send(client: Any, index: str, request: SearchRequest) -> tuple[dict, float]:

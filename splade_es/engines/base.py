@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from .. import defaults
 from ..connect import Engine, Version
 from ..exceptions import ConfigurationError, UnsupportedFeatureError
+from ..fusion import FusionRules
 from ..tokens import KeyScheme
 
 FieldType = Literal["rank_features", "sparse_vector"]
@@ -193,6 +194,46 @@ class Dialect(ABC):
                 f"{self.engine} {self.version_text} does not support hybrid method "
                 f"{hybrid.method!r}; available: {', '.join(self.hybrid_methods())}"
             )
+
+    # ------------------------------------------------------------------ fusion
+    @abstractmethod
+    def fusion_rules(self) -> FusionRules:
+        """How this engine fuses a ``linear`` / ``rrf`` hybrid (``splade_es.fusion``): what a
+        client must compute to rank and score as the engine does."""
+
+    def fusion_window(self, hybrid: Hybrid, k: int) -> int:
+        """How many hits of each side (BM25, SPLADE) the engine fuses for a ``k``-hit
+        ``search_request`` with ``hybrid``: the window a client-side fusion must use."""
+        return max(hybrid.rank_window_size, k)
+
+    def license_covers(self, level: str, license: str | None) -> bool:
+        """Whether ``license`` (as ``read_license`` reads it; None: unknown) is at least
+        ``level`` (a ``required_license`` answer)."""
+        return True
+
+    def engine_fusion_refusal(
+        self, hybrid: Hybrid, *, plugins: Sequence[str] | None, license: str | None
+    ) -> str | None:
+        """Why this cluster cannot fuse ``hybrid`` itself (its version, a plugin it lacks, its
+        license), or None when it can (``sum`` needs nothing: one ``bool`` query). ``plugins``
+        and ``license`` as ``doctor`` reads them; None where they could not be read, which
+        counts as lacking what is needed."""
+        if hybrid.method == "sum":
+            return None
+        if hybrid.method not in self.hybrid_methods():
+            return f"{self.engine} {self.version_text} has no {hybrid.method} hybrid"
+        capability = f"hybrid:{hybrid.method}"
+        plugin = self.required_plugin(capability)
+        if plugin and (plugins is None or plugin not in plugins):
+            unread = " (the plugin list could not be read)" if plugins is None else ""
+            return f"the {hybrid.method} hybrid needs the {plugin} plugin{unread}"
+        level = self.required_license(capability)
+        if level and not self.license_covers(level, license):
+            return (
+                f"the {hybrid.method} hybrid needs an {level} (or trial) license; the "
+                f"cluster's is {license or 'unknown'}"
+            )
+        return None
 
     @property
     def version_text(self) -> str:

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..exceptions import ConfigurationError
+from ..fusion import ELASTICSEARCH, FusionRules
 from .base import (
     Dialect,
     FieldType,
@@ -68,6 +69,18 @@ class ElasticsearchDialect(Dialect):
     def required_license(self, capability: str) -> str | None:
         # The rrf and linear retrievers are Enterprise features (a trial license covers them).
         return "enterprise" if capability in ("hybrid:rrf", "hybrid:linear") else None
+
+    def license_covers(self, level: str, license: str | None) -> bool:
+        # ``read_license``: "<type> (<status>)". Enterprise features are covered by an active
+        # enterprise or trial license (a platinum one does not cover them).
+        if license is None:
+            return False
+        kind, _, status = license.partition(" ")
+        covering = {"enterprise": ("enterprise", "trial")}.get(level, (level, "trial"))
+        return kind.lower() in covering and status.strip("()").lower() == "active"
+
+    def fusion_rules(self) -> FusionRules:
+        return ELASTICSEARCH
 
     @property
     def _has_sparse_index_options(self) -> bool:

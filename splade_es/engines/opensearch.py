@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..exceptions import ConfigurationError, InputError
+from ..fusion import OPENSEARCH, FusionRules
 from ..tokens import KeyScheme
 from .base import (
     Dialect,
@@ -93,6 +94,16 @@ class OpenSearchDialect(Dialect):
 
     def key_scheme(self, field_type: FieldType) -> KeyScheme:
         return "id" if field_type == "sparse_vector" else "token"
+
+    def fusion_rules(self) -> FusionRules:
+        return OPENSEARCH
+
+    def fusion_window(self, hybrid: Hybrid, k: int) -> int:
+        # Each sub-query of a hybrid query returns its top ``size`` hits per shard unless the
+        # request sets ``pagination_depth`` (neural-search 2.19.6.0 / 3.3.2.0
+        # search/query/HybridCollectorManager.getSubqueryResultsRetrievalSize); ours does not,
+        # so ``rank_window_size`` does not apply here.
+        return k
 
     def approximation(self, field_type: FieldType, *, passages: bool = False) -> str | None:
         if field_type != "sparse_vector":
