@@ -147,16 +147,7 @@ class SpladeEncoder:
             )
         if not policy.windowed:
             return policy.resolved(max_length=self.max_length, specials=0)
-        policy = policy.resolved(
-            max_length=self.max_length, specials=self.window_tokenizer.specials
-        )
-        if policy.mode == "passages" and not self.window_tokenizer.has_offsets:
-            raise ConfigurationError.bad_value(
-                "long_documents",
-                "passages",
-                "needs a fast tokenizer (the passages' character offsets); use maxpool",
-            )
-        return policy
+        return policy.resolved(max_length=self.max_length, specials=self.window_tokenizer.specials)
 
     @property
     def fast_tokenizer(self) -> bool:
@@ -464,7 +455,10 @@ class SpladeEncoder:
                 tok.truncated.append(False)
                 tok.spans.append((0, len(texts[i])))
                 continue
-            windows = self.window_tokenizer.windows(texts[i], policy)
+            # maxpool stores no spans: a slow tokenizer then skips locating them
+            windows = self.window_tokenizer.windows(
+                texts[i], policy, spans=policy.mode == "passages"
+            )
             tok.positions.extend([i] * len(windows.ids))
             tok.ids.extend(windows.ids)
             tok.truncated.extend([windows.dropped] * len(windows.ids))
