@@ -8,6 +8,7 @@ the library (``SpladeEsError``) become a one-line message and exit status 2; Ctr
     encode.py     encode
     indexing.py   create-index, ingest
     searching.py  search, explain, evaluate
+    compare.py    compare (configurations side by side; --ui: the workbench page)
     serve.py      serve (query translation proxy)
     migration.py  migrate
     doctor.py     doctor
@@ -15,6 +16,7 @@ the library (``SpladeEsError``) become a one-line message and exit status 2; Ctr
 """
 
 from . import (  # noqa: F401  (registers the commands)
+    compare,
     doctor,
     encode,
     indexing,

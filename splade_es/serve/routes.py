@@ -9,6 +9,8 @@
                               engines call (OpenSearch ml-commons connectors, Elasticsearch
                               inference endpoints; ``embed.py`` has the request and answers)
     /embed_sparse             text-embeddings-inference's sparse-embedding API
+    /_splade/ui               the relevance workbench page and its JSON endpoints
+                              (``splade_es.workbench.ui``; they encode: API keys apply)
 
 Each route is a method of ``ApiRoutes`` that reads its request, hands the work to the
 ``Service`` and writes the answer; ``answer`` gives them one deadline, error answer and record.
@@ -29,6 +31,7 @@ from starlette.routing import Route
 
 from ..sparse import SparseBatch
 from ..tokens import KeyScheme, TokenCodec
+from ..workbench.ui import Workbench
 from .batcher import QueueFull, Row
 from .embed import KINDS, EmbedRequestError, Kind, answer_body, parse_embed_request
 from .errors import error_body, error_response
@@ -59,6 +62,7 @@ class ApiRoutes:
             Route("/_splade/encode", self.encode, methods=["POST"]),
             Route("/_splade/embed/{kind}", self.embed, methods=["POST"]),
             Route("/embed_sparse", self.embed_sparse, methods=["POST"]),
+            *Workbench(self).routes(),
         ]
 
     async def answer(

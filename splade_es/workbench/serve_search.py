@@ -1,0 +1,106 @@
+"""Columns inside ``splade-es serve``: the same plans as ``compare`` (``columns``), the query
+encoded by serve's batcher, the builder from serve's cached index facts, the requests sent
+through serve's connection to the cluster."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+from ..engines import SearchRequest
+from ..exceptions import ClusterError, ConfigurationError, InputError
+from .columns import Column, column_of, failed_column, plan_column, vectors_request
+from .configurations import Configuration
+
+if TYPE_CHECKING:
+    from ..serve.service import Service
+
+COLUMN_ERRORS = (InputError, ClusterError, ConfigurationError)
+
+
+class ClusterAnswered(ClusterError):
+    """The cluster refused a column's search: its reason, for the column's message."""
+
+
+class ServeSearcher:
+    """Runs configurations with one ``Service``; ``authorization`` is the calling app's
+    (None when serve uses API keys: then its own cluster credentials are used)."""
+
+    def __init__(self, service: Service, *, shown: int) -> None:
+        self.service = service
+        self.shown = shown
+
+    async def column(
+        self, configuration: Configuration, index: str, text: str, authorization: str | None
+    ) -> Column:
+        """The configuration's column; an error becomes the column's message."""
+        try:
+            return await self._column(configuration, index, text, authorization)
+        except COLUMN_ERRORS as exc:
+            return failed_column(configuration, index, exc)
+        except Exception as exc:  # the cluster's own refusal (UpstreamAnswered)
+            response = getattr(exc, "response", None)
+            if response is None:
+                raise
+            return failed_column(configuration, index, ClusterAnswered(reason_of(response)))
+
+    async def _column(
+        self, configuration: Configuration, index: str, text: str, authorization: str | None
+    ) -> Column:
+        if configuration.model is not None:
+            raise ConfigurationError(
+                "serve runs one model: model=... columns need splade-es compare --ui"
+            )
+        facts = self.service.facts
+        dialect = await facts.dialect(authorization)
+        builder = vector = None
+        if configuration.encodes:
+            builder = await facts.builder(index, configuration.sparse_field, authorization)
+            [vector] = await self.service.query_vectors([text])
+        plan = plan_column(
+            configuration,
+            index,
+            text,
+            dialect=dialect,
+            builder=builder,
+            vector=vector,
+            k=self.shown,
+        )
+        response = await self.search(index, plan.request, authorization)
+        ids = [str(h["_id"]) for h in response.get("hits", {}).get("hits", [])]
+        fetch = vectors_request(plan, ids)
+        stored = await self.search(index, fetch, authorization) if fetch is not None else None
+        return column_of(plan, response, stored, shown=self.shown)
+
+    async def search(
+        self, index: str, request: SearchRequest, authorization: str | None
+    ) -> dict[str, Any]:
+        """``POST /<index>/_search`` through serve's connection (its credentials, else the
+        app's); the cluster's refusal raises with its reason."""
+        target = f"/{quote(index, safe=',*')}/_search"
+        if request.params:
+            target += "?" + urlencode(dict(request.params))
+        upstream = self.service.upstream
+        headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
+        auth = upstream.own_auth or authorization
+        if auth:
+            headers.append(("Authorization", auth))
+        answer = await upstream.request("POST", target, headers, json.dumps(request.body).encode())
+        body = answer.json()
+        if answer.status != 200 or not isinstance(body, dict):
+            raise ClusterAnswered(reason_of(answer))
+        return body
+
+
+def reason_of(response: Any) -> str:
+    """The cluster's reason for refusing a request, from its error body."""
+    try:
+        body = response.json()
+    except Exception:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        reason = error.get("reason") or error.get("type")
+        return f"the cluster answered {response.status}: {reason}"
+    return f"the cluster answered {response.status}"
