@@ -229,7 +229,7 @@ def long_document_options(*, several: bool = False) -> Callable[..., Any]:
             default=defaults.LONG_DOCUMENTS,
             show_default=True,
             type=click.STRING if several else click.Choice(LONG_DOCUMENT_MODES),
-            callback=_check_modes if several else None,
+            callback=parse_long_document_modes if several else None,
             metavar=f"[{modes}]{',...' if several else ''}",
             help="Text past one window: truncate (dropped, counted), maxpool (every window "
             "encoded, the elementwise max), passages (one vector per window, nested)."
@@ -263,9 +263,15 @@ def long_document_options(*, several: bool = False) -> Callable[..., Any]:
     return apply
 
 
-def _check_modes(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+def parse_long_document_modes(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> list[str]:
+    """A click callback: a comma list of long-document modes, checked, duplicates dropped
+    (None stays an empty list: an option not given)."""
     from ..encoding.windows import LONG_DOCUMENT_MODES
 
+    if value is None:
+        return []
     modes = [m.strip() for m in value.split(",") if m.strip()]
     bad = [m for m in modes if m not in LONG_DOCUMENT_MODES]
     if bad or not modes:

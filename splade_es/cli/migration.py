@@ -13,7 +13,15 @@ from rich.text import Text
 from .. import defaults
 from ..connect import call, connect
 from ..documents import parse_fields
-from ..migrate.config import HYBRID_WEIGHT, MAX_DELTA, MAX_PASSES, WORKERS, Gate, MigrationConfig
+from ..migrate.config import (
+    COMPARE_SAMPLE,
+    HYBRID_WEIGHT,
+    MAX_DELTA,
+    MAX_PASSES,
+    WORKERS,
+    Gate,
+    MigrationConfig,
+)
 from .app import (
     EXIT_PARTIAL,
     FIELDS,
@@ -26,6 +34,7 @@ from .app import (
     long_document_options,
     main,
     model_option,
+    parse_long_document_modes,
     print_table,
     progress_display,
     warn,
@@ -98,6 +107,20 @@ if TYPE_CHECKING:
     help="Markdown report; a PNG chart is written next to it.",
 )
 @long_document_options()
+@click.option(
+    "--compare-long-documents",
+    callback=parse_long_document_modes,
+    metavar="truncate,maxpool,passages",
+    help="Gate: before the copy, compare these modes on --gate-qrels over a sample of the "
+    "source (in memory) and report them next to --long-documents.",
+)
+@click.option(
+    "--compare-sample",
+    default=COMPARE_SAMPLE,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Documents of the source the comparison encodes (every judged one, then others).",
+)
 @device_option()
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -168,6 +191,8 @@ def _migration_config(opts: dict[str, Any]) -> MigrationConfig:
         max_passes=opts["max_passes"],
         write_block=not opts["no_write_block"],
         long_documents=window_policy_of(opts),
+        compare_long_documents=tuple(opts["compare_long_documents"]),
+        compare_sample=opts["compare_sample"],
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .. import defaults
-from ..encoding.windows import WindowPolicy
+from ..encoding.windows import LONG_DOCUMENT_MODES, LongDocuments, WindowPolicy
 from ..engines import FieldType
 from ..exceptions import ConfigurationError
 
@@ -20,6 +20,9 @@ MAX_DELTA = 10
 """Catch-up passes repeat until one finds fewer changes than this ..."""
 MAX_PASSES = 10
 """... or this many ran."""
+COMPARE_SAMPLE = 10_000
+"""Documents of the source the gate's comparison of long-document modes encodes (every judged
+one, then others), once per mode, in memory."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +71,10 @@ class MigrationConfig:
     # How a text longer than one window is encoded (ingest's IngestConfig.long_documents);
     # "passages" builds the target with the nested passages layout. None: the encoder's own.
     long_documents: WindowPolicy | None = None
+    # Before the copy: these modes compared on the gate's judgments over a sample of the
+    # source (migrate/modes.py), reported next to the mode this migration indexes with.
+    compare_long_documents: tuple[LongDocuments, ...] = ()
+    compare_sample: int = COMPARE_SAMPLE
 
     @property
     def passages(self) -> bool:
@@ -78,6 +85,19 @@ class MigrationConfig:
             raise ConfigurationError("max_delta and max_passes must be >= 1")
         if len({self.source, self.target, self.alias}) != 3:
             raise ConfigurationError("source, target and alias must be three different names")
+        unknown = [m for m in self.compare_long_documents if m not in LONG_DOCUMENT_MODES]
+        if unknown:
+            raise ConfigurationError.bad_value(
+                "compare_long_documents", ",".join(unknown), "must be truncate, maxpool or passages"
+            )
+        if self.compare_long_documents and (self.gate is None or not self.gate.qrels):
+            raise ConfigurationError(
+                "comparing long-document modes needs the gate's judgments (gate qrels)"
+            )
+        if self.compare_sample < 1:
+            raise ConfigurationError.bad_value(
+                "compare_sample", self.compare_sample, "must be >= 1"
+            )
         if self.switch and self.gate is None:
             raise ConfigurationError(
                 "switching the alias needs a relevance gate (gate queries and a threshold)"

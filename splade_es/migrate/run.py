@@ -39,6 +39,7 @@ from .stages import (
     Migration,
     Progress,
     catch_up_passes,
+    compare_long_document_modes,
     copy_source,
     create_target,
     final_pass,
@@ -86,6 +87,8 @@ class MigrationReport:
     notes: tuple[str, ...] = field(default=())
     passes: tuple[SyncPass, ...] = ()  # catch-up passes, the final one last
     write_blocked_seconds: float | None = None  # None: the source was never blocked
+    # The gate's comparison of long-document modes (ModeComparison.to_json); None: not asked.
+    long_document_modes: dict[str, Any] | None = None
 
     @property
     def truncated(self) -> int:
@@ -110,6 +113,7 @@ def migrate(
     plan = plan_migration(job)
     states = plan.states
     lift_stale_write_block(job, states)
+    modes = compare_long_document_modes(job)
     resuming = target_exists(job)
     if not resuming:
         create_target(job, states)
@@ -131,9 +135,14 @@ def migrate(
         alias_before=plan.alias_before,
         alias_after=plan.alias_before if final.alias_after is None else final.alias_after,
         engine=job.engine,
-        notes=(*plan.notes, *outcome_notes(config, gate, passes, final, converged=converged)),
+        notes=(
+            *plan.notes,
+            *((modes.note(),) if modes else ()),
+            *outcome_notes(config, gate, passes, final, converged=converged),
+        ),
         passes=tuple(passes),
         write_blocked_seconds=final.blocked_seconds,
+        long_document_modes=modes.to_json() if modes else None,
     )
 
 

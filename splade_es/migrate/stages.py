@@ -21,6 +21,7 @@ from ..ingest.sources import Record
 from .config import MigrationConfig
 from .gate import GateResult, run_gate
 from .indices import alias_indices, require_source, switch_alias, target_body
+from .modes import ModeComparison, compare_modes
 from .state import StateFile
 from .sync import (
     SyncPass,
@@ -215,6 +216,19 @@ def ingest_config(config: MigrationConfig, catch_up_pass: int | None = None) -> 
 
 
 # ---------------------------------------------------------------------- gate
+def compare_long_document_modes(job: Migration) -> ModeComparison | None:
+    """The gate's comparison of long-document modes on a sample of the source, in memory
+    (None: not asked)."""
+    config = job.config
+    if not config.compare_long_documents:
+        return None
+    job.step(
+        f"comparing long-document modes {', '.join(config.compare_long_documents)} on the "
+        f"gate's judgments (up to {config.compare_sample:,} documents of {config.source})"
+    )
+    return compare_modes(job.client, config, job.encoder, dialect=job.dialect)
+
+
 def gate_target(job: Migration) -> GateResult | None:
     """The relevance gate on the copied target (None: the config has no gate)."""
     config = job.config
