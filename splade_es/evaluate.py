@@ -35,7 +35,7 @@ from .encoding.windows import LONG_DOCUMENT_MODES, LongDocuments, WindowPolicy, 
 from .engines import Hybrid, SearchRequest
 from .exceptions import ConfigurationError, EmptyQueryError, InputError
 from .query import PruneReport, QueryBuilder
-from .search import Hit, hits_of, search_vector, send
+from .search import Fusion, FusionChoice, Hit, choose_fusion, hits_of, search_vector, send
 from .sparse import PassageBatch, SparseBatch
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,12 @@ class EvaluationReport:
     pruned_queries: int
     run: Mapping[str, Mapping[str, float]]
     empty_queries: int = 0  # queries with no tokens left: scored as misses
+    # Who fused a linear/rrf hybrid ("engine" / "client"; None: nothing fused), and why.
+    fusion: FusionChoice | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``evaluate --json`` object."""
-        return {
+        out = {
             **{name: round(value, 6) for name, value in self.metrics.items()},
             "queries": self.queries,
             "latency_ms": {
@@ -84,6 +86,10 @@ class EvaluationReport:
             "pruned_queries": self.pruned_queries,
             "empty_queries": self.empty_queries,
         }
+        if self.fusion is not None and self.fusion.fusion is not None:
+            out["fusion"] = self.fusion.fusion
+            out["fusion_note"] = self.fusion.note
+        return out
 
 
 def score_run(
@@ -110,6 +116,7 @@ class QueryRun:
     search_ms: Sequence[float]
     pruned_queries: int
     empty_queries: int = 0  # no tokens to search for: no results (a miss), nothing sent
+    fusion: FusionChoice | None = None  # hybrid mode: who fused it
 
     def latency(self) -> dict[str, Latency]:
         total = [e + s for e, s in zip(self.encode_ms, self.search_ms, strict=True)]
@@ -133,16 +140,21 @@ def run_queries(
     field: str = defaults.VECTOR_FIELD,
     text_fields: Sequence[str] = defaults.TEXT_FIELDS,
     progress: Callable[[int], None] | None = None,
+    fusion: Fusion | FusionChoice = "engine",
 ) -> QueryRun:
-    """Run every query (``{id: text}``) through ``index`` in ``mode``; no judgments needed."""
+    """Run every query (``{id: text}``) through ``index`` in ``mode``; no judgments needed.
+    ``fusion``: who fuses a linear/rrf hybrid (``splade_es.search``), resolved once."""
     client = client_of(client)
     _check_mode(mode, encoder)
     # None in bm25 mode: no query vectors to build
     sparse_builder = (
         None if mode == "bm25" else builder or QueryBuilder.for_index(client, index, field=field)
     )
+    choice = None
     if mode == "hybrid":
         hybrid = hybrid or Hybrid(text_fields=tuple(text_fields))
+        dialect = sparse_builder.dialect if sparse_builder is not None else None
+        choice = choose_fusion(client, hybrid, fusion, dialect=dialect, index=index)
     run: Run = {}
     encode_ms: list[float] = []
     search_ms: list[float] = []
@@ -160,6 +172,7 @@ def run_queries(
                 sparse_builder,
                 k,
                 hybrid if mode == "hybrid" else None,
+                choice,
             )
             empty += report is None
             pruned += report is not None and report.pruned
@@ -176,6 +189,7 @@ def run_queries(
         search_ms=search_ms,
         pruned_queries=pruned,
         empty_queries=empty,
+        fusion=choice,
     )
 
 
@@ -197,6 +211,7 @@ def _sparse_search(
     builder: QueryBuilder,
     k: int,
     hybrid: Hybrid | None,
+    fusion: FusionChoice | None = None,
 ) -> tuple[tuple[Hit, ...], float, float, PruneReport | None]:
     """(hits, encode ms, search ms, pruning) of one SPLADE / hybrid query. A query with no
     tokens to search for (empty text, or pruned to nothing) finds nothing: no hits, no
@@ -208,7 +223,15 @@ def _sparse_search(
     encoded = (time.perf_counter() - started) * 1000
     try:
         result = search_vector(
-            client, index, vector, builder=builder, text=text, k=k, hybrid=hybrid, source=False
+            client,
+            index,
+            vector,
+            builder=builder,
+            text=text,
+            k=k,
+            hybrid=hybrid,
+            source=False,
+            fusion=fusion or "engine",
         )
     except EmptyQueryError:
         return (), encoded, 0.0, None
@@ -229,6 +252,7 @@ def evaluate(
     field: str = defaults.VECTOR_FIELD,
     text_fields: Sequence[str] = defaults.TEXT_FIELDS,
     progress: Callable[[int], None] | None = None,
+    fusion: Fusion | FusionChoice = "engine",
 ) -> EvaluationReport:
     """Run every judged query (those in ``qrels``) through ``index`` and score the run.
     ``client``: an Elasticsearch or OpenSearch client, or a ``Cluster`` from ``connect``."""
@@ -245,6 +269,7 @@ def evaluate(
         field=field,
         text_fields=text_fields,
         progress=progress,
+        fusion=fusion,
     )
     return EvaluationReport(
         metrics=score_run(result.run, {qid: qrels[qid] for qid in judged}),
@@ -253,6 +278,7 @@ def evaluate(
         pruned_queries=result.pruned_queries,
         run=result.run,
         empty_queries=result.empty_queries,
+        fusion=result.fusion,
     )
 
 

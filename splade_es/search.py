@@ -321,20 +321,59 @@ def choose_fusion(
     return choice
 
 
+def prepare_fusion(
+    client: ClientOrCluster,
+    hybrid: Hybrid | None,
+    fusion: Fusion = "auto",
+    *,
+    dialect: Dialect | None = None,
+    create_pipeline: bool = True,
+) -> FusionChoice:
+    """``choose_fusion`` for a command about to search repeatedly, creating what the
+    engine's fusion needs: with ``"engine"``, the hybrid is checked against the version
+    (``UnsupportedFeatureError``) and its search pipeline created (``create_pipeline``);
+    with ``"auto"``, the pipeline is created where the engine can fuse (version, plugin,
+    license) and the engine then fuses; ``"client"`` needs nothing."""
+    if fusion not in FUSIONS:
+        raise ConfigurationError.bad_value("fusion", fusion, f"must be one of {FUSIONS}")
+    if hybrid is None or hybrid.method == "sum" or fusion == "client":
+        return choose_fusion(client, hybrid, fusion, dialect=dialect)
+    dialect = dialect or dialect_of(client)
+    if fusion == "engine":
+        dialect.check_hybrid(hybrid)
+        if create_pipeline:
+            create_hybrid_pipeline(client, hybrid, dialect=dialect)
+        return choose_fusion(client, hybrid, "engine", dialect=dialect)
+    reason = engine_fusion_refusal(
+        client, hybrid, dialect=dialect, check_pipeline=not create_pipeline
+    )
+    if reason is None and create_pipeline:
+        create_hybrid_pipeline(client, hybrid, dialect=dialect)
+    if reason is None:
+        note = f"{hybrid.method} fused by the engine (fusion=auto: the cluster has it)"
+        return FusionChoice("engine", note)
+    return FusionChoice("client", f"{hybrid.method} fused client-side (fusion=auto: {reason})")
+
+
 def engine_fusion_refusal(
-    client: ClientOrCluster, hybrid: Hybrid, *, dialect: Dialect | None = None
+    client: ClientOrCluster,
+    hybrid: Hybrid,
+    *,
+    dialect: Dialect | None = None,
+    check_pipeline: bool = True,
 ) -> str | None:
     """Why the cluster cannot fuse ``hybrid`` itself now, or None when it can: the dialect's
     answer (``Dialect.engine_fusion_refusal``) for the plugins and license read from the
     cluster (only those the engine needs), then, where the engine fuses through a search
-    pipeline (OpenSearch), whether that pipeline exists (``create_hybrid_pipeline``)."""
+    pipeline (OpenSearch) and ``check_pipeline``, whether that pipeline exists
+    (``create_hybrid_pipeline``)."""
     dialect = dialect or dialect_of(client)
     connection = client_of(client)
     capability = f"hybrid:{hybrid.method}"
     plugins = installed_plugins(connection) if dialect.required_plugin(capability) else ()
     license = _read_license(connection, dialect) if dialect.required_license(capability) else None
     reason = dialect.engine_fusion_refusal(hybrid, plugins=plugins, license=license)
-    if reason is None and dialect.hybrid_pipeline_body(hybrid) is not None:
+    if reason is None and check_pipeline and dialect.hybrid_pipeline_body(hybrid) is not None:
         name = hybrid.pipeline_name
         try:
             call(lambda: connection.search_pipeline.get(id=name), f"reading search pipeline {name}")

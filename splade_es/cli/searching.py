@@ -4,6 +4,12 @@
 ``--hybrid-weight W`` (the weight of BM25). ``--hybrid W`` (the old ``search`` spelling) still
 works: it means ``--mode hybrid --hybrid-weight W``.
 
+``--fusion engine|client|auto`` (linear / rrf hybrids): the engine fuses (Elasticsearch
+retrievers, OpenSearch search pipelines), the client does (one ``_msearch``, the engine's
+formulas: ``splade_es.fusion``), or ``auto`` (the default): the engine where the cluster can
+(version, plugin, license), the client otherwise; a note on stderr (and ``fusion`` in
+``--json``) says which.
+
 ``evaluate --corpus corpus.jsonl --long-documents truncate,maxpool,passages`` needs no cluster:
 it compares how long documents are encoded, in memory (``evaluate.compare_long_documents``).
 """
@@ -39,7 +45,7 @@ from .app import (
 
 if TYPE_CHECKING:
     from ..evaluate import EvaluationReport, ModeResult
-    from ..search import Hit, SearchResult, TokenContribution
+    from ..search import FusionChoice, Hit, SearchResult, TokenContribution
 
 MODES = ("splade", "bm25", "hybrid")
 
@@ -121,6 +127,15 @@ def mode_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 show_default=True,
                 help="OpenSearch linear/rrf hybrids: create the search pipeline if needed.",
             ),
+            click.option(
+                "--fusion",
+                type=click.Choice(["engine", "client", "auto"]),
+                default="auto",
+                show_default=True,
+                help="Who fuses a linear/rrf hybrid: the engine, the client (one _msearch, "
+                "the engine's formulas; any license, no plugin), or the engine where the "
+                "cluster can and the client otherwise.",
+            ),
         ],
     )
 
@@ -152,19 +167,27 @@ def _builder(cluster: Cluster, opts: dict[str, Any]) -> Any:
     )
 
 
-def _hybrid(cluster: Cluster, builder: Any, opts: dict[str, Any], weight: float) -> Any:
+def _hybrid(
+    cluster: Cluster, builder: Any, opts: dict[str, Any], weight: float
+) -> tuple[Any, FusionChoice]:
+    """The hybrid of --mode hybrid, and who fuses it (--fusion; the engine's pipeline made
+    where the engine fuses and --create-pipeline)."""
     from ..engines import Hybrid
-    from ..search import create_hybrid_pipeline
+    from ..search import prepare_fusion
 
     hybrid = Hybrid(
         bm25_weight=weight,
         method=opts["hybrid_method"],
         text_fields=parse_fields(opts["text_fields"]),
     )
-    builder.dialect.check_hybrid(hybrid)
-    if opts["create_pipeline"]:
-        create_hybrid_pipeline(cluster, hybrid, dialect=builder.dialect)
-    return hybrid
+    choice = prepare_fusion(
+        cluster,
+        hybrid,
+        opts["fusion"],
+        dialect=builder.dialect,
+        create_pipeline=opts["create_pipeline"],
+    )
+    return hybrid, choice
 
 
 def _encoder(opts: dict[str, Any]) -> Any:
@@ -221,7 +244,7 @@ def search(**opts: Any) -> None:
         _print_bm25_hits(cluster, opts, filters)
         return
     builder = _builder(cluster, opts)
-    hybrid = _hybrid(cluster, builder, opts, weight) if mode == "hybrid" else None
+    hybrid, fusion = _hybrid(cluster, builder, opts, weight) if mode == "hybrid" else (None, None)
     encoder = _encoder(opts)
     try:
         result = search(
@@ -233,6 +256,7 @@ def search(**opts: Any) -> None:
             k=opts["k"],
             filters=filters,
             hybrid=hybrid,
+            fusion=fusion or "engine",
         )
     except EmptyQueryError as exc:
         raise _pruned_to_nothing(exc, opts) from exc
@@ -283,6 +307,7 @@ def _hits_json(
         "pruned_tokens": result.prune.dropped,
         "encode_ms": round(result.encode_ms, 3),
         "search_ms": round(result.search_ms, 3),
+        **({"fusion": result.fusion, "fusion_note": result.fusion_note} if result.fusion else {}),
     }
 
 
@@ -296,6 +321,8 @@ def _print_query_note(result: SearchResult) -> None:
     if result.prune.empty:
         warn("no SPLADE query tokens left after pruning: BM25 alone ranked these hits")
     err_console.print(f"{note}; encode {result.encode_ms:.1f} ms, search {result.search_ms:.1f} ms")
+    if result.fusion:
+        err_console.print(f"fusion: {result.fusion_note}")
 
 
 def _print_hits(opts: dict[str, Any], rows: list[tuple[Any, Any]]) -> None:
@@ -481,10 +508,13 @@ def _evaluate_index(opts: dict[str, Any]) -> None:
         warn(f"--k {opts['k']}: Recall@100 is computed on {opts['k']} results per query")
     queries, qrels = read_queries(opts["queries"]), read_qrels(opts["qrels"])
     cluster = connect(connection_config(opts))
-    encoder = builder = hybrid = None
+    encoder = builder = hybrid = fusion = None
     if mode != "bm25":
         builder = _builder(cluster, opts)
-        hybrid = _hybrid(cluster, builder, opts, weight) if mode == "hybrid" else None
+        if mode == "hybrid":
+            hybrid, fusion = _hybrid(cluster, builder, opts, weight)
+            if fusion.fusion and not opts["as_json"]:
+                err_console.print(f"fusion: {fusion.note}")
         encoder = _encoder(opts)
     judged = sum(1 for qid in qrels if qid in queries)
     if not judged:
@@ -504,6 +534,7 @@ def _evaluate_index(opts: dict[str, Any]) -> None:
             field=opts["sparse_field"],
             text_fields=parse_fields(opts["text_fields"]),
             progress=lambda n: progress.update(task, completed=n),
+            fusion=fusion or "engine",
         )
     if opts["as_json"]:
         click.echo(json.dumps(report.to_json()))

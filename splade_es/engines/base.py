@@ -206,6 +206,10 @@ class Dialect(ABC):
         ``search_request`` with ``hybrid``: the window a client-side fusion must use."""
         return max(hybrid.rank_window_size, k)
 
+    def plugin_listed(self, plugin: str, plugins: Sequence[str]) -> bool:
+        """Whether ``plugins`` (the ``_cat/plugins`` components) hold ``plugin``."""
+        return plugin in plugins
+
     def license_covers(self, level: str, license: str | None) -> bool:
         """Whether ``license`` (as ``read_license`` reads it; None: unknown) is at least
         ``level`` (a ``required_license`` answer)."""
@@ -224,7 +228,7 @@ class Dialect(ABC):
             return f"{self.engine} {self.version_text} has no {hybrid.method} hybrid"
         capability = f"hybrid:{hybrid.method}"
         plugin = self.required_plugin(capability)
-        if plugin and (plugins is None or plugin not in plugins):
+        if plugin and (plugins is None or not self.plugin_listed(plugin, plugins)):
             unread = " (the plugin list could not be read)" if plugins is None else ""
             return f"the {hybrid.method} hybrid needs the {plugin} plugin{unread}"
         level = self.required_license(capability)

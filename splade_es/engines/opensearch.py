@@ -65,6 +65,9 @@ MAX_QUERY_WEIGHT = 64.0
 SEISMIC_QUERY_DEFAULTS: dict[str, Any] = {"top_n": 10, "k": 10, "heap_factor": 1.0}
 SEISMIC_QUERY_PARAMETERS = frozenset({*SEISMIC_QUERY_DEFAULTS, "filter"})
 NEURAL_SEARCH_PLUGIN = "opensearch-neural-search"
+# A plugin installed from its zip is listed by name; one loaded from the classpath (an embedded
+# node: Node(..., classpathPlugins)) by its class name (PluginsService: PluginInfo of the class).
+NEURAL_SEARCH_CLASS = "org.opensearch.neuralsearch.plugin.NeuralSearch"
 NEURAL_SEARCH_CAPABILITIES = frozenset(
     {"field:sparse_vector", "query:neural_sparse", "hybrid:linear", "hybrid:rrf"}
 )
@@ -130,6 +133,11 @@ class OpenSearchDialect(Dialect):
         if capability in NEURAL_SEARCH_CAPABILITIES:
             return NEURAL_SEARCH_PLUGIN
         return None
+
+    def plugin_listed(self, plugin: str, plugins: Sequence[str]) -> bool:
+        if plugin == NEURAL_SEARCH_PLUGIN:
+            return any(p in (NEURAL_SEARCH_PLUGIN, NEURAL_SEARCH_CLASS) for p in plugins)
+        return plugin in plugins
 
     def _native_sparse_query(
         self,

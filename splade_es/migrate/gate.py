@@ -1,5 +1,10 @@
 """The relevance gate: old BM25 vs new SPLADE and hybrid on the gate queries (quality,
-latency, size), and whether the new index is good enough to switch to."""
+latency, size), and whether the new index is good enough to switch to.
+
+The gate's hybrid is a ``sum`` hybrid by default: one ``bool`` query, which every engine,
+version and license runs, so there is nothing to fuse. ``run_gate(hybrid_method="rrf" |
+"linear", fusion=...)`` gates on a fused hybrid instead, fused by the engine or by the client
+(``splade_es.search``: ``fusion="auto"`` uses the engine's where the cluster has it)."""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ from typing import Any
 
 from ..connect import call
 from ..encoding.protocol import Encoder
-from ..engines import Hybrid
+from ..engines import Hybrid, HybridMethod
 from ..evaluate import Latency, Mode, overlap_at, run_queries, score_run
 from ..query import QueryBuilder
+from ..search import Fusion, prepare_fusion
 from .config import Gate
 
 
@@ -40,12 +46,15 @@ class GateRun:
     mode: Mode
 
 
-def gate_runs(source: str, target: str, gate: Gate) -> tuple[GateRun, ...]:
+def gate_runs(
+    source: str, target: str, gate: Gate, hybrid_method: HybridMethod = "sum"
+) -> tuple[GateRun, ...]:
     """The baseline first (BM25 on the source), then the candidates on the target. Pure."""
+    method = "" if hybrid_method == "sum" else f"{hybrid_method} "
     return (
         GateRun("BM25 (old)", source, "bm25"),
         GateRun("SPLADE (new)", target, "splade"),
-        GateRun(f"hybrid {gate.hybrid_weight:g} BM25 (new)", target, "hybrid"),
+        GateRun(f"hybrid {method}{gate.hybrid_weight:g} BM25 (new)", target, "hybrid"),
     )
 
 
@@ -88,18 +97,24 @@ def run_gate(
     text_fields: tuple[str, ...],
     sparse_field: str,
     progress: Callable[[str], None] | None = None,
+    hybrid_method: HybridMethod = "sum",
+    fusion: Fusion = "auto",
 ) -> GateResult:
-    """Old BM25 vs new SPLADE and hybrid on the gate queries: quality, latency, size."""
+    """Old BM25 vs new SPLADE and hybrid on the gate queries: quality, latency, size.
+    ``hybrid_method``: the hybrid row's method (``sum`` by default: no fusion); a ``linear`` /
+    ``rrf`` one is fused as ``fusion`` says (its OpenSearch search pipeline created where the
+    engine fuses)."""
     # The gate runs right after the copy: without a refresh a real engine may not yet search
     # what was just indexed (refresh_interval), and SPLADE would score zero.
     for index in (source, target):
         call(lambda index=index: client.indices.refresh(index=index), f"refreshing {index}")
     queries = gate_queries(gate)
     builder = QueryBuilder.for_index(client, target, field=sparse_field)
-    hybrid = Hybrid(bm25_weight=gate.hybrid_weight, text_fields=text_fields)
+    hybrid = Hybrid(bm25_weight=gate.hybrid_weight, text_fields=text_fields, method=hybrid_method)
+    choice = prepare_fusion(client, hybrid, fusion, dialect=builder.dialect)
     baseline: Mapping[str, Mapping[str, float]] | None = None
     rows = []
-    for planned in gate_runs(source, target, gate):
+    for planned in gate_runs(source, target, gate, hybrid_method):
         if progress:
             progress(planned.label)
         result = run_queries(
@@ -113,6 +128,7 @@ def run_gate(
             builder=builder,
             field=sparse_field,
             text_fields=text_fields,
+            fusion=choice,
         )
         baseline = result.run if baseline is None else baseline
         metrics: dict[str, float] = {}

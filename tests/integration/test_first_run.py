@@ -259,7 +259,8 @@ def test_engine_errors_with_brackets_reach_the_user_intact(
 ):
     docs = small_index(cluster, index_name, encoder)
     common = ["--url", cluster.url, "--index", index_name, "-m", search_model_dir]
-    result = cli("search", *common, "--mode", "hybrid", "--hybrid-method", "rrf", docs[0]["title"])
+    hybrid = ["--mode", "hybrid", "--hybrid-method", "rrf", "--fusion", "engine"]
+    result = cli("search", *common, *hybrid, docs[0]["title"])
     if result.exit_code == 0:  # an engine with rrf hybrids (real OpenSearch 2.19+, ES trial)
         assert docs[0]["id"] in result.output
         return

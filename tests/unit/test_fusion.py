@@ -251,6 +251,16 @@ def test_dialects_say_how_they_fuse():
     [
         ("opensearch", "2.19.6", "rrf", ("opensearch-neural-search",), None, None),
         ("opensearch", "2.19.6", "rrf", (), None, "needs the opensearch-neural-search plugin"),
+        # An embedded node lists a classpath plugin by its class name.
+        (
+            "opensearch",
+            "3.3.2",
+            "rrf",
+            ("org.opensearch.neuralsearch.plugin.NeuralSearch",),
+            None,
+            None,
+        ),
+        ("opensearch", "3.3.2", "rrf", ("opensearch-knn",), None, "neural-search plugin"),
         ("opensearch", "2.19.6", "linear", None, None, "could not be read"),
         ("opensearch", "2.17.0", "rrf", ("opensearch-neural-search",), None, "has no rrf"),
         ("elasticsearch", "8.18.0", "linear", (), "trial (active)", None),
@@ -488,3 +498,14 @@ def test_sum_hybrids_are_not_fused_by_the_client():
         client_fusion(
             opensearch_builder(), {"tax": 1.0}, text="tax", k=3, hybrid=Hybrid(method="sum")
         )
+
+
+# ---------------------------------------------------------------------- the migration gate
+def test_gate_rows_name_a_fused_hybrid_method():
+    from splade_es.migrate.config import Gate
+    from splade_es.migrate.gate import gate_runs
+
+    gate = Gate(queries={"q": "tax"}, min_overlap=0.5, hybrid_weight=0.3)
+    assert gate_runs("s", "t", gate)[2].label == "hybrid 0.3 BM25 (new)"  # sum: as before
+    rrf_row = gate_runs("s", "t", gate, "rrf")[2]
+    assert rrf_row.label == "hybrid rrf 0.3 BM25 (new)" and rrf_row.mode == "hybrid"
