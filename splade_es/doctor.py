@@ -27,6 +27,19 @@ more, on whether the cluster's own inference reaches ``splade-es serve`` (``serv
   ("not registered: run splade-es register") when those objects do not exist.
 
 They create nothing on the cluster, and the key is never shown.
+
+Passages (issue 24, ``long_documents="passages"``): for every field type that holds the
+documents, doctor also indexes them as passages (a ``nested`` field, one object per window,
+``index_body(passages=True)``) and checks, through ``QueryBuilder`` (``passages=True``: a
+``nested`` query, ``score_mode: max``), that each ``_score`` is the best passage's exact dot
+product and the first inner hit is that passage; it reads the new index's
+``index.mapping.nested_objects.limit`` (default 10,000 objects per document), which a
+document of more than that many passages exceeds (``max_windows`` above it: a warning).
+With ``index=`` (``--index``) it looks at the user's own index, read-only: which layout its
+sparse field has (one vector per document, or nested passages), whether the top hit of a
+query made from one of its own vectors scores that vector's exact dot product (for
+passages: its best passage's), and for passages its nested-objects limit against
+``max_windows``.
 """
 
 from __future__ import annotations
@@ -63,7 +76,7 @@ from .engines import (
 from .engines.base import rank_feature_query
 from .exceptions import SpladeEsError, UnsupportedFeatureError
 from .ingest.index_source import read_index
-from .query import clause_limit_of
+from .query import QueryBuilder, clause_limit_of, field_layout_of
 from .register import elasticsearch as es_plan
 from .register import opensearch as os_plan
 from .register.plan import (
@@ -84,7 +97,8 @@ from .register.run import (  # register's reads: its transports, finds and secre
     resolve_host,
     settings_fix,
 )
-from .sparse import Vocabulary, stored_precision
+from .search import passages_of
+from .sparse import SparseBatch, Vocabulary, stored_precision
 from .tokens import TokenCodec
 
 Status = Literal["ok", "unsupported", "skipped", "FAILED"]
@@ -114,6 +128,22 @@ DOCUMENTS: dict[str, dict[str, Any]] = {
     "d5": {"title": "vectors", "text": "search", "vector": {"vector": 0.9, "tax": 0.001}},
     "d6": {"title": "unrelated", "text": "nothing here", "vector": {"brain": 0.5}},
 }
+# The documents as passages: (start, end, vector) each, in text order. d1's best passage is
+# its second; d2's passages add up to more than d1's best one, so a sum (or a first-passage
+# score) would rank them otherwise than the best passage does; d4 shares no query token.
+PASSAGE_DOCUMENTS: dict[str, list[tuple[int, int, dict[str, float]]]] = {
+    "d1": [
+        (0, 48, {"tax": 0.7, "##s": 2.9}),
+        (40, 96, {"depreciation": 1.3, ".": 2.33, "tax": 0.2}),
+        (88, 130, {"brain": 0.5}),
+    ],
+    "d2": [(0, 50, {"tax": 3.3}), (44, 95, {"tax": 1.1, "garlic": 0.11}), (90, 140, {"tax": 3.0})],
+    "d3": [(0, 30, {"u.s": 7.77, "%": 0.6}), (25, 70, {"depreciation": 0.05, "brain": 1.1})],
+    "d4": [(0, 60, {"garlic": 1.0, "brain": 0.42})],
+    "d5": [(0, 35, {"vector": 0.9}), (30, 64, {"tax": 0.001})],
+}
+NESTED_LIMIT_SETTING = "index.mapping.nested_objects.limit"
+NESTED_LIMIT_DEFAULT = 10_000  # both engines' default: nested objects per document
 QUERY = {"tax": 2.0, "depreciation": 0.5, "##s": 1.25, "u.s": 0.375, ".": 3.0, "zebra": 1.0}
 FILTER_IDS = ("d1", "d3", "d4")
 LEXICAL_TEXT = "tax garlic"
@@ -164,6 +194,7 @@ class DoctorReport:
     checks: tuple[Check, ...]
     index_prefix: str
     left_behind: tuple[str, ...] = field(default=())  # what could not be deleted
+    warnings: tuple[str, ...] = field(default=())  # what works now but may not later
 
     @property
     def ok(self) -> bool:
@@ -196,6 +227,61 @@ def expected_scores(
                 query[k] * float(s) for k, s in zip(common, stored, strict=True)
             )
     return out
+
+
+def best_passage_scores(
+    query: Mapping[str, float], documents: Mapping[str, Sequence[Mapping[str, float]]]
+) -> dict[str, tuple[float, int]]:
+    """Per document with a passage that shares a key with ``query``: its best passage's dot
+    product at storage precision (what a ``nested`` query with ``score_mode: max`` scores)
+    and that passage's place. Pure.
+
+    >>> best_passage_scores({"a": 2.0}, {"d": [{"b": 1.0}, {"a": 0.5}, {"a": 0.25}]})
+    {'d': (1.0, 1)}
+    """
+    out: dict[str, tuple[float, int]] = {}
+    for doc_id, passages in documents.items():
+        scores = expected_scores(query, {str(i): vector for i, vector in enumerate(passages)})
+        if scores:
+            place = max(scores, key=lambda i: scores[i])
+            out[doc_id] = (scores[place], int(place))
+    return out
+
+
+def nested_limit_in(settings: Mapping[str, Any]) -> tuple[int, bool]:
+    """An index's nested-objects limit from ``GET <index>/_settings?include_defaults&
+    flat_settings`` (one index's entry), and whether it was set there (False: the engines'
+    default, also when the answer does not name it). Pure.
+
+    >>> nested_limit_in({"settings": {"index.mapping.nested_objects.limit": "50"}})
+    (50, True)
+    >>> nested_limit_in({"settings": {}})
+    (10000, False)
+    """
+    for part, explicit in (("settings", True), ("defaults", False)):
+        value = (settings.get(part) or {}).get(NESTED_LIMIT_SETTING)
+        if value is not None:
+            return int(value), explicit
+    return NESTED_LIMIT_DEFAULT, False
+
+
+def nested_limit_warning(limit: int, max_windows: int | None, where: str) -> str | None:
+    """The warning when a document of ``max_windows`` passages (None: no bound) could exceed
+    ``limit`` nested objects (the engine refuses such a document), else None. Pure.
+
+    >>> nested_limit_warning(10_000, 64, "new indices") is None
+    True
+    >>> print(nested_limit_warning(50, 64, "index docs")[:76])
+    index docs: a document of up to 64 passages (max_windows) exceeds index.mapp
+    """
+    if max_windows is not None and max_windows <= limit:
+        return None
+    bound = "any number of" if max_windows is None else f"up to {max_windows}"
+    return (
+        f"{where}: a document of {bound} passages (max_windows) exceeds "
+        f"{NESTED_LIMIT_SETTING} {limit}: the engine refuses it; lower --max-windows to "
+        f"{limit} or raise the setting"
+    )
 
 
 def compare_hits(hits: Sequence[tuple[str, float]], expected: Mapping[str, float]) -> None:
@@ -261,20 +347,38 @@ def doctor(
     prefix: str = "splade-es-doctor",
     serve: ServeTarget | None = None,
     resolve: Resolve | None = None,
+    index: str | None = None,
+    sparse_field: str = FIELD,
+    max_windows: int | None = defaults.MAX_WINDOWS,
 ) -> DoctorReport:
     """Check every capability splade-es claims for the cluster of ``target`` (a client or a
     ``Cluster``). Creates and deletes temporary indices named ``<prefix>-<random>-...``.
     With ``serve``, also whether the cluster can call ``splade-es serve`` (``serve_checks``;
-    ``resolve`` as there)."""
+    ``resolve`` as there). With ``index``, also that index's ``sparse_field``: its layout, a
+    query's top hit against its exact dot product, and for passages its nested-objects
+    limit against ``max_windows`` (read-only). ``max_windows``: the bound a passages job
+    indexes with (None: none), checked against the nested-objects limits."""
     cluster = target if isinstance(target, Cluster) else Cluster.from_client(target)
-    report = _Doctor(cluster, f"{prefix}-{uuid.uuid4().hex[:12]}").run()
+    passages = _PassageTarget(index, sparse_field, max_windows)
+    report = _Doctor(cluster, f"{prefix}-{uuid.uuid4().hex[:12]}", passages).run()
     if serve is None:
         return report
     return replace(report, checks=report.checks + serve_checks(cluster, serve, resolve=resolve))
 
 
+@dataclass(frozen=True)
+class _PassageTarget:
+    """What the passages rows look at besides doctor's own indices."""
+
+    index: str | None = None  # the user's index (read-only)
+    field: str = FIELD
+    max_windows: int | None = defaults.MAX_WINDOWS
+
+
 class _Doctor:
-    def __init__(self, cluster: Cluster, base: str) -> None:
+    def __init__(self, cluster: Cluster, base: str, passages: _PassageTarget | None = None) -> None:
+        self.passage_target = passages or _PassageTarget()
+        self.warnings: list[str] = []
         self.client = cluster.client
         self.cluster = cluster
         self.dialect: Dialect = dialect_of(cluster)
@@ -290,11 +394,16 @@ class _Doctor:
         left_behind: tuple[str, ...] = ()
         try:
             indices = {ft: self._field_type(ft) for ft in FIELD_TYPES}
+            for field_type, stored in indices.items():
+                if stored:
+                    self._passages(field_type)
             rank_index = indices.get("rank_features")
             if rank_index:
                 self._clause_limit(rank_index, facts.clause_limit)
                 for method in HYBRID_METHODS:
                     self._hybrid(rank_index, method)
+            if self.passage_target.index:
+                self._user_index(self.passage_target.index)
         finally:
             left_behind = self._cleanup()
         return DoctorReport(
@@ -302,6 +411,7 @@ class _Doctor:
             checks=tuple(self.checks),
             index_prefix=self.base,
             left_behind=left_behind,
+            warnings=tuple(self.warnings),
         )
 
     def _facts(self) -> ClusterFacts:
@@ -446,6 +556,193 @@ class _Doctor:
             if approximation:
                 note["detail"] += f" ({approximation})"
 
+    # ------------------------------------------------------------------ passages (issue 24)
+    def _passages(self, field_type: FieldType) -> None:
+        """``field_type`` as passages: a nested field, each style's nested max query scoring
+        every document by its best passage's exact dot product, the first inner hit being
+        that passage; and the nested-objects limit a new index gets."""
+        capability = f"{field_type} · passages (nested)"
+        try:
+            self.dialect.check_passages(field_type)
+        except SpladeEsError as exc:
+            self._skip(capability, str(exc))
+            return
+        index = f"{self.base}-{field_type.replace('_', '-')}-passages"
+        codec = TokenCodec(VOCAB, scheme=self.dialect.key_scheme(field_type))
+        passages = {
+            d: [codec.encode_tokens(vector) for _, _, vector in parts]
+            for d, parts in PASSAGE_DOCUMENTS.items()
+        }
+        with self._check(capability, f"field:{field_type}") as note:
+            body = self.dialect.index_body(
+                field_type, sparse_field=FIELD, replicas=0, passages=True
+            )
+            self._create(
+                ("index", index), lambda: self.client.indices.create(index=index, body=body)
+            )
+            for doc_id, parts in PASSAGE_DOCUMENTS.items():
+                objects = [
+                    {
+                        defaults.PASSAGE_VECTOR: vector,
+                        defaults.PASSAGE_START: start,
+                        defaults.PASSAGE_END: end,
+                    }
+                    for (start, end, _), vector in zip(parts, passages[doc_id], strict=True)
+                ]
+                doc = DOCUMENTS[doc_id]
+                source = {"id": doc_id, "title": doc["title"], "text": doc["text"]}
+                self.client.index(index=index, id=doc_id, body={**source, FIELD: objects})
+            self.client.indices.refresh(index=index)
+            layout = field_layout_of(self.client, index, FIELD)
+            if not layout.passages or layout.field_type != field_type:
+                raise CheckFailed(f"the engine mapped {FIELD} as {layout}, not nested passages")
+            count = sum(len(p) for p in passages.values())
+            note["detail"] = (
+                f"{len(PASSAGE_DOCUMENTS)} documents as {count} nested passages; "
+                + self._nested_limit(index, "new indices")
+            )
+        if not any(c.capability == capability and c.status == "ok" for c in self.checks):
+            return
+        for style in self.dialect.query_styles(field_type):
+            self._passage_query(index, field_type, style, passages)
+
+    def _passage_query(
+        self,
+        index: str,
+        field_type: FieldType,
+        style: QueryStyle,
+        passages: Mapping[str, Sequence[Mapping[str, float]]],
+    ) -> None:
+        capability = f"{field_type} · {style} query on passages"
+        with self._check(capability, f"query:{style}") as note:
+            builder = QueryBuilder(
+                self.dialect, field=FIELD, field_type=field_type, style=style, passages=True
+            )
+            query = SparseBatch.from_rows(
+                [([list(VOCAB).index(t) for t in QUERY], list(QUERY.values()))], vocab=VOCAB
+            )
+            features = builder.features(query)
+            best = best_passage_scores(features, passages)
+            response = self._search_response(index, builder.search_request(query, k=SIZE).request)
+            hits = response["hits"]["hits"]
+            compare_hits(
+                [(str(h["_id"]), float(h["_score"])) for h in hits],
+                {d: score for d, (score, _) in best.items()},
+            )
+            for hit in hits:
+                doc_id = str(hit["_id"])
+                start, end, _ = PASSAGE_DOCUMENTS[doc_id][best[doc_id][1]]
+                found = passages_of(hit, FIELD)
+                if not found or (found[0].start, found[0].end) != (start, end):
+                    raise CheckFailed(
+                        f"{doc_id}: the first inner hit is "
+                        f"{(found[0].start, found[0].end) if found else 'missing'}, its best "
+                        f"passage is ({start}, {end})"
+                    )
+            ranked = [str(h["_id"]) for h in hits]
+            if ranked != sorted(best, key=lambda d: -best[d][0]):
+                raise CheckFailed(f"ranked {ranked}: not by each document's best passage")
+            note["detail"] = (
+                f"_score = the best passage's dot product (nested, score_mode max) for "
+                f"{len(best)} documents, none other; inner hits name that passage"
+            )
+            approximation = self.dialect.approximation(field_type, passages=True)
+            if approximation:
+                note["detail"] += f" ({approximation})"
+
+    def _nested_limit(self, index: str, where: str) -> str:
+        """The nested-objects limit of ``index`` as a detail; a warning when a document of
+        ``max_windows`` passages exceeds it."""
+        answer = self.client.indices.get_settings(
+            index=index, include_defaults=True, flat_settings=True
+        )
+        limit, explicit = nested_limit_in(next(iter(answer.values()), {}))
+        max_windows = self.passage_target.max_windows
+        warning = nested_limit_warning(limit, max_windows, where)
+        if warning:
+            self.warnings.append(warning)
+        how = "" if explicit else " (default)"
+        bound = "no max_windows" if max_windows is None else f"max_windows {max_windows}"
+        verdict = "exceeds it" if warning else "fits"
+        return f"{NESTED_LIMIT_SETTING} {limit}{how} per document, {bound} {verdict}"
+
+    def _user_index(self, index: str) -> None:
+        """The user's index, read-only: its sparse field's layout, the top hit of a query
+        made of one of its stored vectors against that hit's exact dot product (its best
+        passage's, for passages), and for passages the nested-objects limit."""
+        field_name = self.passage_target.field
+        capability = f"index {index}"
+        with self._check(capability, "index") as note:
+            builder = QueryBuilder.for_index(self.client, index, field=field_name)
+            layout = (
+                f"nested passages of {builder.field_type} vectors ({field_name}."
+                f"{defaults.PASSAGE_VECTOR}, one object per window; queried with nested, "
+                "score_mode max)"
+                if builder.passages
+                else f"one {builder.field_type} vector per document"
+            )
+            note["detail"] = f"{field_name}: {layout}; " + self._top_hit(index, builder)
+            if builder.passages:
+                note["detail"] += "; " + self._nested_limit(index, f"index {index}")
+
+    def _top_hit(self, index: str, builder: QueryBuilder) -> str:
+        """The top hit of a query made of a stored vector scores its exact dot product."""
+        # rank_features fields answer no exists query: the first documents, whatever they hold.
+        sample = self.client.search(index=index, body={"size": 50})["hits"]["hits"]
+        vectors = [_stored_vectors(h.get("_source") or {}, builder) for h in sample]
+        if not sample:
+            return "no document holds a vector: nothing to score"
+        seed = next((v[0] for v in vectors if v), None)
+        if seed is None:
+            return "the vectors are not in _source: the score is not checked here"
+        # The query: the sample's strongest keys (at most 8), with its own weights.
+        top = sorted(seed.items(), key=lambda kv: -float(kv[1]))[:8]
+        features = {str(k): float(w) for k, w in top}
+        sparse = self.dialect.sparse_query(
+            features,
+            field=builder.vector_field,
+            field_type=builder.field_type,
+            style=builder.style,
+        )
+        clause = (
+            self.dialect.passage_query(sparse, field=builder.field, inner_hits=1)
+            if builder.passages
+            else sparse
+        )
+        response = self._search_response(index, self.dialect.search_request(clause, k=1))
+        hits = response["hits"]["hits"]
+        if not hits:
+            raise CheckFailed(f"a query of {len(features)} keys of a stored vector found nothing")
+        hit = hits[0]
+        stored = _stored_vectors(hit.get("_source") or {}, builder)
+        best = best_passage_scores(features, {"top": stored}).get("top")
+        if best is None:
+            raise CheckFailed(f"the top hit {hit['_id']} shares no key with the query")
+        score = float(hit["_score"])
+        what = "its best passage's" if builder.passages else "its"
+        if not math.isclose(score, best[0], rel_tol=REL_TOL, abs_tol=1e-9):
+            approximation = self.dialect.approximation(
+                builder.field_type, passages=builder.passages
+            )
+            raise CheckFailed(
+                f"top hit {hit['_id']}: _score {score!r}, {what} dot product at stored "
+                f"precision {best[0]!r}" + (f" ({approximation})" if approximation else "")
+            )
+        if builder.passages:
+            found = passages_of(hit, builder.field)
+            objects = (hit.get("_source") or {}).get(builder.field) or []
+            span = objects[best[1]] if best[1] < len(objects) else {}
+            want = (span.get(defaults.PASSAGE_START), span.get(defaults.PASSAGE_END))
+            if found and (found[0].start, found[0].end) != want:
+                raise CheckFailed(
+                    f"top hit {hit['_id']}: the first inner hit is "
+                    f"({found[0].start}, {found[0].end}), its best passage is {want}"
+                )
+        return (
+            f"the top hit of a {len(features)}-key query scores {what} exact dot product "
+            f"({len(stored)} {'passages' if builder.passages else 'vector'})"
+        )
+
     # ------------------------------------------------------------------ clause limit
     def _clause_limit(self, index: str, assumed: int) -> None:
         """Elasticsearch derives its limit from heap and search threads: measure it (Lucene
@@ -528,6 +825,9 @@ class _Doctor:
     def _search(self, index: str, request: Any) -> list[tuple[str, float]]:
         response = self.client.search(index=index, body=request.body, **dict(request.params))
         return [(str(h["_id"]), float(h["_score"])) for h in response["hits"]["hits"]]
+
+    def _search_response(self, index: str, request: Any) -> Any:
+        return self.client.search(index=index, body=request.body, **dict(request.params))
 
     def _plugins(self) -> tuple[str, ...] | None:
         try:
@@ -616,6 +916,17 @@ def _check_fusion(
     if outside:
         raise CheckFailed(f"min-max normalised scores outside [0, 1]: {outside}")
     return f"the {len(union)} documents of either query, normalised scores in [0, 1]"
+
+
+def _stored_vectors(source: Mapping[str, Any], builder: QueryBuilder) -> list[dict[str, float]]:
+    """The vectors of a document's ``_source`` in ``builder``'s field: its passages' in
+    order, or its one vector (none when the field is not in ``_source``)."""
+    value = source.get(builder.field)
+    if builder.passages:
+        objects = value if isinstance(value, list) else [value] if value else []
+        vectors = [o.get(defaults.PASSAGE_VECTOR) for o in objects if isinstance(o, Mapping)]
+        return [dict(v) for v in vectors if isinstance(v, Mapping)]
+    return [dict(value)] if isinstance(value, Mapping) and value else []
 
 
 def _same_vector(got: Any, sent: Mapping[str, float]) -> bool:

@@ -52,6 +52,26 @@ _STYLES = {"ok": "green", "unsupported": "yellow", "skipped": "dim", "FAILED": "
     show_default=True,
     help="The --field-type given to splade-es register.",
 )
+@click.option(
+    "--index",
+    help="Also check this index (read-only): its sparse field's layout (one vector per "
+    "document, or nested passages), a query's top hit against the exact dot product (the "
+    "best passage's, for passages), and its nested-objects limit.",
+)
+@click.option(
+    "--sparse-field",
+    default=defaults.VECTOR_FIELD,
+    show_default=True,
+    help="With --index: the sparse field.",
+)
+@click.option(
+    "--max-windows",
+    type=click.IntRange(1),
+    default=defaults.MAX_WINDOWS,
+    show_default=True,
+    help="The --max-windows passages are indexed with: warn when a document of that many "
+    "passages exceeds index.mapping.nested_objects.limit.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @fail_cleanly
 def doctor(**opts: Any) -> None:
@@ -65,6 +85,11 @@ def doctor(**opts: Any) -> None:
     whether serve answers, and whether the vectors the cluster gets through what splade-es
     register created equal serve's (skipped until register has run).
 
+    Passages (ingest --long-documents passages): each field type is also checked as nested
+    passages, scored by the best passage; the nested-objects limit a new index gets is
+    compared with --max-windows. With --index, that index's layout is named and its top hit
+    checked against the exact dot product (read-only).
+
     Exit status: 0 when everything offered works (capabilities the cluster lacks are
     reported as unsupported), 1 when something offered fails, 2 on errors.
     """
@@ -72,9 +97,18 @@ def doctor(**opts: Any) -> None:
 
     as_json = opts.pop("as_json")
     serve = _serve_target(opts)
+    index, sparse_field, max_windows = (
+        opts.pop(k) for k in ("index", "sparse_field", "max_windows")
+    )
     cluster = connect(connection_config(opts))
     try:
-        report = run_doctor(cluster, serve=serve)
+        report = run_doctor(
+            cluster,
+            serve=serve,
+            index=index,
+            sparse_field=sparse_field,
+            max_windows=max_windows,
+        )
     finally:
         cluster.close()
     if as_json:
@@ -99,6 +133,8 @@ def doctor(**opts: Any) -> None:
         print_table(doctor_table(report))
         for leftover in report.left_behind:
             warn(f"not deleted: {leftover}")
+        for warning in report.warnings:
+            warn(warning)
         verdict = "every capability offered works" if report.ok else "some checks FAILED"
         err_console.print(Text(verdict, style="green" if report.ok else "bold red"))
     if not report.ok:

@@ -152,3 +152,123 @@ def test_doctor_command_prints_json_and_leaves_nothing_behind(cluster):
     assert statuses["rank_features · rank_feature query"] == "ok"
     assert report["index_prefix"].startswith("splade-es-doctor-")
     assert doctor_indices(cluster.client, "splade-es-doctor") == before
+
+
+# ---------------------------------------------------------------------- passages (issue 24)
+PASSAGES = {  # (start, end, {token: weight}) of each passage
+    "d1": [(0, 40, {"tax": 0.7123456}), (30, 90, {"tax": 2.3333333, "law": 0.5})],
+    "d2": [(0, 25, {"law": 1.25}), (20, 70, {"brain": 0.3})],
+    "d3": [(0, 10, {"garlic": 0.9})],
+}
+
+
+def passages_index(cluster, index_name, **settings) -> None:
+    from splade_es import create_index
+
+    create_index(cluster.client, index_name, replicas=0, passages=True)
+    if settings:
+        cluster.client.indices.put_settings(index=index_name, body=settings)
+    for doc_id, passages in PASSAGES.items():
+        objects = [{"vector": v, "start": s, "end": e} for s, e, v in passages]
+        body = {"id": doc_id, "text": doc_id, "splade": objects}
+        cluster.client.index(index=index_name, id=doc_id, body=body)
+    cluster.client.indices.refresh(index=index_name)
+
+
+def test_doctor_checks_passages_and_the_nested_objects_limit(cluster):
+    report = doctor(cluster.client)
+    checks = {c.capability: c for c in report.checks}
+    assert not report.failed, [(c.capability, c.detail, c.engine_error) for c in report.failed]
+    field = checks["rank_features · passages (nested)"]
+    assert field.status == "ok", field
+    assert "5 documents as 11 nested passages" in field.detail
+    assert "index.mapping.nested_objects.limit 10000 (default) per document" in field.detail
+    assert "max_windows 64 fits" in field.detail
+    query = checks["rank_features · rank_feature query on passages"]
+    assert query.status == "ok", query
+    assert "best passage's dot product (nested, score_mode max) for 4 documents" in query.detail
+    assert report.warnings == ()
+    dialect = dialect_for(cluster.engine, cluster.version)
+    if "sparse_vector" in dialect.field_types() and checks["sparse_vector field"].status == "ok":
+        for style in dialect.query_styles("sparse_vector"):
+            assert checks[f"sparse_vector · {style} query on passages"].status == "ok"
+    assert doctor_indices(cluster.client, report.index_prefix) == []
+
+    # A max_windows above the limit: a warning, not a failure.
+    over = doctor(cluster.client, max_windows=20_000)
+    assert over.ok
+    assert any(
+        "up to 20000 passages (max_windows) exceeds index.mapping.nested_objects.limit 10000" in w
+        for w in over.warnings
+    ), over.warnings
+
+
+def test_doctor_fails_passages_scored_by_their_sum(cluster, monkeypatch):
+    """The check can fail: a nested query that adds the passages up (score_mode sum) ranks
+    d2 (three passages) above d1 (the best single passage)."""
+    original = engines_base.Dialect.passage_query
+
+    def summed(self, sparse, *, field, inner_hits=3):
+        query = original(self, sparse, field=field, inner_hits=inner_hits)
+        query["nested"]["score_mode"] = "sum"
+        return query
+
+    monkeypatch.setattr(engines_base.Dialect, "passage_query", summed)
+    report = doctor(cluster.client)
+    check = next(
+        c for c in report.checks if c.capability == "rank_features · rank_feature query on passages"
+    )
+    assert check.status == "FAILED", check
+    assert "d2" in check.detail
+    assert doctor_indices(cluster.client, report.index_prefix) == []
+
+
+def test_doctor_names_a_passages_index_and_checks_its_top_hit(cluster, index_name):
+    passages_index(cluster, index_name)
+    report = doctor(cluster.client, index=index_name)
+    check = next(c for c in report.checks if c.capability == f"index {index_name}")
+    assert check.status == "ok", check
+    assert "splade: nested passages of rank_features vectors" in check.detail
+    assert "scores its best passage's exact dot product" in check.detail
+    assert "index.mapping.nested_objects.limit 10000 (default)" in check.detail
+    assert report.warnings == ()
+    assert cluster.client.indices.exists(index=index_name)  # read-only: still there
+
+
+def test_doctor_warns_when_max_windows_exceeds_the_indexs_nested_limit(cluster, index_name):
+    passages_index(cluster, index_name, **{"index.mapping.nested_objects.limit": 5})
+    result = CliRunner().invoke(
+        main,
+        ["doctor", "--url", cluster.url, "--index", index_name, "--max-windows", "8"],
+        env=credentials(),
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"index {index_name}: a document of up to 8 passages (max_windows) exceeds" in said
+    assert "index.mapping.nested_objects.limit 5:" in said
+    fits = CliRunner().invoke(
+        main,
+        ["doctor", "--url", cluster.url, "--index", index_name, "--max-windows", "5", "--json"],
+        env=credentials(),
+    )
+    assert fits.exit_code == 0, fits.output
+    report = json.loads(fits.stdout)
+    assert report["warnings"] == []
+    row = next(c for c in report["checks"] if c["capability"] == f"index {index_name}")
+    assert "index.mapping.nested_objects.limit 5 per document, max_windows 5 fits" in row["detail"]
+
+
+def test_doctor_names_a_one_vector_index(cluster, index_name):
+    from splade_es import create_index
+
+    create_index(cluster.client, index_name, replicas=0)
+    for doc_id, passages in PASSAGES.items():
+        body = {"id": doc_id, "splade": passages[0][2]}
+        cluster.client.index(index=index_name, id=doc_id, body=body)
+    cluster.client.indices.refresh(index=index_name)
+    report = doctor(cluster.client, index=index_name)
+    check = next(c for c in report.checks if c.capability == f"index {index_name}")
+    assert check.status == "ok", check
+    assert "splade: one rank_features vector per document" in check.detail
+    assert "scores its exact dot product" in check.detail
+    assert "nested_objects" not in check.detail

@@ -3,6 +3,7 @@ precision, fusion formulas, the engines' error bodies, the clause-limit probe.""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import elasticsearch
@@ -14,6 +15,8 @@ from splade_es.cli.doctor import doctor_table
 from splade_es.connect import Cluster
 from splade_es.doctor import (
     DOCUMENTS,
+    NESTED_LIMIT_SETTING,
+    PASSAGE_DOCUMENTS,
     QUERY,
     Check,
     CheckFailed,
@@ -21,10 +24,13 @@ from splade_es.doctor import (
     DoctorReport,
     _check_fusion,
     _Doctor,
+    best_passage_scores,
     clause_limit_in,
     compare_hits,
     engine_error,
     expected_scores,
+    nested_limit_in,
+    nested_limit_warning,
     rrf_scores,
 )
 from splade_es.engines import Hybrid
@@ -176,3 +182,78 @@ def test_table_escapes_engine_text():
         assert "[bold]boom[/bold] [x]" in text
         assert "\\[" not in text
     assert not report.ok and report.to_json()["ok"] is False
+
+
+# ---------------------------------------------------------------------- passages (issue 24)
+def test_best_passage_scores_take_the_best_passage_at_storage_precision():
+    query = {"tax": 2.0, "law": 0.5}
+    documents = {
+        "a": [{"tax": 0.7}, {"tax": 1.3, "law": 0.33}, {"garlic": 9.0}],
+        "b": [{"garlic": 1.0}],  # shares nothing
+        "c": [{"law": 0.001}],
+    }
+    best = best_passage_scores(query, documents)
+    assert set(best) == {"a", "c"}
+    per_passage = expected_scores(query, {str(i): v for i, v in enumerate(documents["a"])})
+    assert best["a"] == (max(per_passage.values()), 1)
+    assert best["a"][0] != 2.0 * 1.3 + 0.5 * 0.33  # stored weights are rounded to 9 bits
+
+
+def test_the_passage_documents_tell_the_best_passage_from_a_sum_and_the_first():
+    best = best_passage_scores(
+        QUERY, {d: [v for _, _, v in parts] for d, parts in PASSAGE_DOCUMENTS.items()}
+    )
+    sums = {
+        d: sum(expected_scores(QUERY, {str(i): v for i, (_, _, v) in enumerate(parts)}).values())
+        for d, parts in PASSAGE_DOCUMENTS.items()
+    }
+    assert best["d1"][1] != 0  # d1's best passage is not its first
+    assert best["d1"][0] > best["d2"][0] and sums["d2"] > sums["d1"]  # max and sum disagree
+    assert "d4" not in best  # no query token
+    assert set(PASSAGE_DOCUMENTS) <= set(DOCUMENTS)
+
+
+def test_the_nested_objects_limit_is_read_and_compared_with_max_windows():
+    assert nested_limit_in({"settings": {NESTED_LIMIT_SETTING: "7"}, "defaults": {}}) == (7, True)
+    assert nested_limit_in({"settings": {}, "defaults": {NESTED_LIMIT_SETTING: "10000"}}) == (
+        10_000,
+        False,
+    )
+    assert nested_limit_in({}) == (10_000, False)  # not named: the engines' default
+    assert nested_limit_warning(64, 64, "x") is None
+    warning = nested_limit_warning(64, 65, "index docs")
+    assert warning is not None and warning.startswith("index docs: a document of up to 65")
+    assert "lower --max-windows to 64" in warning
+    unbounded = nested_limit_warning(10_000, None, "new indices")
+    assert unbounded is not None and "any number of passages" in unbounded
+
+
+def test_the_command_prints_the_reports_warnings(monkeypatch):
+    from click.testing import CliRunner
+
+    from splade_es.cli import main
+
+    doctor_module = importlib.import_module("splade_es.doctor")  # the package's name is a function
+
+    facts = ClusterFacts("opensearch", "3.8.0", "tar", None, (), 1024, None)
+    seen = {}
+
+    def fake_doctor(cluster, **options):
+        seen.update(options)
+        checks = (Check("index docs", "ok", "splade: nested passages of rank_features vectors"),)
+        return DoctorReport(facts, checks, "p", warnings=("index docs: too many passages",))
+
+    monkeypatch.setattr(doctor_module, "doctor", fake_doctor)
+    monkeypatch.setattr("splade_es.cli.doctor.connect", lambda config: FakeCluster())
+    result = CliRunner().invoke(
+        main, ["doctor", "--url", "http://x:9200", "--index", "docs", "--max-windows", "9"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "index docs: too many passages" in result.output
+    assert seen["index"] == "docs" and seen["max_windows"] == 9
+    assert seen["sparse_field"] == "splade"
+
+
+class FakeCluster:
+    def close(self) -> None:
+        pass
