@@ -53,6 +53,13 @@ DEFAULT_CONFIGS = ("bm25", "splade")
     "where the page saves judgments (created if missing).",
 )
 @click.option("--k", default=defaults.TOP_K, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--fusion",
+    type=click.Choice(["engine", "client", "auto"]),
+    default="auto",
+    show_default=True,
+    help="Who fuses linear / rrf hybrids, as search --fusion (a configuration's fusion=... wins).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--ui", is_flag=True, help="Serve the comparison as a page on 127.0.0.1.")
 @click.option("--port", default=0, type=click.IntRange(0, 65535), help="--ui's port (0: free).")
@@ -74,6 +81,9 @@ def compare(**opts: Any) -> None:
         return
     for query in comparison.queries:
         print_table(_query_table(query, opts["k"]))
+    for note in dict.fromkeys(c.fusion_note for q in comparison.queries for c in q.columns):
+        if note:
+            err_console.print(f"fusion: {note}")
     if comparison.metrics:
         print_table(_metrics_table(comparison))
 
@@ -103,6 +113,7 @@ def _run(opts: dict[str, Any], configurations: Any, queries: dict[str, str]) -> 
         encoder_for=cached_encoders(lambda model: _load(model, opts), opts["model"]),
         shown=opts["k"],
         depth=depth,
+        fusion=opts["fusion"],
     )
     with progress_display(opts["as_json"] or len(queries) == 1) as progress:
         task = progress.add_task("queries", total=len(queries), unit="queries")

@@ -5,7 +5,8 @@ page (``ui``) send the same requests with their own clients:
 
     plan_column       the search request: ``QueryBuilder.search_request`` for SPLADE and hybrid
                       configurations, the dialect's BM25 request for ``bm25`` (what ``search``
-                      sends in each mode)
+                      sends in each mode); a linear / rrf hybrid fused by the client: the two
+                      searches of ``search.client_fusion``, fused by ``fused_response``
     vectors_request   the stored vectors of the hits shown (what ``explain`` reads)
     column_of         the hits, each with its contributions: query weight x stored document
                       weight per shared token (``search.contributions``, the numbers
@@ -17,16 +18,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..engines import Dialect, SearchRequest
-from ..query import PruneReport, QueryBuilder, QueryVector
+from ..query import PruneReport, QueryBuilder, QueryPruning, QueryVector
 from ..search import (
+    ClientFusion,
+    FusionChoice,
     Hit,
     Passage,
     TokenContribution,
     best_passage,
+    client_fusion,
     contributions,
     hits_of,
     token_namer,
@@ -50,6 +54,8 @@ class ColumnPlan:
     all_features: Mapping[str, float] = field(default_factory=dict)  # before pruning
     prune: PruneReport | None = None
     token_of: Callable[[str], str] = str
+    fused: ClientFusion | None = None  # a hybrid the client fuses: its two searches
+    fusion_note: str = ""  # who fuses a linear / rrf hybrid, and why
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class Column:
     query_tokens: tuple[QueryToken, ...] = ()
     prune: PruneReport | None = None
     error: str | None = None  # the column could not be run (its message)
+    fusion_note: str = ""
 
     @property
     def ranking(self) -> list[str]:
@@ -109,28 +116,60 @@ def plan_column(
     builder: QueryBuilder | None,
     vector: QueryVector | None,
     k: int,
+    fusion: FusionChoice | None = None,
 ) -> ColumnPlan:
     """The request ``search`` sends for ``configuration`` (``EmptyQueryError`` when a SPLADE
-    query has no token left)."""
+    query has no token left); with ``fusion`` "client", a linear / rrf hybrid's two
+    searches (``search.client_fusion``: ``fused``), whose answers ``fused_response`` fuses."""
     if builder is None or vector is None or not configuration.encodes:
         lexical = dialect.lexical_query(text, configuration.text_fields)
         request = dialect.search_request(lexical, k=k)
         return ColumnPlan(configuration, index, request, dialect)
-    prepared = builder.search_request(
-        vector, k=k, text=text, hybrid=configuration.hybrid(), pruning=configuration.pruning
-    )
+    hybrid = configuration.hybrid()
     vocab = vector.vocab if isinstance(vector, SparseBatch) else None
-    return ColumnPlan(
-        configuration,
-        index,
-        prepared.request,
-        dialect,
+    sparse = replace(
+        ColumnPlan(configuration, index, SearchRequest({}), dialect),
         builder=builder,
-        features=prepared.features,
         all_features=builder.features(vector),
-        prune=prepared.prune,
         token_of=token_namer(builder, vocab),
+        fusion_note=fusion.note if fusion is not None and fusion.fusion else "",
     )
+    if hybrid is not None and fusion is not None and fusion.fusion == "client":
+        # client_fusion prunes with the builder's own pruning: the runners make one builder
+        # per configuration pruning (``builder_options``).
+        fused = client_fusion(builder, vector, text=text, k=k, hybrid=hybrid)
+        return replace(
+            sparse, request=fused.sparse, features=fused.features, prune=fused.prune, fused=fused
+        )
+    prepared = builder.search_request(
+        vector, k=k, text=text, hybrid=hybrid, pruning=configuration.pruning
+    )
+    return replace(
+        sparse, request=prepared.request, features=prepared.features, prune=prepared.prune
+    )
+
+
+def with_pruning(builder: QueryBuilder, pruning: QueryPruning) -> QueryBuilder:
+    """``builder`` with ``pruning`` as its own (client fusion prunes with the builder's)."""
+    if builder.pruning == pruning:
+        return builder
+    return QueryBuilder(
+        builder.dialect,
+        field=builder.field,
+        field_type=builder.field_type,
+        style=builder.style,
+        pruning=pruning,
+        max_clauses=builder.max_clauses,
+        options=builder.options,
+        passages=builder.passages,
+        passage_hits=builder.passage_hits,
+    )
+
+
+def fused_response(plan: ColumnPlan, responses: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The search response of a client-fused plan from its two searches' answers."""
+    assert plan.fused is not None
+    return plan.fused.response(responses)
 
 
 def vectors_request(plan: ColumnPlan, ids: Sequence[str]) -> SearchRequest | None:
@@ -168,6 +207,7 @@ def column_of(
         run={hit.id: hit.score for hit in hits},
         query_tokens=query_tokens(plan),
         prune=plan.prune,
+        fusion_note=plan.fusion_note,
     )
 
 

@@ -188,6 +188,7 @@ def column_json(column: Column, changes: Sequence[int | None] | None = None) -> 
         "index": column.index,
         "kind": column.kind,
         "error": column.error,
+        "fusion_note": column.fusion_note,
         "scores_are_contributions": column.scores_are_contributions,
         "retrieved": len(column.run),
         "query_tokens": [

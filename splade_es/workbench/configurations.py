@@ -27,10 +27,10 @@ from ..engines import Hybrid
 from ..engines.base import HYBRID_METHODS
 from ..exceptions import ConfigurationError
 from ..query import QueryPruning
+from ..search import FUSIONS
 
 Kind = Literal["splade", "bm25", "hybrid"]
 KINDS: tuple[Kind, ...] = ("splade", "bm25", "hybrid")
-FUSIONS = ("engine", "client", "auto")
 MIN_CONFIGURATIONS, MAX_CONFIGURATIONS = 2, 4
 OPTIONS = ("index", "model", "field", "text_fields", "top_k", "min_weight", "mass", "fusion")
 

@@ -1,8 +1,9 @@
 """Columns from a synchronous client (``splade-es compare``): each configuration's search
 sent as ``search`` sends it (``search.send``), then its hits' stored vectors.
 
-Builders (one per index and sparse field: three cluster reads each), encoders (one per
-model) and hybrid pipelines are made once and kept."""
+Builders (one per index, sparse field and pruning: three cluster reads each), encoders (one
+per model) and each hybrid's fusion (``search.prepare_fusion``: who fuses it, the engine's
+pipeline made where the engine does) are made once and kept."""
 
 from __future__ import annotations
 
@@ -11,16 +12,23 @@ from collections.abc import Callable
 from .. import defaults
 from ..connect import ClientOrCluster, client_of
 from ..encoding.protocol import Encoder
-from ..engines import Dialect, dialect_of
+from ..engines import Dialect, Hybrid, dialect_of
 from ..exceptions import (
     ClusterError,
     ConfigurationError,
     ConnectionFailedError,
     InputError,
 )
-from ..query import QueryBuilder, QueryVector
-from ..search import create_hybrid_pipeline, send
-from .columns import Column, column_of, failed_column, plan_column, vectors_request
+from ..query import QueryBuilder, QueryPruning, QueryVector
+from ..search import Fusion, FusionChoice, choose_fusion, prepare_fusion, send, send_msearch
+from .columns import (
+    Column,
+    column_of,
+    failed_column,
+    fused_response,
+    plan_column,
+    vectors_request,
+)
 from .configurations import Configuration
 
 # What stops one column only: its index, its query, its hybrid (not the cluster's absence).
@@ -41,6 +49,7 @@ class ClusterSearcher:
         shown: int = defaults.TOP_K,
         depth: int = defaults.TOP_K,
         create_pipelines: bool = True,
+        fusion: Fusion = "auto",
     ) -> None:
         self.cluster = cluster
         self.client = client_of(cluster)
@@ -49,9 +58,10 @@ class ClusterSearcher:
         self.shown = shown
         self.depth = max(depth, shown)
         self.create_pipelines = create_pipelines
+        self.fusion = fusion  # a hybrid's unless its configuration says fusion=...
         self._dialect: Dialect | None = None
-        self._builders: dict[tuple[str, str], QueryBuilder] = {}
-        self._pipelines: set[str] = set()
+        self._builders: dict[tuple[str, str, QueryPruning], QueryBuilder] = {}
+        self._fusions: dict[tuple[Hybrid, str], FusionChoice] = {}
         self._vectors: dict[tuple[str | None, str], QueryVector] = {}
 
     @property
@@ -72,11 +82,11 @@ class ClusterSearcher:
             return failed_column(configuration, index, exc)
 
     def _column(self, configuration: Configuration, index: str, text: str) -> Column:
-        builder = vector = None
+        builder = vector = fusion = None
         if configuration.encodes:
-            builder = self.builder(index, configuration.sparse_field)
+            builder = self.builder(index, configuration)
             vector = self.vector(configuration.model, text)
-            self._prepare_hybrid(configuration, builder)
+            fusion = self.fusion_of(configuration, builder)
         plan = plan_column(
             configuration,
             index,
@@ -85,17 +95,26 @@ class ClusterSearcher:
             builder=builder,
             vector=vector,
             k=self.depth,
+            fusion=fusion,
         )
-        response, _ = send(self.client, index, plan.request)
+        if plan.fused is not None:
+            responses, _ = send_msearch(self.client, index, plan.fused.requests)
+            response = fused_response(plan, responses)
+        else:
+            response, _ = send(self.client, index, plan.request)
         shown = [str(h["_id"]) for h in response.get("hits", {}).get("hits", [])[: self.shown]]
         fetch = vectors_request(plan, shown)
         stored = send(self.client, index, fetch)[0] if fetch is not None else None
         return column_of(plan, response, stored, shown=self.shown)
 
-    def builder(self, index: str, field: str) -> QueryBuilder:
-        key = (index, field)
+    def builder(self, index: str, configuration: Configuration) -> QueryBuilder:
+        """The index's builder with the configuration's pruning (client fusion prunes with
+        the builder's own)."""
+        key = (index, configuration.sparse_field, configuration.pruning)
         if key not in self._builders:
-            self._builders[key] = QueryBuilder.for_index(self.cluster, index, field=field)
+            self._builders[key] = QueryBuilder.for_index(
+                self.cluster, index, field=configuration.sparse_field, pruning=key[2]
+            )
         return self._builders[key]
 
     def vector(self, model: str | None, text: str) -> QueryVector:
@@ -109,15 +128,23 @@ class ClusterSearcher:
             self._vectors[key] = self.encoder_for(model).encode_queries([text])
         return self._vectors[key]
 
-    def _prepare_hybrid(self, configuration: Configuration, builder: QueryBuilder) -> None:
-        """The search pipeline an OpenSearch linear/rrf hybrid needs, as ``search`` makes it."""
+    def fusion_of(self, configuration: Configuration, builder: QueryBuilder) -> FusionChoice:
+        """Who fuses a hybrid (``search.prepare_fusion``, as ``search --fusion`` decides, the
+        engine's pipeline made where the engine fuses), decided once per hybrid."""
         hybrid = configuration.hybrid()
+        fusion: Fusion = configuration.fusion or self.fusion  # type: ignore[assignment]
         if hybrid is None:
-            return
-        builder.dialect.check_hybrid(hybrid)
-        if self.create_pipelines and hybrid.pipeline_name not in self._pipelines:
-            create_hybrid_pipeline(self.cluster, hybrid, dialect=builder.dialect)
-            self._pipelines.add(hybrid.pipeline_name)
+            return choose_fusion(self.cluster, None, fusion)
+        key = (hybrid, fusion)
+        if key not in self._fusions:
+            self._fusions[key] = prepare_fusion(
+                self.cluster,
+                hybrid,
+                fusion,
+                dialect=builder.dialect,
+                create_pipeline=self.create_pipelines,
+            )
+        return self._fusions[key]
 
 
 def cached_encoders(load: Callable[[str], Encoder], default: str | None) -> EncoderFor:

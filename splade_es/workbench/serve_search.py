@@ -4,13 +4,23 @@ through serve's connection to the cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from ..engines import SearchRequest
 from ..exceptions import ClusterError, ConfigurationError, InputError
-from .columns import Column, column_of, failed_column, plan_column, vectors_request
+from ..search import FusionChoice
+from .columns import (
+    Column,
+    column_of,
+    failed_column,
+    fused_response,
+    plan_column,
+    vectors_request,
+    with_pruning,
+)
 from .configurations import Configuration
 
 if TYPE_CHECKING:
@@ -56,7 +66,8 @@ class ServeSearcher:
         dialect = await facts.dialect(authorization)
         builder = vector = None
         if configuration.encodes:
-            builder = await facts.builder(index, configuration.sparse_field, authorization)
+            cached = await facts.builder(index, configuration.sparse_field, authorization)
+            builder = with_pruning(cached, configuration.pruning)
             [vector] = await self.service.query_vectors([text])
         plan = plan_column(
             configuration,
@@ -66,8 +77,13 @@ class ServeSearcher:
             builder=builder,
             vector=vector,
             k=self.shown,
+            fusion=serve_fusion(configuration),
         )
-        response = await self.search(index, plan.request, authorization)
+        if plan.fused is not None:
+            answers = [self.search(index, r, authorization) for r in plan.fused.requests]
+            response = fused_response(plan, await asyncio.gather(*answers))
+        else:
+            response = await self.search(index, plan.request, authorization)
         ids = [str(h["_id"]) for h in response.get("hits", {}).get("hits", [])]
         fetch = vectors_request(plan, ids)
         stored = await self.search(index, fetch, authorization) if fetch is not None else None
@@ -91,6 +107,19 @@ class ServeSearcher:
         if answer.status != 200 or not isinstance(body, dict):
             raise ClusterAnswered(reason_of(answer))
         return body
+
+
+def serve_fusion(configuration: Configuration) -> FusionChoice:
+    """Who fuses a linear / rrf hybrid on the page: the engine only when the configuration
+    says ``fusion=engine`` (its search pipeline must exist: serve creates nothing on the
+    cluster), else serve itself (``search.client_fusion``), which works on every license and
+    without the neural-search plugin."""
+    hybrid = configuration.hybrid()
+    if hybrid is None or hybrid.method == "sum":
+        return FusionChoice(None, "nothing to fuse")
+    if configuration.fusion == "engine":
+        return FusionChoice("engine", f"{hybrid.method} fused by the engine (fusion=engine)")
+    return FusionChoice("client", f"{hybrid.method} fused by splade-es serve (client fusion)")
 
 
 def reason_of(response: Any) -> str:

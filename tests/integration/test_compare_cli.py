@@ -153,3 +153,28 @@ def test_bad_configurations_stop_with_one_line(
     out = compare(cluster, indexed, search_model_dir, "--query", "tax", *args)
     assert out.exit_code == 2
     assert message in out.output
+
+
+def test_hybrids_are_fused_as_search_fuses_them(cluster, indexed, encoder, search_model_dir):
+    from splade_es import Hybrid
+
+    text = documents(cluster, indexed)["doc-7"]["text"]
+    out = compare(
+        cluster, indexed, search_model_dir, "--query", text, "--config", "splade",
+        "--config", "hybrid:rrf,fusion=client", "--config", "hybrid:linear:0.3,fusion=client",
+        "--json",
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    _, rrf, linear = json.loads(out.output)["queries"][0]["columns"]
+    for column, hybrid in (
+        (rrf, Hybrid(method="rrf")),
+        (linear, Hybrid(method="linear", bm25_weight=0.3)),
+    ):
+        assert column["error"] is None and "client" in column["fusion_note"]
+        expected = search(
+            cluster.client, indexed, text, encoder=encoder, hybrid=hybrid, fusion="client"
+        )
+        assert [h["id"] for h in column["hits"]] == [h.id for h in expected.hits]
+        assert [h["score"] for h in column["hits"]] == pytest.approx(
+            [h.score for h in expected.hits], rel=1e-6
+        )

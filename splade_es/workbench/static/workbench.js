@@ -84,15 +84,31 @@ function render(ndcg) {
 }
 
 function renderQueryVector() {
+  // One row per distinct set of kept tokens: a column pruned differently gets its own row,
+  // its pruned tokens struck through.
   const section = document.getElementById("query-vector");
-  const source = state.columns.find((c) => c.query_tokens && c.query_tokens.length);
-  section.hidden = !source;
-  if (!source) return;
-  const kept = source.query_tokens.filter((t) => t.kept).length;
-  const pruned = source.query_tokens.length - kept;
-  document.getElementById("query-vector-note").textContent =
-    `(${source.label}: ${kept} tokens` + (pruned ? `, ${pruned} pruned` : "") + ")";
-  const tokens = source.query_tokens.map((t) => {
+  const rows = new Map();
+  for (const column of state.columns) {
+    if (!column.query_tokens || !column.query_tokens.length) continue;
+    const key = column.query_tokens.map((t) => (t.kept ? "+" : "-") + t.token).join(" ");
+    if (!rows.has(key)) rows.set(key, { labels: [], tokens: column.query_tokens });
+    rows.get(key).labels.push(column.label);
+  }
+  section.hidden = rows.size === 0;
+  const first = rows.values().next().value;
+  document.getElementById("query-vector-note").textContent = first
+    ? `(${first.tokens.length} tokens)` : "";
+  const holder = document.getElementById("query-tokens");
+  holder.replaceChildren(...[...rows.values()].map(queryRow));
+}
+
+function queryRow(row) {
+  const kept = row.tokens.filter((t) => t.kept).length;
+  const pruned = row.tokens.length - kept;
+  const line = el("div", { class: "query-row" });
+  line.append(el("span", { class: "query-row-label" },
+    row.labels.join(", ") + `: ${kept} kept` + (pruned ? `, ${pruned} pruned` : "")));
+  for (const t of row.tokens) {
     const chip = el("span", {
       class: t.kept ? "token" : "token pruned",
       "data-testid": "query-token",
@@ -103,15 +119,16 @@ function renderQueryVector() {
     });
     chip.append(el("b", {}, t.token), el("span", {}, " " + fixed(t.weight, 3)));
     if (!t.kept) chip.append(el("em", {}, " pruned"));
-    return chip;
-  });
-  document.getElementById("query-tokens").replaceChildren(...tokens);
+    line.append(chip);
+  }
+  return line;
 }
 
 function renderColumn(column) {
   const node = el("section", { class: "column", "data-testid": "column", "data-label": column.label });
   const head = el("div", { class: "column-head" });
   head.append(el("h2", {}, column.label), el("div", { class: "index" }, column.index));
+  if (column.fusion_note) head.append(el("div", { class: "fusion" }, column.fusion_note));
   head.append(el("div", { class: "ndcg", "data-testid": "ndcg", "data-label": column.label }, ""));
   node.append(head);
   if (column.error) {
@@ -153,7 +170,8 @@ function changeBadge(hit) {
   if (hit.change === undefined || hit.change === null) {
     return el("span", { class: hit.new ? "change new" : "change" }, hit.new ? "new" : "");
   }
-  const text = hit.change === 0 ? "=" : (hit.change > 0 ? "▲" + hit.change : "▼" + -hit.change);
+  if (hit.change === 0) return el("span", { class: "change same" }, "=");
+  const text = hit.change > 0 ? "▲" + hit.change : "▼" + -hit.change;
   return el("span", { class: hit.change > 0 ? "change up" : "change down" }, text);
 }
 
