@@ -19,9 +19,17 @@ batch; the ids are deterministic, so a re-run batch overwrites, never duplicates
     print(summary.dead_letters[:3])                            # id, reason, document of each
 
 Any Ray dataset of dicts works too (without ``json_field``): its rows are the documents.
+
 Which rows are refused, and with which reason, is the rule ``splade-es ingest`` applies
 (``documents.read_document``); a reason names the row by its place in its batch
 (``batch row 7: field 'title' is int, expected text``), the dead letter keeps its id.
+
+``long_documents="maxpool"`` (with ``window``, ``overlap``, ``max_windows``, as
+``SpladeEncoder.from_pretrained`` takes them) indexes one vector per row, the max over its
+windows; ``"passages"`` indexes one nested object per window (``create=True`` makes the
+nested layout; an index whose layout is not the job's is refused before any actor starts).
+``summary.total`` counts truncated documents and windows, and ``summary.windows_mean`` /
+``windows_p99`` come from every actor's exact windows-per-document counts, merged.
 
 Ray is imported only when this module is used (``pip install 'splade-es[ray]'``).
 """
@@ -33,21 +41,28 @@ import os
 from dataclasses import replace
 from pathlib import Path
 from tempfile import NamedTemporaryFile
-from typing import Any
+from typing import Any, cast
 
 from . import defaults
 from .connect import ConnectionConfig, connect
+from .encoding.protocol import DocumentEncoder
+from .encoding.windows import LongDocuments, WindowPolicy
 from .engines import FieldType
 from .exceptions import ConfigurationError
 from .ingest import IngestConfig, RetryPolicy
 from .ingest import ingest as ingest_records
 from .scaleout import (
     ScaleOutSummary,
+    TalliedEncoder,
     crash_marker,
     crash_once_if_asked,
+    mode_of,
     prepare_job,
     row_records,
+    stats_row,
     summarize,
+    warn_if_truncated,
+    window_policy,
 )
 
 
@@ -70,6 +85,8 @@ class BatchIndexer:
         from .encoding.encoder import SpladeEncoder
 
         self.encoder = SpladeEncoder.from_pretrained(model, device=device)
+        if config.long_documents is not None:  # a window too long for the model: refused now
+            self.encoder.window_policy(config.long_documents)
         self.client = connect(client_config).client
         self.config = config
         self.crash_marker = crash_marker
@@ -80,15 +97,15 @@ class BatchIndexer:
         """Index one batch of rows (documents, or JSON texts in ``json_field``)."""
         crash_once_if_asked(self.client, self.crash_marker)
         records = row_records(rows, json_field=self.json_field, unit="batch row")
+        encoder = TalliedEncoder(self.encoder)  # counts this batch's windows
         with NamedTemporaryFile("r", suffix=".jsonl") as dead:
             config = replace(self.config, dead_letter=dead.name)
-            report = ingest_records(self.client, records, encoder=self.encoder, config=config)
+            report = ingest_records(
+                self.client, records, encoder=cast(DocumentEncoder, encoder), config=config
+            )
             letters = [json.loads(line) for line in Path(dead.name).read_text().splitlines()]
         return {
-            "worker": self.name,
-            "read": report.read,
-            "indexed": report.indexed,
-            "dead_lettered": report.dead_lettered,
+            **stats_row(self.name, report, encoder.tally),
             "dead_letters": json.dumps(letters, default=str),
         }
 
@@ -123,6 +140,10 @@ def ingest(
     max_restarts: int = 3,
     dead_letter: str | None = None,
     json_field: str | None = None,
+    long_documents: LongDocuments | WindowPolicy | None = None,
+    window: int | None = None,
+    overlap: int | None = None,
+    max_windows: int | None = None,
 ) -> ScaleOutSummary:
     """Encode and index a Ray dataset of dicts with ``workers`` actors.
 
@@ -132,9 +153,13 @@ def ingest(
     in ``summary.dead_letters``).
     ``json_field``: each row holds a JSONL line in this field (``ray.data.read_text`` names
     it ``text``), read as ``splade-es ingest`` reads one (``scaleout.row_records``).
+    ``long_documents``: "truncate" (the default), "maxpool" or "passages", or a
+    ``WindowPolicy``; ``window`` (model tokens, special ones included), ``overlap`` and
+    ``max_windows`` replace its parts (``scaleout.window_policy``).
     """
     if workers < 1:
         raise ConfigurationError("workers must be >= 1")
+    policy = window_policy(long_documents, window=window, overlap=overlap, max_windows=max_windows)
     gpus_per_worker = _gpus_per_worker(gpus_per_worker)
     config = prepare_job(
         client_config,
@@ -147,6 +172,7 @@ def ingest(
         retry=retry or RetryPolicy(),
         create=create,
         field_type=field_type,
+        long_documents=policy,
     )
     stats = dataset.map_batches(
         _RayIndexer,
@@ -161,7 +187,9 @@ def ingest(
         max_restarts=max_restarts,
         max_task_retries=max_restarts,
     )
-    summary = summarize(stats.to_pandas().to_dict(orient="records"))
+    rows = stats.to_pandas().to_dict(orient="records")
+    summary = summarize(rows, long_documents=mode_of(policy))
+    warn_if_truncated(summary)
     if dead_letter:
         _write_dead_letters(dead_letter, summary)
     return summary
