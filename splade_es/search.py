@@ -48,7 +48,7 @@ from .exceptions import (
     UnsupportedFeatureError,
 )
 from .fusion import Fused, FusionRules, fuse
-from .query import PruneReport, QueryBuilder, QueryVector
+from .query import PruneReport, QueryBuilder, QueryPruning, QueryVector
 from .sparse import SparseBatch, stored_precision
 from .tokens import unescape_key
 
@@ -478,6 +478,7 @@ def client_fusion(
     hybrid: Hybrid,
     filters: Sequence[dict] = (),
     source: Any = True,
+    pruning: QueryPruning | None = None,
 ) -> ClientFusion:
     """The two searches of a client-fused ``hybrid`` and how to fuse them. The SPLADE query
     is pruned as the engine's hybrid would prune it (the same clauses left for BM25), so both
@@ -490,7 +491,7 @@ def client_fusion(
     lexical = dialect.lexical_query(text, hybrid.text_fields)
     # As QueryBuilder.search_request: multi_match expands to about one clause per term and field.
     reserve = len(text.split()) * len(hybrid.text_fields) + 1
-    kept, report = builder.prune(vector, reserve=reserve)
+    kept, report = builder.prune(vector, reserve=reserve, pruning=pruning)
     if report.empty:
         log.warning("no SPLADE query tokens left; the hybrid query ranks by BM25 alone")
         sparse: dict[str, Any] = {"match_none": {}}

@@ -2,6 +2,8 @@
 cluster unchanged, except
 
 * ``_search``/``_msearch`` bodies with a ``splade`` clause, which is replaced (``rewrite``);
+  a ``_search`` whose query is a ``splade`` clause with ``hybrid`` runs as a hybrid, fused by
+  the engine or here (``hybrid``);
 * with ``--enrich``, document writes into an enriched index, sent with their vectors.
 
 ``Proxy.handle`` reads the request, picks the route (``route_name``) and sends it on
@@ -32,6 +34,7 @@ from .exchange import (
     without,
 )
 from .facts import changes_mappings
+from .hybrid import HybridRunner
 from .middleware import METHODS
 from .service import HttpError, Service
 from .upstream import Headers, UpstreamResponse
@@ -52,6 +55,7 @@ class Proxy:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.config = service.config
+        self.hybrids = HybridRunner(service)
 
     def route(self) -> Route:
         return Route("/{path:path}", self.handle, methods=list(METHODS))
@@ -128,6 +132,9 @@ class Proxy:
         """A search: its ``splade`` clauses replaced, if it has any."""
         plain = plain_body(out, self.config.max_body_bytes)
         authorization = header(out.headers, "authorization")
+        hybrid = self.hybrid_search(sp, plain)
+        if hybrid is not None:
+            return await self.hybrids.search(sp, out, hybrid)
         rewritten = await self.service.rewrite_clauses(sp, plain, authorization)
         if rewritten is None:  # untouched: the bytes as they came
             return await self.forward(out.method, out.target, out.headers, out.body)
@@ -139,6 +146,13 @@ class Proxy:
             if again is not None:
                 response = await self.forward(out.method, out.target, sent_headers, again)
         return response
+
+    def hybrid_search(self, sp: rewrite.SearchPath, plain: bytes) -> rewrite.HybridSearch | None:
+        """The hybrid a ``_search`` body asks for with a ``splade`` clause, or None."""
+        if sp.api != "_search" or not rewrite.may_have_clause(plain) or b'"hybrid"' not in plain:
+            return None
+        parsed = rewrite.parse_json_body(plain, max_depth=self.config.max_json_depth)
+        return rewrite.hybrid_search(parsed, rewrite.find_clauses(parsed))
 
     async def rewritten_again(
         self,

@@ -10,6 +10,12 @@ inside the compound queries (``bool``, ``function_score``, ``constant_score``, `
                             "boost": 1.0}}}
     {"splade": {"<field>": "text"}}
 
+With ``hybrid`` (``{"method": "rrf" | "linear" | "sum", "bm25_weight", "text_fields",
+"rank_constant", "rank_window_size", "fusion": "engine" | "client" | "auto"}``) the clause's
+text also runs as BM25 and the two are combined as ``search()`` combines them: such a clause
+must be the whole ``query`` of a ``_search`` (``hybrid_search``), because a fused hybrid is a
+whole request (the engine's ``hybrid`` query / retriever, or two searches fused client-side).
+
 The walk follows the query grammar, not every key: ``{"term": {"splade": "x"}}`` (a field that
 happens to be called ``splade``) is left alone. Replacement queries come from ``QueryBuilder``
 (``clause_query``), the same code ``search()`` uses, so the proxy has no query implementation
@@ -31,8 +37,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engines import HYBRID_METHODS, Hybrid
 from ..exceptions import ConfigurationError, InputError
 from ..query import QueryBuilder, QueryPruning, QueryVector
+from ..search import FUSIONS, Fusion
 
 CLAUSE = "splade"
 # JSON nesting the proxy parses (``serve --max-json-depth``): real search bodies nest a few
@@ -56,7 +64,12 @@ _COMPOUND: dict[str, tuple[tuple[str, str], ...]] = {
     "rule": (("organic", "some"),),
     "hybrid": (("queries", "some"),),  # OpenSearch
 }
-_CLAUSE_KEYS = frozenset({"query", "top_k", "min_weight", "mass", "boost"})
+_CLAUSE_KEYS = frozenset({"query", "top_k", "min_weight", "mass", "boost", "hybrid"})
+_HYBRID_KEYS = frozenset(
+    {"method", "bm25_weight", "text_fields", "rank_constant", "rank_window_size", "fusion"}
+)
+# What a search body with a hybrid splade clause may hold besides its query.
+_HYBRID_BODY_KEYS = frozenset({"query", "size", "from", "_source", "timeout"})
 _SEARCH_PATH = re.compile(r"^/(?:(?P<index>[^/]+)/)?(?P<api>_search|_msearch)/?$")
 
 
@@ -75,6 +88,8 @@ class SpladeClause:
     text: str
     pruning: QueryPruning
     boost: float = 1.0
+    hybrid: Hybrid | None = None  # the text also runs as BM25, combined as search() does
+    fusion: Fusion = "auto"  # who fuses a linear / rrf hybrid
 
 
 @dataclass(frozen=True)
@@ -347,9 +362,112 @@ def parse_clause(spec: Any, path: Path = ()) -> SpladeClause:
         raise RewriteError(
             f"{where}: negative [boost] is not allowed", error_type="illegal_argument_exception"
         )
+    hybrid, fusion = _hybrid(value.get("hybrid"), where)
+    if hybrid is not None and boost not in (None, 1.0):
+        raise RewriteError(f"{where}: [boost] does not apply to a [hybrid] clause")
     return SpladeClause(
-        field=str(field_name), text=text, pruning=pruning, boost=1.0 if boost is None else boost
+        field=str(field_name),
+        text=text,
+        pruning=pruning,
+        boost=1.0 if boost is None else boost,
+        hybrid=hybrid,
+        fusion=fusion,
     )
+
+
+def _hybrid(spec: Any, where: str) -> tuple[Hybrid | None, Fusion]:
+    """A clause's ``hybrid`` object as ``Hybrid`` and its ``fusion`` (default ``auto``)."""
+    if spec is None:
+        return None, "auto"
+    if not isinstance(spec, dict):
+        raise RewriteError(f"{where}: [hybrid] must be an object, got {json.dumps(spec)}")
+    unknown = sorted(set(spec) - _HYBRID_KEYS)
+    if unknown:
+        raise RewriteError(
+            f"{where}: [hybrid] does not support [{unknown[0]}]; known: "
+            f"{', '.join(sorted(_HYBRID_KEYS))}"
+        )
+    options = dict(spec)
+    fusion = options.pop("fusion", "auto")
+    if fusion not in FUSIONS:
+        raise RewriteError(
+            f"{where}: [hybrid.fusion] must be one of {', '.join(FUSIONS)}, got "
+            f"{json.dumps(fusion)}",
+            error_type="illegal_argument_exception",
+        )
+    method = options.get("method", "sum")
+    if method not in HYBRID_METHODS:
+        raise RewriteError(
+            f"{where}: [hybrid.method] must be one of {', '.join(HYBRID_METHODS)}, got "
+            f"{json.dumps(method)}",
+            error_type="illegal_argument_exception",
+        )
+    fields = options.get("text_fields")
+    if fields is not None:
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise RewriteError(f"{where}: [hybrid.text_fields] must be a list of field names")
+        options["text_fields"] = tuple(fields)
+    for key in ("rank_constant", "rank_window_size"):
+        number = options.get(key)
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
+            raise RewriteError(f"{where}: [hybrid.{key}] must be an integer")
+    weight = options.get("bm25_weight")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):
+        raise RewriteError(f"{where}: [hybrid.bm25_weight] must be a number")
+    try:
+        return Hybrid(**options), fusion
+    except ConfigurationError as exc:
+        raise RewriteError(
+            f"{where}: [hybrid] {exc}", error_type="illegal_argument_exception"
+        ) from None
+
+
+@dataclass(frozen=True)
+class HybridSearch:
+    """A ``_search`` body whose whole query is a ``splade`` clause with ``hybrid``."""
+
+    clause: SpladeClause
+    k: int
+    source: Any
+
+
+def hybrid_search(body: Any, found: Found) -> HybridSearch | None:
+    """The hybrid search ``body`` asks for (its one ``splade`` clause with ``hybrid``), None
+    when no clause has ``hybrid``; ``RewriteError`` when one has it anywhere but as the whole
+    ``query`` of the body, or the body asks for what a fused hybrid cannot give.
+
+    >>> clause = {"splade": {"body": {"query": "tax", "hybrid": {"method": "rrf"}}}}
+    >>> body = {"query": clause, "size": 3}
+    >>> found = hybrid_search(body, find_clauses(body))
+    >>> found.clause.hybrid.method, found.clause.fusion, found.k
+    ('rrf', 'auto', 3)
+    """
+    hybrids = [c for c in found.clauses if c.clause.hybrid is not None]
+    if not hybrids:
+        return None
+    located = hybrids[0]
+    if located.path != ("query",) or len(found.clauses) != 1 or found.other_nodes:
+        raise RewriteError(
+            f"a [{CLAUSE}] clause with [hybrid] must be the whole [query] of a _search body "
+            f"(found at {_dotted(located.path)}): it becomes a whole hybrid request",
+            error_type="illegal_argument_exception",
+        )
+    extra = sorted(set(body) - _HYBRID_BODY_KEYS)
+    if extra:
+        raise RewriteError(
+            f"a _search with a [{CLAUSE}] [hybrid] clause takes only "
+            f"{', '.join(sorted(_HYBRID_BODY_KEYS))}; got [{extra[0]}]",
+            error_type="illegal_argument_exception",
+        )
+    if body.get("from", 0) != 0:
+        raise RewriteError(
+            f"[from] must be 0 with a [{CLAUSE}] [hybrid] clause (a fused list has no pages)",
+            error_type="illegal_argument_exception",
+        )
+    size = body.get("size", 10)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise RewriteError(f"[size] must be a positive integer, got {json.dumps(size)}")
+    return HybridSearch(located.clause, size, body.get("_source", True))
 
 
 def _number(value: Mapping[str, Any], key: str, where: str) -> float | None:
@@ -370,7 +488,14 @@ def clause_query(
     builder: QueryBuilder, clause: SpladeClause, vector: QueryVector, *, reserve: int = 0
 ) -> dict[str, Any]:
     """The dialect's query for one clause: ``QueryBuilder.sparse_query`` with the clause's
-    pruning, boosted when asked (a ``bool`` wrapper multiplies the score, on every engine)."""
+    pruning, boosted when asked (a ``bool`` wrapper multiplies the score, on every engine).
+    A clause with ``hybrid`` is a whole request (``hybrid_search``), refused here."""
+    if clause.hybrid is not None:
+        raise RewriteError(
+            f"a [{CLAUSE}] clause with [hybrid] is supported as the whole [query] of a _search "
+            "only (not in _msearch, nor inside another query)",
+            error_type="illegal_argument_exception",
+        )
     query = builder.sparse_query(vector, pruning=clause.pruning, reserve=reserve)
     if clause.boost == 1.0:
         return query
