@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..engines import Dialect, SearchRequest
-from ..query import PruneReport, QueryBuilder, QueryPruning, QueryVector
+from ..query import PruneReport, QueryBuilder, QueryVector
 from ..search import (
     ClientFusion,
     FusionChoice,
@@ -135,9 +135,9 @@ def plan_column(
         fusion_note=fusion.note if fusion is not None and fusion.fusion else "",
     )
     if hybrid is not None and fusion is not None and fusion.fusion == "client":
-        # client_fusion prunes with the builder's own pruning: the runners make one builder
-        # per configuration pruning (``builder_options``).
-        fused = client_fusion(builder, vector, text=text, k=k, hybrid=hybrid)
+        fused = client_fusion(
+            builder, vector, text=text, k=k, hybrid=hybrid, pruning=configuration.pruning
+        )
         return replace(
             sparse, request=fused.sparse, features=fused.features, prune=fused.prune, fused=fused
         )
@@ -146,23 +146,6 @@ def plan_column(
     )
     return replace(
         sparse, request=prepared.request, features=prepared.features, prune=prepared.prune
-    )
-
-
-def with_pruning(builder: QueryBuilder, pruning: QueryPruning) -> QueryBuilder:
-    """``builder`` with ``pruning`` as its own (client fusion prunes with the builder's)."""
-    if builder.pruning == pruning:
-        return builder
-    return QueryBuilder(
-        builder.dialect,
-        field=builder.field,
-        field_type=builder.field_type,
-        style=builder.style,
-        pruning=pruning,
-        max_clauses=builder.max_clauses,
-        options=builder.options,
-        passages=builder.passages,
-        passage_hits=builder.passage_hits,
     )
 
 

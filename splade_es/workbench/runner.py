@@ -1,7 +1,7 @@
 """Columns from a synchronous client (``splade-es compare``): each configuration's search
 sent as ``search`` sends it (``search.send``), then its hits' stored vectors.
 
-Builders (one per index, sparse field and pruning: three cluster reads each), encoders (one
+Builders (one per index and sparse field: three cluster reads each), encoders (one
 per model) and each hybrid's fusion (``search.prepare_fusion``: who fuses it, the engine's
 pipeline made where the engine does) are made once and kept."""
 
@@ -19,7 +19,7 @@ from ..exceptions import (
     ConnectionFailedError,
     InputError,
 )
-from ..query import QueryBuilder, QueryPruning, QueryVector
+from ..query import QueryBuilder, QueryVector
 from ..search import Fusion, FusionChoice, choose_fusion, prepare_fusion, send, send_msearch
 from .columns import (
     Column,
@@ -60,7 +60,7 @@ class ClusterSearcher:
         self.create_pipelines = create_pipelines
         self.fusion = fusion  # a hybrid's unless its configuration says fusion=...
         self._dialect: Dialect | None = None
-        self._builders: dict[tuple[str, str, QueryPruning], QueryBuilder] = {}
+        self._builders: dict[tuple[str, str], QueryBuilder] = {}
         self._fusions: dict[tuple[Hybrid, str], FusionChoice] = {}
         self._vectors: dict[tuple[str | None, str], QueryVector] = {}
 
@@ -108,13 +108,10 @@ class ClusterSearcher:
         return column_of(plan, response, stored, shown=self.shown)
 
     def builder(self, index: str, configuration: Configuration) -> QueryBuilder:
-        """The index's builder with the configuration's pruning (client fusion prunes with
-        the builder's own)."""
-        key = (index, configuration.sparse_field, configuration.pruning)
+        """The builder of the index's sparse field (each request passes its pruning)."""
+        key = (index, configuration.sparse_field)
         if key not in self._builders:
-            self._builders[key] = QueryBuilder.for_index(
-                self.cluster, index, field=configuration.sparse_field, pruning=key[2]
-            )
+            self._builders[key] = QueryBuilder.for_index(self.cluster, index, field=key[1])
         return self._builders[key]
 
     def vector(self, model: str | None, text: str) -> QueryVector:

@@ -19,11 +19,12 @@ from .columns import (
     fused_response,
     plan_column,
     vectors_request,
-    with_pruning,
 )
 from .configurations import Configuration
 
 if TYPE_CHECKING:
+    from ..engines import Dialect
+    from ..serve.hybrid import HybridRunner
     from ..serve.service import Service
 
 COLUMN_ERRORS = (InputError, ClusterError, ConfigurationError)
@@ -37,8 +38,9 @@ class ServeSearcher:
     """Runs configurations with one ``Service``; ``authorization`` is the calling app's
     (None when serve uses API keys: then its own cluster credentials are used)."""
 
-    def __init__(self, service: Service, *, shown: int) -> None:
+    def __init__(self, service: Service, hybrids: HybridRunner, *, shown: int) -> None:
         self.service = service
+        self.hybrids = hybrids  # its fusion choices, cached a minute
         self.shown = shown
 
     async def column(
@@ -66,8 +68,7 @@ class ServeSearcher:
         dialect = await facts.dialect(authorization)
         builder = vector = None
         if configuration.encodes:
-            cached = await facts.builder(index, configuration.sparse_field, authorization)
-            builder = with_pruning(cached, configuration.pruning)
+            builder = await facts.builder(index, configuration.sparse_field, authorization)
             [vector] = await self.service.query_vectors([text])
         plan = plan_column(
             configuration,
@@ -77,7 +78,7 @@ class ServeSearcher:
             builder=builder,
             vector=vector,
             k=self.shown,
-            fusion=serve_fusion(configuration),
+            fusion=await self.fusion_of(configuration, dialect, authorization),
         )
         if plan.fused is not None:
             answers = [self.search(index, r, authorization) for r in plan.fused.requests]
@@ -88,6 +89,19 @@ class ServeSearcher:
         fetch = vectors_request(plan, ids)
         stored = await self.search(index, fetch, authorization) if fetch is not None else None
         return column_of(plan, response, stored, shown=self.shown)
+
+    async def fusion_of(
+        self, configuration: Configuration, dialect: Dialect, authorization: str | None
+    ) -> FusionChoice | None:
+        """Who fuses a linear / rrf hybrid: as serve's ``splade`` clause decides
+        (``HybridRunner.choose``: ``auto``, the default, reads the plugins, the license and
+        the search pipeline, which serve never creates; the engine's where all are there)."""
+        hybrid = configuration.hybrid()
+        if hybrid is None:
+            return None
+        return await self.hybrids.choose(
+            dialect, hybrid, configuration.fusion or "auto", authorization
+        )
 
     async def search(
         self, index: str, request: SearchRequest, authorization: str | None
@@ -107,19 +121,6 @@ class ServeSearcher:
         if answer.status != 200 or not isinstance(body, dict):
             raise ClusterAnswered(reason_of(answer))
         return body
-
-
-def serve_fusion(configuration: Configuration) -> FusionChoice:
-    """Who fuses a linear / rrf hybrid on the page: the engine only when the configuration
-    says ``fusion=engine`` (its search pipeline must exist: serve creates nothing on the
-    cluster), else serve itself (``search.client_fusion``), which works on every license and
-    without the neural-search plugin."""
-    hybrid = configuration.hybrid()
-    if hybrid is None or hybrid.method == "sum":
-        return FusionChoice(None, "nothing to fuse")
-    if configuration.fusion == "engine":
-        return FusionChoice("engine", f"{hybrid.method} fused by the engine (fusion=engine)")
-    return FusionChoice("client", f"{hybrid.method} fused by splade-es serve (client fusion)")
 
 
 def reason_of(response: Any) -> str:

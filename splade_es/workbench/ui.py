@@ -91,7 +91,10 @@ class Workbench:
     """The page's routes over serve's ``ApiRoutes`` (its API keys, deadline, errors)."""
 
     def __init__(self, api: ApiRoutes) -> None:
+        from ..serve.hybrid import HybridRunner
+
         self.api = api
+        self.hybrids = HybridRunner(api.service)  # who fuses the page's hybrids
         self._settings: WorkbenchSettings | None = None
 
     def routes(self) -> list[Route]:
@@ -155,7 +158,7 @@ class Workbench:
         configurations = parse_configurations(configs)
         # Serve's key, when it has keys, is not the cluster's business (as /_splade/query).
         authorization = None if self.api.keys else request.headers.get("authorization")
-        searcher = ServeSearcher(self.api.service, shown=settings.shown)
+        searcher = ServeSearcher(self.api.service, self.hybrids, shown=settings.shown)
         columns = await asyncio.gather(
             *(searcher.column(c, c.index_or(index), text, authorization) for c in configurations)
         )

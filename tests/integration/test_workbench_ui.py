@@ -103,21 +103,29 @@ def test_the_page_shows_what_compare_computes(cluster, index_name, corpus, serve
         assert total == pytest.approx(hit["score"], rel=1e-5)
 
 
-def test_the_page_fuses_rrf_and_linear_hybrids_itself(cluster, index_name, corpus, served, encoder):
+def test_the_page_fuses_rrf_and_linear_hybrids_as_compare(
+    cluster, index_name, corpus, served, encoder
+):
     text = corpus["doc-5"]["text"]
-    configs = ["hybrid:rrf", "hybrid:linear:0.3"]
+    configs = ["hybrid:rrf,fusion=client", "hybrid:linear:0.3,fusion=client"]
     status, answer = post_json(served, "/_splade/ui/search", {"q": text, "configs": configs})
     assert status == 200, answer
-    searcher = ClusterSearcher(
-        cluster.client, index_name, encoder_for=lambda _: encoder, fusion="client"
-    )
+    searcher = ClusterSearcher(cluster.client, index_name, encoder_for=lambda _: encoder)
     for shown, config in zip(answer["columns"], parse_configurations(configs), strict=True):
         expected = searcher.column(config, text)
-        assert shown["error"] is None and "client fusion" in shown["fusion_note"]
+        assert shown["error"] is None and "client" in shown["fusion_note"]
         assert [h["id"] for h in shown["hits"]] == [h.id for h in expected.hits]
         assert [h["score"] for h in shown["hits"]] == pytest.approx(
             [h.score for h in expected.hits], rel=1e-6
         )
+    # fusion=auto (the default): the engine where the cluster can fuse, else serve; it says so.
+    status, answer = post_json(
+        served, "/_splade/ui/search", {"q": text, "configs": ["splade", "hybrid:rrf"]}
+    )
+    assert status == 200, answer
+    hybrid = answer["columns"][1]
+    assert hybrid["error"] is None and hybrid["hits"], hybrid
+    assert "fusion=auto" in hybrid["fusion_note"]
 
 
 # ---------------------------------------------------------------- the browser

@@ -266,17 +266,15 @@ def test_docstring_examples_run(name):
 
 def test_a_client_fused_hybrid_plans_both_searches_and_fuses_them():
     from splade_es.search import FusionChoice, client_fusion
-    from splade_es.workbench.columns import fused_response, with_pruning
+    from splade_es.workbench.columns import fused_response
 
     config = parse_configuration("hybrid:rrf,top_k=3")
-    builder = with_pruning(BUILDER, config.pruning)
-    assert (
-        builder.pruning == QueryPruning(top_k=3)
-        and with_pruning(builder, builder.pruning) is builder
-    )
+    builder = BUILDER
     plan = plan_column(config, "docs", "tax law", dialect=DIALECT, builder=builder, vector=QUERY,
                        k=5, fusion=FusionChoice("client", "fused here"))  # fmt: skip
-    expected = client_fusion(builder, QUERY, text="tax law", k=5, hybrid=config.hybrid())
+    expected = client_fusion(
+        builder, QUERY, text="tax law", k=5, hybrid=config.hybrid(), pruning=config.pruning
+    )
     assert plan.fused is not None and plan.fused.requests == expected.requests
     assert plan.features == expected.features and len(plan.features) == 3
     lexical = {"hits": {"hits": [{"_id": "d2", "_score": 4.0}, {"_id": "d1", "_score": 1.0}]}}
