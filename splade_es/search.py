@@ -443,6 +443,7 @@ class ClientFusion:
             "rrf" if self.hybrid.method == "rrf" else "linear",
             weights=weights,
             rank_constant=self.hybrid.rank_constant,
+            normalizer=self.hybrid.normalizer,
             window=self.window,
             size=self.k,
             rules=self.rules,

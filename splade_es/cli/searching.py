@@ -122,6 +122,13 @@ def mode_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 help="How BM25 and SPLADE are combined (see docs).",
             ),
             click.option(
+                "--hybrid-normalizer",
+                type=click.Choice(["min_max", "l2"]),
+                default="min_max",
+                show_default=True,
+                help="How --hybrid-method linear normalises each side's scores.",
+            ),
+            click.option(
                 "--create-pipeline/--no-create-pipeline",
                 default=True,
                 show_default=True,
@@ -179,6 +186,7 @@ def _hybrid(
         bm25_weight=weight,
         method=opts["hybrid_method"],
         text_fields=parse_fields(opts["text_fields"]),
+        normalizer=opts["hybrid_normalizer"],
     )
     choice = prepare_fusion(
         cluster,

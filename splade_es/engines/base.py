@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from .. import defaults
 from ..connect import Engine, Version
 from ..exceptions import ConfigurationError, UnsupportedFeatureError
-from ..fusion import FusionRules
+from ..fusion import NORMALIZERS, FusionRules, Normalizer
 from ..tokens import KeyScheme
 
 FieldType = Literal["rank_features", "sparse_vector"]
@@ -48,6 +48,8 @@ class Hybrid:
       ``"rrf"``    reciprocal rank fusion: Elasticsearch ``rrf`` retriever (8.14+),
                    OpenSearch ``score-ranker-processor`` pipeline (2.19+). Weights unused.
     Elasticsearch's retrievers need an Enterprise or trial license.
+    ``normalizer`` (``linear``): ``"min_max"`` (the default) or ``"l2"`` (each list divided by
+    the L2 norm of its scores: OpenSearch ``l2``, Elasticsearch ``l2_norm``, 8.19 / 9.1+).
     """
 
     bm25_weight: float = 0.5
@@ -56,6 +58,7 @@ class Hybrid:
     rank_window_size: int = 100
     rank_constant: int = 60
     pipeline: str | None = None  # OpenSearch search pipeline name (linear/rrf)
+    normalizer: Normalizer = "min_max"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.bm25_weight <= 1.0:
@@ -76,6 +79,10 @@ class Hybrid:
             raise ConfigurationError.bad_value(
                 "rank_window_size", self.rank_window_size, "must be >= 1"
             )
+        if self.normalizer not in NORMALIZERS:
+            raise ConfigurationError.bad_value(
+                "normalizer", self.normalizer, f"must be one of {NORMALIZERS}"
+            )
 
     @property
     def pipeline_name(self) -> str:
@@ -84,7 +91,8 @@ class Hybrid:
             return self.pipeline
         if self.method == "rrf":
             return f"splade-es-hybrid-rrf-{self.rank_constant}"
-        return f"splade-es-hybrid-linear-{round(self.bm25_weight * 1000):04d}"
+        kind = "linear" if self.normalizer == "min_max" else f"linear-{self.normalizer}"
+        return f"splade-es-hybrid-{kind}-{round(self.bm25_weight * 1000):04d}"
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,14 @@ class Dialect(ABC):
                 f"{self.engine} {self.version_text} does not support hybrid method "
                 f"{hybrid.method!r}; available: {', '.join(self.hybrid_methods())}"
             )
+        missing = self._hybrid_option_refusal(hybrid)
+        if missing:
+            raise UnsupportedFeatureError(f"{self.engine} {self.version_text}: {missing}")
+
+    def _hybrid_option_refusal(self, hybrid: Hybrid) -> str | None:
+        """Why this version cannot run ``hybrid``'s options (its method being supported), or
+        None."""
+        return None
 
     # ------------------------------------------------------------------ fusion
     @abstractmethod
@@ -226,6 +242,9 @@ class Dialect(ABC):
             return None
         if hybrid.method not in self.hybrid_methods():
             return f"{self.engine} {self.version_text} has no {hybrid.method} hybrid"
+        missing = self._hybrid_option_refusal(hybrid)
+        if missing:
+            return f"{self.engine} {self.version_text}: {missing}"
         capability = f"hybrid:{hybrid.method}"
         plugin = self.required_plugin(capability)
         if plugin and (plugins is None or not self.plugin_listed(plugin, plugins)):

@@ -82,6 +82,17 @@ class ElasticsearchDialect(Dialect):
     def fusion_rules(self) -> FusionRules:
         return ELASTICSEARCH
 
+    def _hybrid_option_refusal(self, hybrid: Hybrid) -> str | None:
+        # The linear retriever's l2_norm normalizer (L2ScoreNormalizer, feature
+        # LINEAR_RETRIEVER_L2_NORM) shipped after minmax: 8.19 and 9.1.
+        if hybrid.method == "linear" and hybrid.normalizer == "l2" and not self._has_l2_norm:
+            return "the linear retriever's l2_norm normalizer needs 8.19 or 9.1+"
+        return None
+
+    @property
+    def _has_l2_norm(self) -> bool:
+        return (8, 19) <= self.version[:2] < (9, 0) or self.since(9, 1)
+
     @property
     def _has_sparse_index_options(self) -> bool:
         return (8, 19) <= self.version[:2] < (9, 0) or self.since(9, 1)
@@ -129,6 +140,7 @@ class ElasticsearchDialect(Dialect):
         source: Any,
     ) -> SearchRequest:
         window = max(hybrid.rank_window_size, k)
+        normalizer = "minmax" if hybrid.normalizer == "min_max" else "l2_norm"
 
         def standard(query: Query) -> Query:
             retriever: dict[str, Any] = {"query": query}
@@ -151,12 +163,12 @@ class ElasticsearchDialect(Dialect):
                         {
                             "retriever": standard(lexical),
                             "weight": hybrid.bm25_weight,
-                            "normalizer": "minmax",
+                            "normalizer": normalizer,
                         },
                         {
                             "retriever": standard(sparse),
                             "weight": 1.0 - hybrid.bm25_weight,
-                            "normalizer": "minmax",
+                            "normalizer": normalizer,
                         },
                     ],
                     "rank_window_size": window,

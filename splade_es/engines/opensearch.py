@@ -209,7 +209,7 @@ class OpenSearchDialect(Dialect):
             weights = [float(hybrid.bm25_weight), float(1.0 - hybrid.bm25_weight)]
             processor = {
                 "normalization-processor": {
-                    "normalization": {"technique": "min_max"},
+                    "normalization": {"technique": hybrid.normalizer},
                     "combination": {
                         "technique": "arithmetic_mean",
                         "parameters": {"weights": weights},

@@ -11,7 +11,8 @@ inside the compound queries (``bool``, ``function_score``, ``constant_score``, `
     {"splade": {"<field>": "text"}}
 
 With ``hybrid`` (``{"method": "rrf" | "linear" | "sum", "bm25_weight", "text_fields",
-"rank_constant", "rank_window_size", "fusion": "engine" | "client" | "auto"}``) the clause's
+"rank_constant", "rank_window_size", "normalizer": "min_max" | "l2", "fusion": "engine" |
+"client" | "auto"}``) the clause's
 text also runs as BM25 and the two are combined as ``search()`` combines them: such a clause
 must be the whole ``query`` of a ``_search`` (``hybrid_search``), because a fused hybrid is a
 whole request (the engine's ``hybrid`` query / retriever, or two searches fused client-side).
@@ -39,6 +40,7 @@ from typing import Any
 
 from ..engines import HYBRID_METHODS, Hybrid
 from ..exceptions import ConfigurationError, InputError
+from ..fusion import NORMALIZERS
 from ..query import QueryBuilder, QueryPruning, QueryVector
 from ..search import FUSIONS, Fusion
 
@@ -66,7 +68,15 @@ _COMPOUND: dict[str, tuple[tuple[str, str], ...]] = {
 }
 _CLAUSE_KEYS = frozenset({"query", "top_k", "min_weight", "mass", "boost", "hybrid"})
 _HYBRID_KEYS = frozenset(
-    {"method", "bm25_weight", "text_fields", "rank_constant", "rank_window_size", "fusion"}
+    {
+        "method",
+        "bm25_weight",
+        "text_fields",
+        "rank_constant",
+        "rank_window_size",
+        "normalizer",
+        "fusion",
+    }
 )
 # What a search body with a hybrid splade clause may hold besides its query.
 _HYBRID_BODY_KEYS = frozenset({"query", "size", "from", "_source", "timeout"})
@@ -411,6 +421,13 @@ def _hybrid(spec: Any, where: str) -> tuple[Hybrid | None, Fusion]:
         number = options.get(key)
         if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
             raise RewriteError(f"{where}: [hybrid.{key}] must be an integer")
+    normalizer = options.get("normalizer")
+    if normalizer is not None and normalizer not in NORMALIZERS:
+        raise RewriteError(
+            f"{where}: [hybrid.normalizer] must be one of {', '.join(NORMALIZERS)}, got "
+            f"{json.dumps(normalizer)}",
+            error_type="illegal_argument_exception",
+        )
     weight = options.get("bm25_weight")
     if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):
         raise RewriteError(f"{where}: [hybrid.bm25_weight] must be a number")

@@ -126,7 +126,7 @@ def compare(cluster, fusion_index, hybrid: Hybrid, k: int) -> dict[str, int]:
     what = (
         f"rank_constant={hybrid.rank_constant}"
         if hybrid.method == "rrf"
-        else f"min-max, BM25 weight {hybrid.bm25_weight:g}"
+        else f"{hybrid.normalizer}, BM25 weight {hybrid.bm25_weight:g}"
     )
     key = f"{cluster.spec.name} {hybrid.method} {what} k={k}"
     MEASURED[key] = worst
@@ -150,6 +150,14 @@ def test_client_rrf_equals_the_score_ranker_processor(cluster, fusion_index, ran
 @pytest.mark.parametrize(("weight", "k"), [(0.5, 10), (0.3, 20), (0.8, 7)])
 def test_client_min_max_linear_equals_the_normalization_processor(cluster, fusion_index, weight, k):
     hybrid = Hybrid(method="linear", bm25_weight=weight, text_fields=FIELDS)
+    compare(cluster, fusion_index, hybrid, k)
+
+
+@pytest.mark.engines("opensearch")
+@pytest.mark.needs_opensearch_plugin("neural", "the normalization-processor")
+@pytest.mark.parametrize(("weight", "k"), [(0.5, 10), (0.2, 15)])
+def test_client_l2_linear_equals_the_normalization_processor(cluster, fusion_index, weight, k):
+    hybrid = Hybrid(method="linear", normalizer="l2", bm25_weight=weight, text_fields=FIELDS)
     compare(cluster, fusion_index, hybrid, k)
 
 

@@ -32,7 +32,7 @@ import pytest
 
 import splade_es.fusion as fusion_module
 from splade_es.engines import Hybrid, dialect_for
-from splade_es.exceptions import ClusterError, ConfigurationError
+from splade_es.exceptions import ClusterError, ConfigurationError, UnsupportedFeatureError
 from splade_es.fusion import (
     ELASTICSEARCH,
     OPENSEARCH,
@@ -509,3 +509,57 @@ def test_gate_rows_name_a_fused_hybrid_method():
     assert gate_runs("s", "t", gate)[2].label == "hybrid 0.3 BM25 (new)"  # sum: as before
     rrf_row = gate_runs("s", "t", gate, "rrf")[2]
     assert rrf_row.label == "hybrid rrf 0.3 BM25 (new)" and rrf_row.mode == "hybrid"
+
+
+# ---------------------------------------------------------------------- L2 linear hybrids
+def test_l2_linear_hybrid_bodies():
+    """OpenSearch ``normalization-processor`` technique ``l2`` (L2ScoreNormalizationTechnique
+    TECHNIQUE_NAME); Elasticsearch linear retriever normalizer ``l2_norm``
+    (L2ScoreNormalizer.NAME), 8.19 / 9.1+."""
+    hybrid = Hybrid(method="linear", normalizer="l2", bm25_weight=0.3)
+    assert hybrid.pipeline_name == "splade-es-hybrid-linear-l2-0300"
+    assert Hybrid(method="linear", bm25_weight=0.3).pipeline_name == "splade-es-hybrid-linear-0300"
+    body = dialect_for("opensearch", "2.19.6").hybrid_pipeline_body(hybrid)
+    assert body is not None
+    processor = body["phase_results_processors"][0]["normalization-processor"]
+    assert processor["normalization"] == {"technique": "l2"}
+    es = dialect_for("elasticsearch", "9.1.0").search_request(
+        {"match_all": {}}, k=5, lexical={"match": {"text": "a"}}, hybrid=hybrid
+    )
+    retrievers = es.body["retriever"]["linear"]["retrievers"]
+    assert [r["normalizer"] for r in retrievers] == ["l2_norm", "l2_norm"]
+    old = dialect_for("elasticsearch", "8.18.0")
+    reason = old.engine_fusion_refusal(hybrid, plugins=(), license="trial (active)")
+    assert reason is not None and "l2_norm" in reason
+    with pytest.raises(UnsupportedFeatureError, match="l2_norm"):
+        old.check_hybrid(hybrid)
+    assert (
+        dialect_for("elasticsearch", "8.19.2").engine_fusion_refusal(
+            hybrid, plugins=(), license="trial (active)"
+        )
+        is None
+    )
+    with pytest.raises(ConfigurationError):
+        Hybrid(method="linear", normalizer="z_score")  # type: ignore[arg-type]
+
+
+def test_client_l2_fusion_uses_the_hybrid_normalizer():
+    client = FakeClient(BM25, SPLADE)
+    hybrid = Hybrid(method="linear", normalizer="l2", bm25_weight=0.5)
+    result = search_vector(
+        client,
+        "docs",
+        {"tax": 1.5},
+        builder=opensearch_builder(),
+        text="tax",
+        k=3,
+        hybrid=hybrid,
+        fusion="client",
+    )
+    expected = linear([BM25, SPLADE], [0.5, 0.5], normalizer="l2", size=3)
+    assert [(h.id, h.score) for h in result.hits] == [(f.id, f.score) for f in expected]
+    assert [h.id for h in result.hits] != [
+        f.id for f in linear([BM25, SPLADE], [0.5, 0.5], size=3)
+    ] or [h.score for h in result.hits] != [
+        f.score for f in linear([BM25, SPLADE], [0.5, 0.5], size=3)
+    ]

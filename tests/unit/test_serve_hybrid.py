@@ -32,6 +32,10 @@ def test_a_hybrid_clause_is_parsed_with_its_fusion():
     assert hybrid is not None
     assert (hybrid.method, hybrid.bm25_weight, hybrid.text_fields) == ("linear", 0.3, ("title",))
     assert plan.clause.fusion == "client" and plan.clause.pruning.top_k == 5
+    l2 = {"query": clause(method="linear", normalizer="l2")}
+    l2_plan = hybrid_search(l2, find_clauses(l2))
+    assert l2_plan is not None and l2_plan.clause.hybrid is not None
+    assert l2_plan.clause.hybrid.normalizer == "l2"
     default = {"query": clause(method="rrf")}
     found = hybrid_search(default, find_clauses(default))
     assert found is not None and found.clause.fusion == "auto" and found.k == 10
@@ -63,6 +67,7 @@ def test_a_hybrid_clause_elsewhere_is_refused(body, words):
         ({"text_fields": "title"}, "[hybrid.text_fields]"),
         ({"rank_constant": "60"}, "[hybrid.rank_constant]"),
         ({"weights": [1, 2]}, "does not support [weights]"),
+        ({"method": "linear", "normalizer": "z_score"}, "[hybrid.normalizer]"),
     ],
 )
 def test_malformed_hybrid_objects_are_typed_errors(hybrid, words):
