@@ -33,9 +33,12 @@ OpenSearch, neural-search plugin (tags ``2.19.6.0`` and ``3.3.2.0``,
   .combineShardScores``): on an index of one shard that is the whole list, as here.
 
 Elasticsearch, x-pack ``rank-rrf`` (``x-pack/plugin/rank-rrf/src/main/java/org/
-elasticsearch/xpack/rank/``, elastic/elasticsearch ``main`` as stored, commit 0050ad5d; the
-formula is the one documented since 8.8, https://www.elastic.co/guide/en/elasticsearch/
-reference/8.14/rrf.html: ``score += 1.0 / (k + rank(result(q), d))``, rank from 1):
+elasticsearch/xpack/rank/``, elastic/elasticsearch as stored: ``rrf/RRFRetrieverBuilder.java``
+at commit 0050ad5d, ``linear/LinearRetrieverBuilder.java`` at 030968aa,
+``linear/MinMaxScoreNormalizer.java`` at 05d51c19, ``linear/L2ScoreNormalizer.java`` at
+2ddd3e9b; the RRF formula is the one documented since 8.8,
+https://www.elastic.co/guide/en/elasticsearch/reference/8.14/rrf.html:
+``score += 1.0 / (k + rank(result(q), d))``, rank from 1):
 
 * ``rrf`` retriever: ``rrf/RRFRetrieverBuilder.java`` ``combineInnerRetrieverResults``:
   ``score += 1.0f / (rankConstant + rank)`` (``float``), rank from 1, over each child's top
