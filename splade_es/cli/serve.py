@@ -284,6 +284,24 @@ def serve(**opts: Any) -> None:
     )
 
 
+def _long_documents_help(command: click.Command) -> None:
+    """serve's --long-documents help: the shared option's, with what the modes mean here."""
+    for param in command.params:
+        if param.name == "long_documents" and isinstance(param, click.Option):
+            param.help = (
+                "Text past one window, for the documents of indices with one vector per "
+                "document (--enrich writes, /_splade/embed/document): truncate (dropped, "
+                "counted) or maxpool (every window encoded, the elementwise max). passages "
+                "is refused: they follow the index's layout, and an index whose sparse field "
+                "holds passages (create-index --passages) always gets them, cut by --window, "
+                '--overlap and --max-windows (so does /_splade/embed/document with "passages": '
+                "true)."
+            )
+
+
+_long_documents_help(serve)
+
+
 def _serve_modules() -> tuple[ModuleType, Callable[[ServeConfig], Any], dict[str, Any]]:
     """uvicorn, ``create_app`` and the server options, or one line naming the extra to
     install when the serve dependencies are missing."""

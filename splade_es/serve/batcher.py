@@ -31,12 +31,17 @@ import numpy as np
 
 from .. import defaults
 from ..exceptions import ConfigurationError, OverloadedError, ShuttingDownError
-from ..sparse import SparseBatch
+from ..sparse import PassageBatch, SparseBatch
 from .metrics import Metrics
 
 T = TypeVar("T")
+B = TypeVar("B", SparseBatch, PassageBatch)
 EncodeFn = Callable[[list[str]], SparseBatch]
+PassagesFn = Callable[[list[str]], PassageBatch]
 Row = tuple[np.ndarray, np.ndarray]
+# One passage of a document (long_documents="passages"): its vector's ids and weights, and
+# the [start, end) character span of its window in the text.
+PassageRow = tuple[np.ndarray, np.ndarray, int, int]
 
 
 Lane = Literal["queries", "bulk"]
@@ -208,17 +213,17 @@ class MicroBatcher:
         each call to about ``bulk_batch`` texts (``run_pieces``), queries wait for one."""
         return await self._worker.run("bulk", func, *args)
 
-    async def run_pieces(
-        self, func: Callable[[list[str]], SparseBatch], texts: Sequence[str]
-    ) -> SparseBatch:
-        """``func`` over ``texts`` on the bulk lane, ``bulk_batch`` texts a call, rows in
-        order: queries take their turn between the calls."""
+    async def run_pieces(self, func: Callable[[list[str]], B], texts: Sequence[str]) -> B:
+        """``func`` over ``texts`` on the bulk lane, ``bulk_batch`` texts a call, rows (or
+        documents' passages) in order: queries take their turn between the calls."""
         texts = list(texts)
         pieces = [
             await self.run(func, texts[i : i + self.bulk_batch])
             for i in range(0, len(texts), self.bulk_batch)
         ]
-        return SparseBatch.concat(pieces)
+        if not pieces:
+            raise ConfigurationError("run_pieces needs at least one text")
+        return type(pieces[0]).concat(pieces)
 
     # ------------------------------------------------------------------ batching
     async def _collect(self, queue: _Queue) -> None:
@@ -284,7 +289,8 @@ class QueueFull(OverloadedError):
 class _DocumentJob:
     texts: list[str]
     future: asyncio.Future
-    rows: list[Row] = field(default_factory=list)  # encoded so far, in order
+    passages: bool = False  # each text's passages (list[PassageRow]) instead of one Row
+    rows: list[Any] = field(default_factory=list)  # encoded so far, in order
 
 
 class DocumentBatcher:
@@ -296,6 +302,11 @@ class DocumentBatcher:
     request would pass ``max_queued`` (a request is always admitted into an empty queue,
     however large), so an overloaded proxy answers 429 instead of buffering without bound.
     Inside one call the encoder sorts texts by length and splits them under its token budget.
+
+    ``encode_passages`` (given ``passages``, the encoder's ``encode_passages``): each text's
+    passages, for an index whose sparse field holds them. Such documents wait in the same
+    queue, under the same bound; one model call encodes documents of one kind, the oldest
+    waiting request's.
     """
 
     def __init__(
@@ -303,6 +314,7 @@ class DocumentBatcher:
         encode: EncodeFn,
         run: Callable[..., Any],
         *,
+        passages: PassagesFn | None = None,
         max_batch: int = defaults.ENRICH_BATCH_DOCS,
         max_queued: int = defaults.ENRICH_QUEUE_DOCS,
         metrics: Metrics | None = None,
@@ -312,6 +324,7 @@ class DocumentBatcher:
         if max_queued < 1:
             raise ConfigurationError.bad_value("max_queued", max_queued, "must be >= 1")
         self._encode = encode
+        self._passages = passages
         self._run = run
         self.max_batch = max_batch
         self.max_queued = max_queued
@@ -334,6 +347,18 @@ class DocumentBatcher:
 
     async def encode(self, texts: Sequence[str]) -> list[Row]:
         """Document vectors for ``texts``: (vocabulary ids, weights), row for row."""
+        rows: list[Row] = await self._submit(texts, passages=False)
+        return rows
+
+    async def encode_passages(self, texts: Sequence[str]) -> list[list[PassageRow]]:
+        """Each text's passages, in text order: (ids, weights, start, end) per window (none
+        for an empty text)."""
+        if self._passages is None:
+            raise ConfigurationError("this document queue encodes no passages")
+        documents: list[list[PassageRow]] = await self._submit(texts, passages=True)
+        return documents
+
+    async def _submit(self, texts: Sequence[str], *, passages: bool) -> Any:
         if self._closing:
             raise ShuttingDownError("the encoder is shutting down")
         if self.queued and self.queued + len(texts) > self.max_queued:
@@ -341,7 +366,7 @@ class DocumentBatcher:
                 f"{self.queued} documents are waiting to be encoded (queue of "
                 f"{self.max_queued}): retry later"
             )
-        job = _DocumentJob(list(texts), asyncio.get_running_loop().create_future())
+        job = _DocumentJob(list(texts), asyncio.get_running_loop().create_future(), passages)
         self.queued += len(texts)
         self._jobs.append(job)
         self._has_work.set()
@@ -358,22 +383,31 @@ class DocumentBatcher:
                     return
                 self._has_work.clear()
                 await self._has_work.wait()
-            # Up to max_batch texts from the waiting jobs, in order; a large job is encoded
-            # in several calls, so queries (same model thread) get their turn in between.
+            # Up to max_batch texts from the waiting jobs of the oldest one's kind, in order;
+            # a large job is encoded in several calls, so queries (same model thread) get
+            # their turn in between.
             taken: list[tuple[_DocumentJob, int, int]] = []  # job, first text, end
             size = 0
+            passages = self._jobs[0].passages
             for job in self._jobs:
                 if size >= self.max_batch:
                     break
+                if job.passages != passages:
+                    continue
                 start = len(job.rows)
                 end = min(len(job.texts), start + self.max_batch - size)
                 taken.append((job, start, end))
                 size += end - start
             texts = [t for job, start, end in taken for t in job.texts[start:end]]
             started = time.perf_counter()
+            rows: list[Any]
             try:
-                vectors = await self._run(self._encode, texts)
-                rows = [vectors.row(i) for i in range(len(texts))]
+                if passages:
+                    assert self._passages is not None
+                    rows = passage_rows(await self._run(self._passages, texts))
+                else:
+                    vectors = await self._run(self._encode, texts)
+                    rows = [vectors.row(i) for i in range(len(texts))]
             except Exception as exc:  # every waiting request gets the error, none hangs
                 for job, _, _ in taken:
                     self._finish(job, exc)
@@ -396,3 +430,12 @@ class DocumentBatcher:
                 job.future.set_result(job.rows)
             else:
                 job.future.set_exception(error)
+
+
+def passage_rows(batch: PassageBatch) -> list[list[PassageRow]]:
+    """Per document of ``batch``, its passages: (ids, weights, start, end) in text order."""
+    spans = batch.spans.tolist()
+    return [
+        [(*batch.passages.row(p), *spans[p]) for p in batch.passage_range(d)]
+        for d in range(len(batch))
+    ]

@@ -16,6 +16,13 @@ space), the same encoder, the same key codec for the field type. The id is the a
 request's), not read from the document; a vector the app sent in the sparse field is
 replaced.
 
+The index's layout decides the shape (issue 24): where the sparse field holds passages
+(``nested``, ``create-index --passages``, ``ingest --long-documents passages``), a document
+gets one object per window of its text, ``{"vector": {...}, "start": s, "end": e}``, as
+``ingest --long-documents passages`` writes them (``encode_passages`` with serve's
+``--window``, ``--overlap``, ``--max-windows``); elsewhere one vector, its text truncated or
+max-pooled as ``serve --long-documents`` says. Everything below holds for both.
+
 - ``index`` / ``create`` (bulk items, ``PUT|POST /{index}/_doc[/{id}]``,
   ``/{index}/_create/{id}``): the document gets the vector and is forwarded. A document that
   ingest would refuse (not an object, a text field that is not text, no text at all) is
@@ -50,8 +57,16 @@ from ..exceptions import ConfigurationError, OverloadedError
 from ..retry import RetryPolicy
 from ..tokens import TokenCodec
 from . import enrich_plan, writes
-from .batcher import DocumentBatcher, QueueFull, Row
-from .enrich_plan import EnrichRule, OnEncodeError, Op, Resolved, Written, parse_rule
+from .batcher import DocumentBatcher, PassageRow, QueueFull, Row
+from .enrich_plan import (
+    EnrichRule,
+    FieldValue,
+    OnEncodeError,
+    Op,
+    Resolved,
+    Written,
+    parse_rule,
+)
 from .facts import FactsCache, WriteTarget
 from .metrics import Metrics
 from .upstream import Headers, Upstream, UpstreamResponse, UpstreamUnavailable
@@ -120,6 +135,26 @@ class EnrichConfig:
             max_backoff=CONFLICT_MAX_BACKOFF,
             jitter=CONFLICT_JITTER,
         )
+
+
+def passages_value(codec: TokenCodec, passages: Sequence[PassageRow]) -> list[dict[str, Any]]:
+    """A document's passages as its index stores them (``defaults.PASSAGE_*``, in the order
+    ``ingest``'s ``passage_actions`` writes them): each window's vector keyed by ``codec``,
+    its start and end in the text.
+
+    >>> import numpy as np
+    >>> codec = TokenCodec(["[PAD]", "tax", "law"], scheme="token")
+    >>> passages_value(codec, [(np.array([1]), np.array([1.5], np.float32), 0, 7)])
+    [{'vector': {'tax': 1.5}, 'start': 0, 'end': 7}]
+    """
+    return [
+        {
+            defaults.PASSAGE_VECTOR: codec.encode_row(ids, weights),
+            defaults.PASSAGE_START: int(start),
+            defaults.PASSAGE_END: int(end),
+        }
+        for ids, weights, start, end in passages
+    ]
 
 
 class TooManyRequests(OverloadedError):
@@ -315,14 +350,34 @@ class Enricher:
             self.metrics.enrich_rejected.inc()
             raise TooManyRequests(str(exc)) from None
 
-    async def _vectors(self, ops: Sequence[Op]) -> list[dict[str, float]]:
-        """The sparse field's value for each op's text, keyed as its index wants."""
-        rows = await self._encode([op.text or "" for op in ops])
-        vectors = []
-        for op, row in zip(ops, rows, strict=True):
+    async def _encode_passages(self, texts: list[str]) -> list[list[PassageRow]]:
+        if not texts:
+            return []
+        try:
+            return await self.documents.encode_passages(texts)
+        except QueueFull as exc:
+            self.metrics.enrich_rejected.inc()
+            raise TooManyRequests(str(exc)) from None
+
+    async def _vectors(self, ops: Sequence[Op]) -> list[FieldValue]:
+        """The sparse field's value for each op's text, keyed as its index wants: one vector,
+        or the text's passages where the index's field holds passages (its layout decides).
+        Each kind is one queue request, one after the other: admitted together, a bulk of
+        both kinds larger than the queue would be refused (429) for ever."""
+        kinds = [op.target is not None and op.target.passages for op in ops]
+        texts = [op.text or "" for op in ops]
+        rows = await self._encode([t for t, p in zip(texts, kinds, strict=True) if not p])
+        passages = await self._encode_passages([t for t, p in zip(texts, kinds, strict=True) if p])
+        one, many = iter(rows), iter(passages)
+        values: list[FieldValue] = []
+        for op, kind in zip(ops, kinds, strict=True):
             assert op.target is not None
-            vectors.append(self.codec(op.target).encode_row(*row))
-        return vectors
+            codec = self.codec(op.target)
+            if kind:
+                values.append(passages_value(codec, next(many)))
+            else:
+                values.append(codec.encode_row(*next(one)))
+        return values
 
     async def _round_plan(self, ops: list[Op], positions: Sequence[int]) -> writes.BulkPlan:
         """The bulk to send for ``ops[p]``, p in ``positions``; vectors encoded in one call."""

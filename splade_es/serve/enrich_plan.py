@@ -32,6 +32,11 @@ RefusalKind = Literal["encode", "script"]  # why a document cannot get its vecto
 
 NOT_STRICT_JSON = "not a strict JSON object (comments, NaN or an out-of-range number)"
 
+# What the proxy writes into a document's sparse field: one vector (``{key: weight}``), or,
+# for an index whose field holds passages, one object per window (``defaults.PASSAGE_*``:
+# the vector keyed the same way, and the window's start and end in the text).
+FieldValue = Mapping[str, float] | Sequence[Mapping[str, Any]]
+
 
 # ---------------------------------------------------------------------- rules
 @dataclass(frozen=True)
@@ -446,16 +451,17 @@ def to_encode(ops: Sequence[Op], positions: Iterable[int]) -> list[int]:
     return [p for p in positions if ops[p].enriched]
 
 
-def with_vector(op: Op, vector: Mapping[str, float]) -> dict[str, Any]:
+def with_vector(op: Op, vector: FieldValue) -> dict[str, Any]:
+    """``op``'s document with ``vector`` (one vector, or the passages) in its sparse field."""
     assert op.rule is not None and op.doc is not None
     return {**op.doc, op.rule.sparse_field: vector}
 
 
 def round_plan(
-    ops: Sequence[Op], positions: Iterable[int], vectors: Mapping[int, Mapping[str, float]]
+    ops: Sequence[Op], positions: Iterable[int], vectors: Mapping[int, FieldValue]
 ) -> writes.BulkPlan:
     """The bulk to send for ``ops[p]``, p in ``positions``: answered here, sent with the
-    vector (``vectors[p]``), or sent as the app wrote it."""
+    vector or passages (``vectors[p]``), or sent as the app wrote it."""
     plan = writes.BulkPlan()
     for p in positions:
         op = ops[p]
@@ -604,7 +610,7 @@ def plan_correction(written: Written, actual: WriteTarget, on_error: OnEncodeErr
     return fixed
 
 
-def correction_lines(fixed: Sequence[Op], vectors: Sequence[Mapping[str, float]]) -> list[bytes]:
+def correction_lines(fixed: Sequence[Op], vectors: Sequence[FieldValue]) -> list[bytes]:
     lines: list[bytes] = []
     for op, vector in zip(fixed, vectors, strict=True):
         lines += [writes.action_line("index", op.meta), writes.dumps(with_vector(op, vector))]

@@ -21,7 +21,8 @@ from urllib.parse import quote
 from ..connect import engine_from_info
 from ..engines import Dialect, FieldType, dialect_for
 from ..engines.base import DEFAULT_CLAUSE_LIMIT
-from ..query import QueryBuilder, field_layout_from_mapping
+from ..exceptions import ConfigurationError
+from ..query import FieldLayout, QueryBuilder, field_layout_from_mapping
 from .upstream import Upstream, UpstreamResponse
 
 T = TypeVar("T")
@@ -61,13 +62,17 @@ class WriteTarget:
     ``index`` is the concrete index (an alias's write index); None when no index exists yet
     or the alias has no write index: the cluster answers those writes itself.
     ``field_type`` is the sparse field's type there, None when the index has none (a BM25
-    index behind an alias before a migration switch): such writes are not enriched."""
+    index behind an alias before a migration switch): such writes are not enriched.
+    ``passages``: the field has the passages layout (``nested``, one object per window of
+    the text, ``field_type`` its ``vector``'s type): documents get their passages, not one
+    vector. The index decides, whatever ``serve --long-documents`` says."""
 
     name: str
     index: str | None
     field_type: FieldType | None
     dialect: Dialect
     read_at: float
+    passages: bool = False
 
     @property
     def enriched(self) -> bool:
@@ -116,21 +121,37 @@ def write_index_of_stream(streams: Any, name: str) -> str | None:
 
 
 def sparse_field_type(mapping: Any, index: str, field: str) -> FieldType | None:
-    """The type of ``field`` in ``index`` when it is a sparse field (``GET /<index>/_mapping``).
+    """The type of ``field`` in ``index`` when it is a sparse field (``GET /<index>/_mapping``);
+    for a passages field, its ``vector``'s type.
 
     >>> mapping = {"d": {"mappings": {"properties": {"s": {"type": "rank_features"}}}}}
     >>> sparse_field_type(mapping, "d", "s")
     'rank_features'
     """
+    layout = sparse_field_layout(mapping, index, field)
+    return None if layout is None else layout.field_type
+
+
+def sparse_field_layout(mapping: Any, index: str, field: str) -> FieldLayout | None:
+    """How ``index`` stores ``field`` (``GET /<index>/_mapping``): its sparse type and whether
+    it holds passages (``query.field_layout_from_mapping``, the query path's reading); None
+    when it is no sparse field (absent, text, a nested field of something else).
+
+    >>> nested = {"type": "nested", "properties": {"vector": {"type": "rank_features"}}}
+    >>> sparse_field_layout({"d": {"mappings": {"properties": {"s": nested}}}}, "d", "s")
+    FieldLayout(field_type='rank_features', passages=True)
+    >>> print(sparse_field_layout({"d": {"mappings": {}}}, "d", "s"))
+    None
+    """
     body = mapping.get(index) if isinstance(mapping, dict) else None
     if not isinstance(body, dict) and isinstance(mapping, dict) and len(mapping) == 1:
         body = next(iter(mapping.values()))
-    kind = (
-        (body or {}).get("mappings", {}).get("properties", {}).get(field, {}).get("type")
-        if isinstance(body, dict)
-        else None
-    )
-    return kind if kind in ("rank_features", "sparse_vector") else None
+    if not isinstance(body, dict) or not isinstance(body.get("mappings", {}), dict):
+        return None
+    try:
+        return field_layout_from_mapping({index: body}, index, field)
+    except (ConfigurationError, AttributeError):  # no sparse field there (or no mapping)
+        return None
 
 
 def changes_mappings(method: str, path: str) -> bool:
@@ -224,19 +245,26 @@ class FactsCache:
             index = await self._stream_write_index(name, authorization) or name
         else:
             raise UpstreamAnswered(response)
-        field_type = None
+        layout = None
         if index is not None:
             self.reads += 1
             response, mapping = await self.upstream.get_json(
                 f"/{quote(index, safe='')}/_mapping", authorization
             )
             if response.status == 200:
-                field_type = sparse_field_type(mapping, index, field)
+                layout = sparse_field_layout(mapping, index, field)
             elif response.status == 404:
                 index = None  # created by the write itself (no sparse mapping yet)
             else:
                 raise UpstreamAnswered(response)
-        return WriteTarget(name, index, field_type, dialect, time.monotonic())
+        return WriteTarget(
+            name,
+            index,
+            None if layout is None else layout.field_type,
+            dialect,
+            time.monotonic(),
+            passages=layout is not None and layout.passages,
+        )
 
     async def _stream_write_index(self, name: str, authorization: str | None) -> str | None:
         """The write index when ``name`` is a data stream (whose ``_mapping`` lists every

@@ -152,6 +152,23 @@ class Metrics:
             registry=r,
         )
 
+        # Documents longer than the model reads (serve --long-documents, issue 24), whichever
+        # path encoded them (--enrich, /_splade/embed/document).
+        self.documents_truncated = Counter(
+            "splade_es_documents_truncated",
+            "Documents encoded whose text was cut, by mode: truncate (past the model's max "
+            "length), maxpool and passages (past --max-windows). passages: the documents of "
+            "indices whose sparse field holds passages, whatever --long-documents says.",
+            ["mode"],
+            registry=r,
+        )
+        self.document_passages = Counter(
+            "splade_es_document_passages",
+            "Passages (one per window) encoded for documents of passages indices and for "
+            "/_splade/embed/document requests with passages: true.",
+            registry=r,
+        )
+
         # The engines' encoder (/_splade/embed/document, /_splade/embed/query); its requests
         # and their latency are splade_es_requests / splade_es_request_seconds, by route
         # embed_document and embed_query.

@@ -8,7 +8,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ from ..encoding.windows import WindowPolicy
 from ..engines import FieldType, Hybrid, dialect_for
 from ..exceptions import ConfigurationError, InputError, ServiceUnavailableError
 from ..query import PreparedSearch, QueryBuilder, QueryPruning
-from ..sparse import SparseBatch
+from ..sparse import PassageBatch, SparseBatch
+from ..tokens import KeyScheme, TokenCodec
 from . import rewrite
-from .batcher import DocumentBatcher, MicroBatcher
-from .enrich import EnrichConfig, Enricher
+from .batcher import DocumentBatcher, MicroBatcher, QueueFull
+from .embed import EmbedRequest, EmbedRequestError, Kind, passages_answer
+from .enrich import EnrichConfig, Enricher, passages_value
 from .facts import FactsCache
 from .metrics import Metrics
 from .upstream import Upstream
@@ -43,6 +46,9 @@ class ServeConfig:
     device: str = defaults.DEVICE
     # How documents longer than one window are encoded (enrich, /_splade/embed/document):
     # truncate or maxpool, one vector per text (encoding/windows.py). None: truncate.
+    # Passages follow the index's layout, not this mode: a write to an index whose sparse
+    # field holds passages, and an embed request with "passages": true, get one vector per
+    # window, cut by this policy's window, overlap and max_windows (``passages_policy``).
     long_documents: WindowPolicy | None = None
     # Run the Python code the checkpoint ships (``SpladeEncoder.from_pretrained``'s option).
     trust_remote_code: bool = False
@@ -110,7 +116,11 @@ class ServeConfig:
             raise ConfigurationError.bad_value(
                 "long_documents",
                 "passages",
-                "serve writes and embeds one vector per text: truncate or maxpool",
+                "passages follow each index's layout: writes to an index whose sparse field "
+                "holds passages (create-index --passages) get them, cut by --window, --overlap "
+                "and --max-windows, whatever this says; it says how the documents of the other "
+                "indices (and of /_splade/embed/document without passages) are encoded, one "
+                "vector per text: truncate or maxpool",
             )
         if self.max_wait_ms < 0:
             raise ConfigurationError.bad_value("max_wait_ms", self.max_wait_ms, "must be >= 0")
@@ -242,6 +252,7 @@ class Service:
         self.enricher: Enricher | None = None
         self._document_lock = asyncio.Lock()
         self._engine_builders: dict[tuple[Any, ...], QueryBuilder] = {}
+        self._codecs: dict[KeyScheme, TokenCodec] = {}  # the document side's, embed passages
 
     def checkpoint_layout(self) -> CheckpointLayout:
         """``config.model``'s layout, read on first use only."""
@@ -328,9 +339,43 @@ class Service:
     def encode_documents(
         self, encoder: DocumentEncoder, texts: list[str], **options: Any
     ) -> SparseBatch:
-        """Documents on the model thread, with the thread count for their number."""
+        """Documents on the model thread, with the thread count for their number; those whose
+        text was cut counted (``splade_es_documents_truncated``, by the encoder's mode)."""
         self.use_threads(encoder, len(texts))
-        return encoder.encode_documents(texts, **options)
+        batch = encoder.encode_documents(texts, **options)
+        if batch.truncated is not None:
+            policy = getattr(encoder, "long_documents", None)
+            mode = policy.mode if isinstance(policy, WindowPolicy) else "truncate"
+            self.metrics.documents_truncated.labels(mode).inc(int(batch.truncated.sum()))
+        return batch
+
+    def passages_policy(self, encoder: DocumentEncoder) -> WindowPolicy:
+        """How documents of passages indices are cut into windows: ``config.long_documents``'s
+        window, overlap and max_windows (the encoder's own when it is None), as passages,
+        checked against the model (``ConfigurationError`` naming the option)."""
+        if not isinstance(encoder, SpladeEncoder):
+            raise ConfigurationError(
+                f"the document encoder {type(encoder).__name__} makes no passages"
+            )
+        base = self.config.long_documents or encoder.long_documents
+        return encoder.window_policy(replace(base, mode="passages"))
+
+    def encode_passages(
+        self, encoder: DocumentEncoder, texts: list[str], *, batch_size: int
+    ) -> PassageBatch:
+        """``texts``' passages on the model thread (``passages_policy``; an empty text has
+        none), as ``ingest --long-documents passages`` makes them; the documents cut at
+        max_windows counted, and the passages."""
+        policy = self.passages_policy(encoder)
+        assert isinstance(encoder, SpladeEncoder)
+        self.use_threads(encoder, len(texts))
+        batches = encoder.iter_passages(
+            texts, batch_size=batch_size, window=len(texts), empty="empty_vector", policy=policy
+        )
+        batch = PassageBatch.concat(list(batches))
+        self.metrics.documents_truncated.labels("passages").inc(int(batch.truncated.sum()))
+        self.metrics.document_passages.inc(len(batch.document))
+        return batch
 
     async def _start_enrichment(self, enrich: EnrichConfig) -> None:
         document_encoder = await self.document_encoder()  # loaded now, not on the first write
@@ -359,11 +404,16 @@ class Service:
         size, an empty vector for an empty text) on the model thread's bulk lane."""
         assert self.batcher is not None, "Service.start makes the query batcher first"
         batch_size = self.config.document_batch_size
+        passages = None
+        if isinstance(document_encoder, SpladeEncoder):
+            self.passages_policy(document_encoder)  # a window the model cannot read: now
+            passages = partial(self.encode_passages, document_encoder, batch_size=batch_size)
         documents = DocumentBatcher(
             lambda texts: self.encode_documents(
                 document_encoder, texts, batch_size=batch_size, empty="empty_vector"
             ),
             self.batcher.run_pieces,  # bulk lane, bulk_batch texts a call
+            passages=passages,
             max_batch=max_batch,
             max_queued=max_queued,
             metrics=self.metrics,
@@ -383,6 +433,30 @@ class Service:
                     self.config.max_queued_documents,
                 )
         return self.documents
+
+    async def embed_passages(self, kind: Kind, asked: EmbedRequest) -> Any:
+        """``/_splade/embed/document`` with ``"passages": true``: per input, its passages
+        (``embed.passages_answer``), cut and encoded as a write to a passages index gets them,
+        through the same document queue."""
+        if kind != "document":
+            raise EmbedRequestError(
+                "[passages] is for documents: POST /_splade/embed/document", field="passages"
+            )
+        queue = await self.document_queue()
+        encoder = await self.document_encoder()
+        texts = [asked.texts[i] for i in asked.to_encode]
+        try:
+            encoded = await queue.encode_passages(texts) if texts else []
+        except QueueFull:
+            self.metrics.embed_rejected.labels("document").inc()
+            raise
+        codec = self._codecs.get(asked.key_scheme)
+        if codec is None:  # one per scheme: building one walks the whole vocabulary
+            codec = self._codecs[asked.key_scheme] = TokenCodec(
+                encoder.vocab, scheme=asked.key_scheme
+            )
+        values = [passages_value(codec, passages) for passages in encoded]
+        return passages_answer(asked.passages_of(values), asked.format)
 
     async def stop(self) -> None:
         if self.documents is not None:
