@@ -178,6 +178,8 @@ class ApiRoutes:
         metrics = self.service.metrics
         metrics.embed_texts.labels(kind).inc(len(asked.texts))
         metrics.embed_blank_texts.labels(kind).inc(len(asked.texts) - len(asked.to_encode))
+        if asked.passages:  # "passages": true, per input its passages (embed.py)
+            return await self.service.embed_passages(kind, asked)
         texts = [asked.texts[i] for i in asked.to_encode]
         encoded = await self.features(kind, texts, asked.key_scheme) if texts else []
         return answer_body(asked.vectors(encoded), asked.format)
