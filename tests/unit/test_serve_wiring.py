@@ -95,6 +95,11 @@ def test_create_app_routes_the_api_first_and_everything_else_to_the_proxy():
         "/_splade/encode",
         "/_splade/embed/{kind}",
         "/embed_sparse",
+        "/_splade/ui",  # the relevance workbench (splade_es.workbench.ui)
+        "/_splade/ui/assets/{name}",
+        "/_splade/ui/settings",
+        "/_splade/ui/search",
+        "/_splade/ui/judge",
         "/{path:path}",
     ]
     assert [m.cls.__name__ for m in app.user_middleware] == ["RequestLine", "ClientConcurrency"]
