@@ -32,9 +32,10 @@ back in ``summary.dead_letters``.
 
 Long documents: ``long_documents="maxpool"`` (with ``window``, ``overlap``, ``max_windows``,
 as ``SpladeEncoder.from_pretrained`` takes them) gives one vector per row, the max over its
-windows. ``"passages"`` gives, in ``encode``, a column of passages instead of a map:
-``array<struct<vector: map<string, float>, start: bigint, end: bigint>>`` (``PASSAGES_TYPE``:
-one struct per window, in text order, with its character offsets in the row's text), and in
+windows. ``"passages"`` gives, in ``encode``, a column of passages instead of a map,
+``passages_spark_type()``: ``array<struct<vector: map<string, float>, start: bigint, end:
+bigint>>``, one struct per window, in text order, with its character offsets in the row's
+text (``passages_arrow_type()`` in ``encode_batches``, lists of dicts in ``encode_frames``); in
 ``write`` one nested object per window in the index (``create=True`` makes the nested
 layout). ``write``'s summary counts truncated documents and windows; its windows per
 document (mean, p99) come from every partition's exact counts, merged.
