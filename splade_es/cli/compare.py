@@ -209,6 +209,7 @@ def _serve_ui(opts: dict[str, Any], configurations: Any) -> None:
         index=opts["index"],
         judgments=Judgments(opts["qrels"], opts["queries"]) if opts["qrels"] else None,
         shown=opts["k"],
+        own_credentials=True,  # this user's process, on loopback, with this user's credentials
     )
     port = opts["port"] or _free_port()
     query = {"index": opts["index"], **({"q": opts["text"]} if opts["text"] else {})}

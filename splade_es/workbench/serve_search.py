@@ -35,13 +35,22 @@ class ClusterAnswered(ClusterError):
 
 
 class ServeSearcher:
-    """Runs configurations with one ``Service``; ``authorization`` is the calling app's
-    (None when serve uses API keys: then its own cluster credentials are used)."""
+    """Runs configurations with one ``Service``; ``authorization`` is the calling page's
+    (None when serve uses API keys: serve's key is not the cluster's business).
 
-    def __init__(self, service: Service, hybrids: HybridRunner, *, shown: int) -> None:
+    The searches read documents: like the proxy, they carry the caller's credentials only,
+    never serve's own cluster credentials (which would let anyone who reaches the page read
+    what serve may read), unless ``own_credentials`` (``compare --ui``: the user's own process
+    on loopback, started with the user's credentials). Index facts are read as serve reads
+    them for every request (``FactsCache``)."""
+
+    def __init__(
+        self, service: Service, hybrids: HybridRunner, *, shown: int, own_credentials: bool
+    ) -> None:
         self.service = service
         self.hybrids = hybrids  # its fusion choices, cached a minute
         self.shown = shown
+        self.own_credentials = own_credentials
 
     async def column(
         self, configuration: Configuration, index: str, text: str, authorization: str | None
@@ -106,14 +115,15 @@ class ServeSearcher:
     async def search(
         self, index: str, request: SearchRequest, authorization: str | None
     ) -> dict[str, Any]:
-        """``POST /<index>/_search`` through serve's connection (its credentials, else the
-        app's); the cluster's refusal raises with its reason."""
+        """``POST /<index>/_search`` through serve's connection, with the caller's credentials
+        (``own_credentials``: serve's own, else the caller's); the cluster's refusal raises
+        with its reason."""
         target = f"/{quote(index, safe=',*')}/_search"
         if request.params:
             target += "?" + urlencode(dict(request.params))
         upstream = self.service.upstream
         headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
-        auth = upstream.own_auth or authorization
+        auth = (upstream.own_auth if self.own_credentials else None) or authorization
         if auth:
             headers.append(("Authorization", auth))
         answer = await upstream.request("POST", target, headers, json.dumps(request.body).encode())

@@ -11,7 +11,9 @@
 
 The JSON endpoints encode queries (model compute): they answer through ``ApiRoutes.answer``,
 so with API keys (``serve --api-key-file``; required on a non-loopback listen) they need
-``Authorization: Bearer <key>`` like ``/_splade/embed/*``. They take only JSON bodies (a form
+``Authorization: Bearer <key>`` like ``/_splade/embed/*``. The searches carry the caller's
+cluster credentials as the proxy forwards them, never serve's own (``compare --ui`` excepted:
+``WorkbenchSettings.own_credentials``). They take only JSON bodies (a form
 post from another site cannot reach them without a CORS preflight serve does not answer).
 Judgments go to the one qrels file of the settings (``Judgments``); no request names a file.
 
@@ -63,6 +65,9 @@ class WorkbenchSettings:
     index: str | None = None
     judgments: Judgments | None = None  # None: judging is off
     shown: int = defaults.TOP_K
+    # Search with serve's own cluster credentials (``compare --ui`` only: the user's process
+    # on loopback); otherwise with the caller's, as the proxy forwards them.
+    own_credentials: bool = False
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> WorkbenchSettings:
@@ -158,7 +163,12 @@ class Workbench:
         configurations = parse_configurations(configs)
         # Serve's key, when it has keys, is not the cluster's business (as /_splade/query).
         authorization = None if self.api.keys else request.headers.get("authorization")
-        searcher = ServeSearcher(self.api.service, self.hybrids, shown=settings.shown)
+        searcher = ServeSearcher(
+            self.api.service,
+            self.hybrids,
+            shown=settings.shown,
+            own_credentials=settings.own_credentials,
+        )
         columns = await asyncio.gather(
             *(searcher.column(c, c.index_or(index), text, authorization) for c in configurations)
         )

@@ -141,3 +141,30 @@ def test_judging_off_without_a_qrels_file(tmp_path):
         assert answer.status_code == 400 and "judging is off" in answer.text
         settings = client.post("/_splade/ui/settings", json={}).json()
         assert settings["qrels"] is None and settings["configs"] == ["bm25", "splade"]
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_searches_never_borrow_serves_cluster_credentials(tmp_path, own):
+    from splade_es.connect import ConnectionConfig
+    from splade_es.serve import ServeConfig
+
+    connection = ConnectionConfig(hosts=("http://127.0.0.1:9",), username="serve", password="pw")
+    app = create_app(ServeConfig(connection=connection), encoder=FakeEncoder())
+    upstream = FakeUpstream()
+    app.state.service.upstream.request = upstream.request
+    app.state.service.upstream.get_json = upstream.get_json
+    app.state.workbench = WorkbenchSettings(
+        configurations=parse_configurations(["bm25", "splade"]), index="docs", own_credentials=own
+    )
+    with TestClient(app) as client:
+        answer = client.post("/_splade/ui/search", json={"q": "tax code"})
+        assert answer.status_code == 200, answer.text
+        caller = {"Authorization": "Basic Y2FsbGVyOnNlY3JldA=="}
+        assert client.post("/_splade/ui/search", json={"q": "tax"}, headers=caller).is_success
+    sent = [headers.get("authorization") for _, headers in upstream.forwarded]
+    serve_auth = app.state.service.upstream.own_auth
+    assert serve_auth and len(sent) == 4
+    if own:  # compare --ui: the user's own process and credentials
+        assert sent == [serve_auth] * 4
+    else:  # the page's caller's credentials, as the proxy forwards them, or none
+        assert sent == [None, None, caller["Authorization"], caller["Authorization"]]
