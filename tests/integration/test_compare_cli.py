@@ -178,3 +178,55 @@ def test_hybrids_are_fused_as_search_fuses_them(cluster, indexed, encoder, searc
         assert [h["score"] for h in column["hits"]] == pytest.approx(
             [h.score for h in expected.hits], rel=1e-6
         )
+
+
+def test_compare_ui_serves_the_page_on_loopback(cluster, indexed, search_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    from urllib.parse import urlsplit
+
+    from splade_es.beir import read_qrels
+    from tests.integration.serve_support import free_port, raw_request
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "splade_es.cli", "compare", "--url", cluster.url,
+        "--index", indexed, "-m", str(search_model_dir), "--config", "bm25", "--config",
+        "splade", "--ui", "--port", str(port), "--qrels", str(tmp_path / "j.tsv"),
+        "--query", "tax code",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        url = process.stdout.readline().decode().strip()
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port, parts.path) == ("127.0.0.1", port, "/_splade/ui")
+        assert "q=tax+code" in parts.query and f"index={indexed}" in parts.query
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if raw_request(base, "GET", "/_splade/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.3)
+        status, _, page = raw_request(base, "GET", parts.path + "?" + parts.query)
+        assert status == 200 and b'data-testid="query-input"' in page
+        headers = {"Content-Type": "application/json"}
+        body = json.dumps({"q": "tax code"}).encode()
+        status, _, found = raw_request(base, "POST", "/_splade/ui/search", body, headers)
+        assert status == 200, found
+        columns = json.loads(found)["columns"]
+        assert [c["label"] for c in columns] == ["bm25", "splade"] and columns[1]["hits"]
+        doc = columns[1]["hits"][0]["id"]
+        judge = json.dumps({"q": "tax code", "id": doc, "relevance": 1}).encode()
+        status, _, judged = raw_request(base, "POST", "/_splade/ui/judge", judge, headers)
+        assert status == 200, judged
+        assert list(read_qrels(tmp_path / "j.tsv").values()) == [{doc: 1}]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
