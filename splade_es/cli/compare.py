@@ -90,11 +90,13 @@ def compare(**opts: Any) -> None:
 
 def _queries(opts: dict[str, Any]) -> dict[str, str]:
     from ..beir import read_queries
+    from ..workbench.judgments import new_query_id
 
     if bool(opts["text"]) == bool(opts["queries"]):
         raise click.UsageError("give --query TEXT or --queries FILE (one of them)")
     if opts["text"]:
-        return {"query": opts["text"]}
+        # The id the page gives a typed query: its judgments (--qrels) are found.
+        return {new_query_id(opts["text"].strip()): opts["text"]}
     return read_queries(opts["queries"])
 
 
@@ -163,23 +165,33 @@ def _query_table(query: QueryComparison, k: int) -> Table:
 
 
 def _metrics_table(comparison: Comparison) -> Table:
-    """Per configuration: the means over the judged queries, and its record against the
-    first configuration (wins/ties/losses on nDCG@10)."""
+    """Per configuration: the means over the judged queries and, per measure, its queries
+    won / tied / lost against the first configuration."""
     table = Table(
-        title=f"{comparison.judged} judged queries; wins/ties/losses against "
-        f"{comparison.baseline!r} on nDCG@10",
+        title=f"{comparison.judged} judged queries; W / T / L: queries won, tied, lost "
+        f"against {comparison.baseline!r}",
         title_justify="left",
     )
     table.add_column("configuration")
     names = list(next(iter(comparison.metrics.values())))
     for name in names:
         table.add_column(name, justify="right")
-    table.add_column("W / T / L", justify="right")
+    for name in names:
+        table.add_column(f"W / T / L\n{name}", justify="right")
     for label, values in comparison.metrics.items():
-        record = comparison.records.get(label, {}).get("ndcg@10")
-        wtl = "baseline" if record is None else f"{record.wins} / {record.ties} / {record.losses}"
-        table.add_row(label, *(f"{values[n]:.4f}" for n in names), wtl)
+        records = comparison.records.get(label, {})
+        table.add_row(
+            label,
+            *(f"{values[n]:.4f}" for n in names),
+            *(_record_text(records.get(n)) for n in names),
+        )
     return table
+
+
+def _record_text(record: Any) -> str:
+    if record is None:
+        return "baseline"
+    return f"{record.wins} / {record.ties} / {record.losses}"
 
 
 def _serve_ui(opts: dict[str, Any], configurations: Any) -> None:

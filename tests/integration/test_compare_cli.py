@@ -230,3 +230,23 @@ def test_compare_ui_serves_the_page_on_loopback(cluster, indexed, search_model_d
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_typed_query_finds_the_pages_judgments(cluster, indexed, search_model_dir, tmp_path):
+    from splade_es.workbench.judgments import Judgments
+
+    text = documents(cluster, indexed)["doc-3"]["title"]
+    Judgments(tmp_path / "j.tsv").judge(text, "doc-3", 1)  # as the page writes it
+    out = compare(
+        cluster, indexed, search_model_dir, "--query", f" {text} ", "--qrels", tmp_path / "j.tsv",
+        "--json",
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    answer = json.loads(out.output)
+    assert answer["judged_queries"] == 1
+    [query] = answer["queries"]
+    assert set(query["measures"]) == {"bm25", "splade"}
+    table = compare(
+        cluster, indexed, search_model_dir, "--query", text, "--qrels", tmp_path / "j.tsv"
+    )
+    assert table.exit_code == 0 and "W / T / L" in table.output and "baseline" in table.output
