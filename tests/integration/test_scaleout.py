@@ -6,6 +6,7 @@ through both (maxpool and passages), with the summaries' window counts."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -310,21 +311,25 @@ def test_spark_encode_gives_maxpool_vectors_and_passage_structs(
 
 
 def test_spark_write_indexes_maxpool_vectors_and_counts_windows(
-    cluster, index_name, encoder, long_docs, search_model_dir, spark
+    cluster, index_name, encoder, long_docs, search_model_dir, spark, caplog
 ):
     from splade_es import spark as splade_spark
 
     df = spark.createDataFrame(long_docs).repartition(3)
-    summary = splade_spark.write(
-        df,
-        index=index_name,
-        model=str(search_model_dir),
-        client_config=ConnectionConfig(hosts=(cluster.url,)),
-        create=True,
-        bulk_docs=4,
-        long_documents=WindowPolicy("maxpool", window=WINDOW, overlap=OVERLAP),
-        max_windows=MAX_WINDOWS,  # replaces the policy's own (64)
-    )
+    with caplog.at_level(logging.WARNING, logger="splade_es.scaleout"):
+        summary = splade_spark.write(
+            df,
+            index=index_name,
+            model=str(search_model_dir),
+            client_config=ConnectionConfig(hosts=(cluster.url,)),
+            create=True,
+            bulk_docs=4,
+            long_documents=WindowPolicy("maxpool", window=WINDOW, overlap=OVERLAP),
+            max_windows=MAX_WINDOWS,  # replaces the policy's own (64)
+        )
+    # Never silent: the job's total, on the driver.
+    said = f"{summary.total.truncated} documents lost their text past max_windows"
+    assert said in caplog.text
     texts = [document_text(d) for d in long_docs]
     want = encoder.encode_documents(texts, long_documents="maxpool", **window_options())
     assert want.windows is not None and want.truncated is not None
@@ -333,6 +338,35 @@ def test_spark_write_indexes_maxpool_vectors_and_counts_windows(
     codec = TokenCodec(encoder.vocab)
     expected = {d["_id"]: codec.encode(want, i) for i, d in enumerate(long_docs)}
     assert_index_holds_exactly(cluster.client, index_name, expected)
+
+
+def test_spark_write_indexes_passages_nested(
+    cluster, index_name, encoder, long_docs, search_model_dir, spark
+):
+    from splade_es import spark as splade_spark
+
+    summary = splade_spark.write(
+        spark.createDataFrame(long_docs).repartition(2),
+        index=index_name,
+        model=str(search_model_dir),
+        client_config=ConnectionConfig(hosts=(cluster.url,)),
+        create=True,
+        long_documents="passages",
+        **window_options(),
+    )
+    want, batch = expected_passages(encoder, long_docs)
+    assert summary.total.indexed == len(long_docs)
+    assert_long_document_counts(summary, batch.windows, batch.truncated, "passages")
+    assert QueryBuilder.for_index(cluster.client, index_name).passages
+    cluster.client.indices.refresh(index=index_name)
+    body = {"query": {"match_all": {}}, "size": 100}
+    hits = cluster.client.search(index=index_name, body=body)["hits"]["hits"]
+    assert sorted(h["_id"] for h in hits) == sorted(want)
+    for hit in hits:
+        stored = hit["_source"]["splade"]
+        assert [(p["start"], p["end"]) for p in stored] == [w[1:] for w in want[hit["_id"]]]
+        for passage, (vector, _, _) in zip(stored, want[hit["_id"]], strict=True):
+            assert_same_vector(passage["vector"], vector, what=hit["_id"])
 
 
 def test_spark_write_refuses_passages_into_a_one_vector_index(
