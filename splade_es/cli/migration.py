@@ -82,6 +82,21 @@ if TYPE_CHECKING:
     "--hybrid-weight", default=HYBRID_WEIGHT, show_default=True, type=click.FloatRange(0, 1)
 )
 @click.option(
+    "--hybrid-method",
+    type=click.Choice(["sum", "linear", "rrf"]),
+    default="sum",
+    show_default=True,
+    help="Gate: how the hybrid row combines BM25 and SPLADE (sum: one bool query).",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["engine", "client", "auto"]),
+    default="auto",
+    show_default=True,
+    help="Gate: who fuses a linear/rrf hybrid row: the engine, the client (one _msearch; any "
+    "license, no plugin), or the engine where the cluster can and the client otherwise.",
+)
+@click.option(
     "--max-delta",
     default=MAX_DELTA,
     show_default=True,
@@ -207,6 +222,8 @@ def _gate(opts: dict[str, Any]) -> Gate | None:
         min_ndcg_gain=opts["min_ndcg_gain"],
         min_overlap=opts["min_overlap"],
         hybrid_weight=opts["hybrid_weight"],
+        hybrid_method=opts["hybrid_method"],
+        fusion=opts["fusion"],
     )
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import defaults
 from ..encoding.windows import LONG_DOCUMENT_MODES, LongDocuments, WindowPolicy
-from ..engines import FieldType
+from ..engines import FieldType, HybridMethod
 from ..exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..search import Fusion
 
 WORKERS = defaults.WORKERS
 """Parallel bulk senders of the copy and of each catch-up pass."""
@@ -36,6 +40,10 @@ class Gate:
     min_overlap: float | None = None
     hybrid_weight: float = HYBRID_WEIGHT
     k: int = defaults.EVALUATION_DEPTH
+    # The hybrid row's method (sum: one bool query, nothing to fuse) and who fuses a linear /
+    # rrf one: the engine, the client (one _msearch; any license, no plugin), or auto.
+    hybrid_method: HybridMethod = "sum"
+    fusion: Fusion = "auto"
 
     def __post_init__(self) -> None:
         if (self.min_ndcg_gain is None) == (self.min_overlap is None):

@@ -244,6 +244,8 @@ def gate_target(job: Migration) -> GateResult | None:
         text_fields=config.text_fields,
         sparse_field=config.sparse_field,
         progress=lambda label: job.step(f"gate: {label}"),
+        hybrid_method=config.gate.hybrid_method,
+        fusion=config.gate.fusion,
     )
 
 

@@ -37,9 +37,11 @@ def encoder(search_model_dir):
     return SpladeEncoder.from_pretrained(str(search_model_dir))
 
 
-def create_bm25_index(client, index, docs) -> tuple[str, str]:
-    """A plain BM25 index holding ``docs`` behind an alias; returns (alias, target name)."""
-    client.indices.create(index=index, body=SOURCE_BODY)
+def create_bm25_index(client, index, docs, *, created: bool = False) -> tuple[str, str]:
+    """A plain BM25 index holding ``docs`` behind an alias (``created``: the caller created
+    the index); returns (alias, target name)."""
+    if not created:
+        client.indices.create(index=index, body=SOURCE_BODY)
     if type(client).__module__.startswith("opensearchpy"):
         from opensearchpy import helpers
     else:
