@@ -12,8 +12,9 @@ Sources (see the module docstring of ``splade_es.fusion``):
   rrf/RRFRetrieverBuilder.java`` (``combineInnerRetrieverResults``: ``score += 1.0f /
   (rankConstant + rank)``, rank from 1) and ``linear/{LinearRetrieverBuilder,
   MinMaxScoreNormalizer,L2ScoreNormalizer}.java`` (elastic/elasticsearch as stored: commits
-  0050ad5d, 030968aa, 05d51c19, 2ddd3e9b); the documented formula (reference 8.14, ``rrf.html``): ``score = 0.0; for q in
-  queries: if d in result(q): score += 1.0 / (k + rank(result(q), d))``, rank starting from 1.
+  0050ad5d, 030968aa, 05d51c19, 2ddd3e9b); the documented formula (reference 8.14,
+  ``rrf.html``): ``score = 0.0; for q in queries: if d in result(q): score += 1.0 / (k +
+  rank(result(q), d))``, rank starting from 1.
 
 The engines compute in Java ``float``; the references below do the same with numpy float32,
 or (for the documented formula) in float64, compared within float32 rounding.
