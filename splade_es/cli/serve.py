@@ -233,6 +233,24 @@ def default_threads(enriching: bool) -> int:
     "reaches the port may use the model.",
 )
 @click.option(
+    "--ui-index",
+    envvar="SPLADE_ES_UI_INDEX",
+    help="The relevance workbench page (/_splade/ui): the index it searches by default.",
+)
+@click.option(
+    "--ui-config",
+    "ui_configs",
+    multiple=True,
+    help="The page's configurations, one per option (compare's specs: bm25, splade, "
+    "hybrid:rrf, ...). [default: bm25 and splade; env: SPLADE_ES_UI_CONFIGS]",
+)
+@click.option(
+    "--ui-qrels",
+    type=click.Path(dir_okay=False),
+    envvar="SPLADE_ES_UI_QRELS",
+    help="The qrels file (BEIR TSV) the page's judgments are saved to; without it judging is off.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -261,11 +279,13 @@ def serve(**opts: Any) -> None:
     host, port = parse_listen(opts.pop("listen"))
     enrich = _enrich_config(opts) if opts["enrich_patterns"] else None
     level = opts.pop("log_level")
+    ui = {name: opts.pop(name) for name in ("ui_index", "ui_configs", "ui_qrels")}
     config = _serve_config(opts, enrich, host)
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(config)  # checks the checkpoint: a wrong --model is the only line printed
+    app.state.workbench = _workbench_settings(ui)
     keys = config.api_keys
     access = f"{len(keys)} API key(s) accepted" if keys else "no API key required"
     err_console.print(
@@ -282,6 +302,23 @@ def serve(**opts: Any) -> None:
         lifespan="on",
         **server_options,  # h11, no access log of uvicorn's (ours leaves out credentials)
     )
+
+
+def _workbench_settings(ui: dict[str, Any]) -> Any:
+    """The workbench page's settings from --ui-index, --ui-config and --ui-qrels (each
+    falling back to its SPLADE_ES_UI_* variable); a bad configuration spec stops serve at
+    start, as one line."""
+    import os
+
+    from ..workbench.ui import WorkbenchSettings
+
+    environ = dict(os.environ)
+    if ui["ui_configs"]:
+        environ["SPLADE_ES_UI_CONFIGS"] = " ".join(ui["ui_configs"])
+    for name, variable in (("ui_index", "SPLADE_ES_UI_INDEX"), ("ui_qrels", "SPLADE_ES_UI_QRELS")):
+        if ui[name]:
+            environ[variable] = ui[name]
+    return WorkbenchSettings.from_environment(environ)
 
 
 def _long_documents_help(command: click.Command) -> None:

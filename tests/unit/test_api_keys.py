@@ -11,6 +11,7 @@ import logging
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -311,7 +312,7 @@ def started(monkeypatch) -> list[ServeConfig]:
     import splade_es.serve
 
     configs: list[ServeConfig] = []
-    monkeypatch.setattr(splade_es.serve, "create_app", lambda config: configs.append(config))
+    monkeypatch.setattr(splade_es.serve, "create_app", lambda config: stand_in_app(configs, config))
     monkeypatch.setattr("uvicorn.run", lambda app, **options: None)
     return configs
 
@@ -370,3 +371,10 @@ def test_the_command_help_names_the_options():
     assert result.exit_code == 0
     for text in ("--api-key-file", "--allow-unauthenticated", "/_splade/embed/document"):
         assert text in result.output
+
+
+def stand_in_app(configs: list, config) -> SimpleNamespace:
+    """What ``create_app`` returns, for a command test that starts nothing: the config is
+    kept, and the app has a ``state`` the command can set."""
+    configs.append(config)
+    return SimpleNamespace(state=SimpleNamespace())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -321,7 +322,7 @@ def test_serve_batch_threads_default_to_every_core_unless_threads_is_given(runne
 
     configs = []
     monkeypatch.setattr(serve.os, "cpu_count", lambda: 8)
-    monkeypatch.setattr(splade_es.serve, "create_app", lambda config: configs.append(config))
+    monkeypatch.setattr(splade_es.serve, "create_app", lambda config: stand_in_app(configs, config))
     monkeypatch.setattr("uvicorn.run", lambda app, **options: None)
     base = ["serve", "--url", "http://127.0.0.1:9", "--model", "m"]
     cases = (([], (7, 8)), (["--threads", "3"], (3, 3)), (["--batch-threads", "5"], (7, 5)))
@@ -329,3 +330,42 @@ def test_serve_batch_threads_default_to_every_core_unless_threads_is_given(runne
         result = runner.invoke(main, base + extra)
         assert result.exit_code == 0, result.output
         assert (configs[-1].threads, configs[-1].batch_threads) == expected
+
+
+def stand_in_app(configs: list, config) -> SimpleNamespace:
+    """What ``create_app`` returns, for a command test that starts nothing: the config is
+    kept, and the app has a ``state`` the command can set."""
+    configs.append(config)
+    return SimpleNamespace(state=SimpleNamespace())
+
+
+def test_serve_sets_the_workbench_page_from_its_options(runner, monkeypatch, tmp_path):
+    import splade_es.serve
+
+    apps = []
+
+    def create_app(config):
+        apps.append(SimpleNamespace(state=SimpleNamespace()))
+        return apps[-1]
+
+    monkeypatch.setattr(splade_es.serve, "create_app", create_app)
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: None)
+    qrels = tmp_path / "judged.tsv"
+    base = ["serve", "--url", "http://127.0.0.1:9", "--model", "m"]
+    options = ["--ui-index", "docs", "--ui-config", "bm25", "--ui-config", "hybrid:rrf"]
+    result = runner.invoke(main, [*base, *options, "--ui-qrels", str(qrels)])
+    assert result.exit_code == 0, result.output
+    settings = apps[-1].state.workbench
+    assert settings.index == "docs" and settings.judgments.path == qrels
+    assert [c.spec for c in settings.configurations] == ["bm25", "hybrid:rrf"]
+
+    env = {"SPLADE_ES_UI_INDEX": "from-env", "SPLADE_ES_UI_CONFIGS": "splade bm25"}
+    result = runner.invoke(main, base, env=env)
+    assert result.exit_code == 0, result.output
+    settings = apps[-1].state.workbench
+    assert settings.index == "from-env" and settings.judgments is None
+    assert [c.spec for c in settings.configurations] == ["splade", "bm25"]
+
+    bad = runner.invoke(main, [*base, "--ui-config", "hybrid:sideways"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert len([line for line in bad.output.splitlines() if line.strip()]) == 1
