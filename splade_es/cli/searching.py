@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -279,17 +280,18 @@ def search(**opts: Any) -> None:
 def _matched_rows(
     result: SearchResult, sparse_field: str, token_of: Callable[[str], str]
 ) -> list[tuple[Hit, Sequence[TokenContribution]]]:
-    """Each hit with the query tokens it matched (none where its source has no vector)."""
-    from ..search import contributions
+    """Each hit with the query tokens it matched (none where its source has no vector); on a
+    passages index, those of its best passage, whose dot product is the hit's score."""
+    from ..search import best_passage, contributions
 
     rows: list[tuple[Hit, Sequence[TokenContribution]]] = []
     for hit in result.hits:
-        doc_vector = hit.source.get(sparse_field)
-        matched = (
-            contributions(result.features, doc_vector, token_of=token_of)
-            if isinstance(doc_vector, dict)
-            else ()
-        )
+        stored = hit.source.get(sparse_field)
+        matched: Sequence[TokenContribution] = ()
+        if isinstance(stored, dict):
+            matched = contributions(result.features, stored, token_of=token_of)
+        elif isinstance(stored, list):  # passages: the best one's, as explain shows them
+            _, matched = best_passage(result.features, stored, token_of=token_of)
         rows.append((hit, matched))
     return rows
 
@@ -308,6 +310,11 @@ def _hits_json(
                     {"token": c.token, "contribution": round(c.contribution, 6)}
                     for c in matched[:5]
                 ],
+                **(
+                    {"passages": [asdict(passage) for passage in hit.passages]}
+                    if hit.passages
+                    else {}
+                ),
             }
             for hit, matched in rows
         ],
@@ -339,11 +346,18 @@ def _print_hits(opts: dict[str, Any], rows: list[tuple[Any, Any]]) -> None:
     table.add_column("id")
     table.add_column("score", justify="right")
     table.add_column("title / text")
+    passages = any(hit.passages for hit, _ in rows)
+    if passages:  # a passages index: where the best passage lies in the text
+        table.add_column("best passage (chars)")
     table.add_column("top matching tokens")
     for rank, (hit, matched) in enumerate(rows, 1):
         snippet = str(hit.source.get("title") or hit.source.get("text") or "")[:60]
         tokens = ", ".join(f"{c.token} {c.contribution:.2f}" for c in matched[:4])
-        table.add_row(str(rank), hit.id, f"{hit.score:.4f}", snippet, tokens)
+        cells = [str(rank), hit.id, f"{hit.score:.4f}", snippet]
+        if passages:
+            best = hit.passages[0] if hit.passages else None
+            cells.append(f"{best.start}-{best.end}" if best else "")
+        table.add_row(*cells, tokens)
     print_table(table)
 
 

@@ -229,3 +229,9 @@ def test_the_cli_creates_a_passages_index_and_ingests_into_it(
     assert found.exit_code == 0, found.output
     hits = json.loads(found.stdout)["hits"]
     assert hits and {hit["id"] for hit in hits} <= {doc["_id"] for doc in DOCS}
+    for hit in hits:  # the best passage scores the document; its tokens are the best's
+        best = hit["passages"][0]
+        assert best["score"] == pytest.approx(hit["score"], rel=1e-6)
+        assert best["start"] < best["end"] and hit["top_tokens"]
+    table = cli("search", *where, "-m", search_model_dir, "learned sparse weights")
+    assert table.exit_code == 0 and "best passage" in table.output
