@@ -447,6 +447,12 @@ class SpladeEncoder:
         into its windows (window_tokens.py)."""
         assert policy.window is not None
         first, longer = self._token_ids([texts[i] for i in keep], max_length=policy.window)
+        long_texts = [texts[i] for i, more in zip(keep, longer, strict=True) if more]
+        # All of a batch's long texts tokenized in one call; maxpool stores no spans, so a
+        # slow tokenizer then skips locating them.
+        cut = iter(
+            self.window_tokenizer.windows_of(long_texts, policy, spans=policy.mode == "passages")
+        )
         tok = _Tokenized([], [], [], [])
         for i, ids, more in zip(keep, first, longer, strict=True):
             if not more:
@@ -455,10 +461,7 @@ class SpladeEncoder:
                 tok.truncated.append(False)
                 tok.spans.append((0, len(texts[i])))
                 continue
-            # maxpool stores no spans: a slow tokenizer then skips locating them
-            windows = self.window_tokenizer.windows(
-                texts[i], policy, spans=policy.mode == "passages"
-            )
+            windows = next(cut)
             tok.positions.extend([i] * len(windows.ids))
             tok.ids.extend(windows.ids)
             tok.truncated.extend([windows.dropped] * len(windows.ids))

@@ -81,6 +81,20 @@ def test_windows_cover_the_text_with_exact_overlap_and_never_split_a_token(encod
         assert words[0].lstrip("#") in piece and words[-1].lstrip("#") in piece
 
 
+def test_texts_tokenized_together_cut_into_the_windows_each_gets_alone(encoder):
+    """``windows_of`` tokenizes a batch's long texts in one call (the fast tokenizer's batch
+    encoding); each text's windows, spans and drop flag are those of ``windows`` alone."""
+    texts = [LONG, SHORT, LONG[: len(LONG) // 3] + " é ü 東京 " + LONG, LONG[7:]]
+    for policy in (
+        encoder.window_policy("passages", window=16, overlap=4, max_windows=500),
+        encoder.window_policy("maxpool", window=24, overlap=0, max_windows=3),
+    ):
+        together = encoder.window_tokenizer.windows_of(texts, policy)
+        alone = [encoder.window_tokenizer.windows(text, policy) for text in texts]
+        assert together == alone
+        assert any(w.dropped for w in together) == (policy.max_windows == 3)
+
+
 def test_maxpool_is_the_elementwise_max_of_the_windows_encoded_alone(encoder):
     policy = encoder.window_policy("maxpool", window=16, overlap=4)
     windows = encoder.window_tokenizer.windows(LONG, policy)
