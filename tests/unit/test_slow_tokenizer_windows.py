@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,49 @@ def test_a_tokenizer_reading_across_spaces_is_located_by_its_lines() -> None:
 
 def _pairs(letters: str) -> list[str]:
     return [letters[i : i + 2] for i in range(0, len(letters), 2)]
+
+
+class _MetaspacePieces(PreTrainedTokenizer):
+    """A SentencePiece-like slow tokenizer: each word lower-cased, cut into pieces of three
+    characters, its first piece marked ``▁``, ``convert_tokens_to_string`` turning ``▁`` into
+    spaces as SentencePiece decoders do."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.pieces: dict[str, int] = {"<unk>": 0}
+        super().__init__(unk_token="<unk>", **kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.pieces)
+
+    def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        tokens = []
+        for word in text.lower().split():
+            cut = [word[i : i + 3] for i in range(0, len(word), 3)]
+            tokens += ["▁" + cut[0], *cut[1:]]
+        return tokens
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self.pieces.setdefault(token, len(self.pieces))
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return next(t for t, i in self.pieces.items() if i == index)
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return "".join(tokens).replace("▁", " ").strip()
+
+
+def test_sentencepiece_style_pieces_are_located_exactly() -> None:
+    tokenizer = _MetaspacePieces()
+    text = "  Déjà-VU Straße\tTAXES  naïveté x\n Москва "
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    expected = []
+    for word in re.finditer(r"\S+", text):
+        start, end = word.span()
+        expected += [(i, min(i + 3, end)) for i in range(start, end, 3)]
+    assert len(ids) == len(expected) > 10
+    offsets = SlowOffsets(tokenizer, text, ids)
+    assert [(offsets.start(k), offsets.end(k)) for k in range(len(ids))] == expected
