@@ -47,7 +47,7 @@ from .model_files import (
 )
 from .pooling import SparseRows, SpladeHead
 from .static_query import StaticQueryEncoder
-from .window_tokens import WindowTokenizer
+from .window_tokens import TextWindows, WindowTokenizer
 from .windows import LongDocuments, WindowPolicy, max_pool
 
 if TYPE_CHECKING:
@@ -75,6 +75,20 @@ class _Tokenized:
     ids: list[list[int]]  # per row: the token ids the model reads
     truncated: list[bool]  # per row: its text lost tokens (past max_length / max_windows)
     spans: list[tuple[int, int]] = field(default_factory=list)  # per row (windowed modes)
+
+    def add_row(self, position: int, ids: list[int], span: tuple[int, int]) -> None:
+        """A text read as one row, whole."""
+        self.positions.append(position)
+        self.ids.append(ids)
+        self.truncated.append(False)
+        self.spans.append(span)
+
+    def add_windows(self, position: int, windows: TextWindows) -> None:
+        """A text's windows, one row each."""
+        self.positions.extend([position] * len(windows.ids))
+        self.ids.extend(windows.ids)
+        self.truncated.extend([windows.dropped] * len(windows.ids))
+        self.spans.extend(windows.spans)
 
 
 class SpladeEncoder:
@@ -442,30 +456,32 @@ class SpladeEncoder:
     def _tokenize_windows(
         self, texts: list[str], keep: list[int], policy: WindowPolicy
     ) -> _Tokenized:
-        """Rows for maxpool / passages: a text that fits one window is tokenized as truncate
-        tokenizes it (the same ids, so the same vector in every mode); a longer one is cut
-        into its windows (window_tokens.py)."""
+        """Rows for maxpool / passages: a text that fits one window gets truncate's ids (so
+        the same vector in every mode); a longer one is cut into its windows (window_tokens.py).
+        A fast tokenizer tokenizes the batch's texts once, whole, in one call: a text that
+        fits is then its special tokens around its content, which is what truncate's call
+        gives (the affixes are read from that call: ``_special_affixes``). A slow one first
+        tokenizes every text as truncate does, then the longer ones whole."""
         assert policy.window is not None
+        spans = policy.mode == "passages"  # maxpool stores none: a slow tokenizer skips them
+        tok = _Tokenized([], [], [], [])
+        if self.window_tokenizer.has_offsets:
+            cut = self.window_tokenizer.windows_of([texts[i] for i in keep], policy, spans=spans)
+            for i, windows in zip(keep, cut, strict=True):
+                if len(windows.ids) > 1 or windows.dropped:
+                    tok.add_windows(i, windows)
+                else:  # no content at all: the special tokens alone, as truncate reads it
+                    only = windows.ids[0] if windows.ids else self.window_tokenizer.affixes
+                    tok.add_row(i, only, (0, len(texts[i])))
+            return tok
         first, longer = self._token_ids([texts[i] for i in keep], max_length=policy.window)
         long_texts = [texts[i] for i, more in zip(keep, longer, strict=True) if more]
-        # All of a batch's long texts tokenized in one call; maxpool stores no spans, so a
-        # slow tokenizer then skips locating them.
-        cut = iter(
-            self.window_tokenizer.windows_of(long_texts, policy, spans=policy.mode == "passages")
-        )
-        tok = _Tokenized([], [], [], [])
+        long_windows = iter(self.window_tokenizer.windows_of(long_texts, policy, spans=spans))
         for i, ids, more in zip(keep, first, longer, strict=True):
-            if not more:
-                tok.positions.append(i)
-                tok.ids.append(ids)
-                tok.truncated.append(False)
-                tok.spans.append((0, len(texts[i])))
-                continue
-            windows = next(cut)
-            tok.positions.extend([i] * len(windows.ids))
-            tok.ids.extend(windows.ids)
-            tok.truncated.extend([windows.dropped] * len(windows.ids))
-            tok.spans.extend(windows.spans)
+            if more:
+                tok.add_windows(i, next(long_windows))
+            else:
+                tok.add_row(i, ids, (0, len(texts[i])))
         return tok
 
     def _token_ids(

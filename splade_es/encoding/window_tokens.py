@@ -46,6 +46,11 @@ class WindowTokenizer:
     def specials(self) -> int:
         return len(self.prefix) + len(self.suffix)
 
+    @property
+    def affixes(self) -> list[int]:
+        """The ids of a text with no content: its special tokens alone."""
+        return self.prefix + self.suffix
+
     def windows(self, text: str, policy: WindowPolicy, *, spans: bool = True) -> TextWindows:
         """``text``'s windows under ``policy`` (resolved). The text is tokenized once, whole,
         without special tokens (a 5 MB text: ~1M tokens, well within memory). ``spans=False``

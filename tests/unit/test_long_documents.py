@@ -240,3 +240,37 @@ def test_a_5_mb_document_stays_within_bounded_memory(tiny_bert_dir):
     assert report["windows"] > 5_000
     assert report["nnz"] > 0
     assert report["grew_mb"] < 1500, report
+
+
+@pytest.mark.parametrize("family", ["wordpiece", "byte-level-bpe", "unigram"])
+def test_a_fast_tokenizers_one_window_is_truncates_call(family):
+    """Windowed modes tokenize a batch whole, once, and give a text that fits one window its
+    special tokens around its content: the ids truncate's own tokenizer call gives, for the
+    tokenizer kinds of BERT, RoBERTa / ModernBERT and XLM-R (so one-window documents get the
+    same vector in every mode whatever the family)."""
+    from splade_es.encoding.window_tokens import WindowTokenizer
+    from tests import model_zoo
+
+    tokenizer = {
+        "wordpiece": lambda: model_zoo._wordpiece(30_522),
+        "byte-level-bpe": lambda: model_zoo._byte_level_bpe(50_265),
+        "unigram": lambda: model_zoo.xlmr_tokenizer(6_000),
+    }[family]()
+    texts = [
+        "sparse vectors for search",
+        "  leading and trailing spaces  ",
+        "Tax Code § 179: depreciation, état, 東京, emoji 🙂 and\ttabs\nnewlines",
+        "\u200b\u200b",  # characters the tokenizer may drop entirely
+        " ".join(["expand"] * 40),  # longer than the window: cut, not compared here
+    ]
+    policy = WindowPolicy("maxpool", window=24, overlap=4, max_windows=8).resolved(
+        max_length=512, specials=WindowTokenizer(tokenizer).specials
+    )
+    windows = WindowTokenizer(tokenizer).windows_of(texts, policy)
+    for text, cut in zip(texts, windows, strict=True):
+        truncate = tokenizer(text, truncation=True, max_length=24)["input_ids"]
+        if len(cut.ids) > 1:
+            assert len(truncate) == 24 and cut.ids[0] == truncate
+            continue
+        only = cut.ids[0] if cut.ids else WindowTokenizer(tokenizer).affixes
+        assert only == truncate, (family, text)
