@@ -1,7 +1,7 @@
 """``splade-es doctor --serve-url`` on the real OpenSearch 2.19.6 node (ml-commons 2.19.6.0,
 neural-search 2.19.6.0) with a real ``splade-es serve`` process (``--api-key-file``) and
 ``splade-es register`` run first: the three serve rows pass (the ingest pipeline's and the
-query model's vectors equal serve's own, float for float), doctor leaves nothing behind, and
+query model's vectors equal serve's own, weight for weight), doctor leaves nothing behind, and
 the rows fail with the right words once the trusted endpoint regex is gone or serve is down.
 
 Only the 2.19.6 node has ml-commons (``NodeVersion.ml_commons``); other clusters skip, saying

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from splade_es import QueryBuilder, SpladeEncoder, create_index, doctor, explain
 from splade_es.doctor import CAN_CALL, SAME_VECTORS, SERVE_ANSWERS, ServeTarget
 from splade_es.register import RegisterConfig, register, unregister
 from splade_es.search import search_vector
-from splade_es.sparse import VECTOR_TOLERANCE, SparseBatch, stored_precision
+from splade_es.sparse import SparseBatch, stored_precision
 from splade_es.tokens import TokenCodec
 from tests.clusters import ClusterSpec, TestCluster
 from tests.engines import ml_commons
@@ -201,29 +200,14 @@ def served(
 
 def test_doctor_serve_rows_carry_the_large_vocabulary(cluster, served) -> None:
     """The cluster's ingest pipeline and query model call serve (the 250k model): doctor's
-    vectors-equal row compares what the engine relays, keys and float32 weights, with serve's
-    own answer for the same texts.
-
-    Known gap (reported, doctor.py is not this test's to change): doctor asks serve for the
-    texts in one call while the pipeline sent them in others, and a model on transformers'
-    forward (every family but BERT/DistilBERT) pads a batch, so a weight can differ in its
-    last float32 bits between the two calls; doctor demands equal float32s and reports
-    FAILED. Until it compares by the suite's same-vector rule, this test checks that the
-    difference is only that (same keys so far, weights within ``VECTOR_TOLERANCE``) and
-    reports an expected failure."""
+    vectors-equal row compares what the engine relays with serve's own answer for the same
+    texts, key for key and weight for weight by the suite's same-vector rule (doctor's call
+    and the pipeline's are different batches, and a model on transformers' forward pads a
+    batch, so the last float32 bits of a weight may differ)."""
     running, target = served
     report = doctor(running.cluster, serve=target)
     found = {c.capability: c for c in report.checks}
-    for name in (CAN_CALL, SERVE_ANSWERS):
+    for name in (CAN_CALL, SERVE_ANSWERS, SAME_VECTORS):
         assert found[name].status == "ok", found[name]
+    assert report.ok, report.failed
     assert not report.left_behind
-    row = found[SAME_VECTORS]
-    if row.status == "ok":
-        assert report.ok, report.failed
-        return
-    assert row.status == "FAILED", row
-    rounding = re.search(r"weighs ([0-9.e+-]+) there, ([0-9.e+-]+) in serve's answer", row.detail)
-    assert rounding, f"not a float rounding difference: {row.detail}"
-    there, served_weight = (float(x) for x in rounding.groups())
-    assert there == pytest.approx(served_weight, rel=VECTOR_TOLERANCE), row.detail
-    pytest.xfail(f"doctor compares float32 for float32 across batch shapes: {row.detail}")
