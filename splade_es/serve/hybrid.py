@@ -91,13 +91,19 @@ class HybridRunner:
         index = sp.index or "_all"
         lines = [json.dumps(line).encode() for line in msearch_body(index, fused.requests)]
         target = "/_msearch" + _query_string(out.target, keep=("timeout",))
-        sent = [*without(headers, "content-type"), ("Content-Type", "application/x-ndjson")]
+        # splade-es reads this answer, so it must come uncompressed whatever the app accepts
+        # (the fused answer goes back to the app as plain JSON).
+        plain = without(without(headers, "content-type"), "accept-encoding")
+        sent = [*plain, ("Content-Type", "application/x-ndjson")]
         response = await self.service.upstream.request(
             "POST", target, sent, rewrite.join_msearch(lines)
         )
         answer = response.json()
-        if response.status != 200 or not isinstance(answer, dict):
+        if response.status != 200:
             return response  # the cluster's own refusal, as it came
+        if not isinstance(answer, dict):
+            reason = "the cluster's _msearch answer to a client-fused hybrid is not JSON"
+            return _json(502, {"error": {"type": "bad_gateway", "reason": reason}}, choice)
         items = answer.get("responses") or []
         for item in items:
             if isinstance(item, dict) and "error" in item:

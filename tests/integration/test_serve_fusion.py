@@ -114,3 +114,27 @@ def test_a_hybrid_clause_inside_another_query_is_a_400(cluster, indexed, proxy):
         app_client.search(index=indexed, body=nested)
     assert "whole [query]" in str(raised.value)
     app_client.close()
+
+
+def test_client_fusion_answers_plain_json_to_an_app_that_accepts_gzip(cluster, indexed, proxy):
+    """An app that accepts gzip (python-requests does by default) still gets the fused search
+    answer: serve reads the _msearch answer itself, so it never asks the cluster to compress
+    it (a real OpenSearch node gzips when asked)."""
+    import gzip
+
+    request = json.dumps(body("depreciation tax deduction", "client", "rrf")).encode()
+    answers = []
+    for accept in ("gzip, deflate", "identity"):
+        status, headers, raw = raw_request(
+            proxy.state.url,
+            "POST",
+            f"/{indexed}/_search",
+            request,
+            {"Content-Type": "application/json", "Accept-Encoding": accept},
+        )
+        assert status == 200, raw[:300]
+        encoding = dict((k.lower(), v) for k, v in headers).get("content-encoding", "")
+        answers.append(json.loads(gzip.decompress(raw) if "gzip" in encoding else raw))
+    assert answers[0]["hits"]["hits"], answers[0]
+    ranked = [[(h["_id"], h["_score"]) for h in a["hits"]["hits"]] for a in answers]
+    assert ranked[0] == ranked[1]
