@@ -66,15 +66,21 @@ class WindowTokenizer:
         """``windows`` of each text. A fast tokenizer takes them in one call: its batch
         encoding runs on every core, where a call per text runs on one (on a GPU, the
         per-text calls held maxpool to 0.45x of truncate's rows/s: benchmarks/README.md)."""
-        if not self.has_offsets or len(texts) < 2:
+        if not self.has_offsets:
             return [self.windows(text, policy, spans=spans) for text in texts]
-        encoded = self.tokenizer(list(texts), **self._options())
-        return [
-            self._cut(text, list(ids), offsets, policy, spans)
-            for text, ids, offsets in zip(
-                texts, encoded["input_ids"], encoded["offset_mapping"], strict=True
+        cut: list[TextWindows] = []
+        for group in _char_groups(texts, BATCH_CHARS):
+            if len(group) == 1:
+                cut.append(self.windows(group[0], policy, spans=spans))
+                continue
+            encoded = self.tokenizer(group, **self._options())
+            cut.extend(
+                self._cut(text, list(ids), offsets, policy, spans)
+                for text, ids, offsets in zip(
+                    group, encoded["input_ids"], encoded["offset_mapping"], strict=True
+                )
             )
-        ]
+        return cut
 
     def _options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"add_special_tokens": False, "verbose": False}
@@ -104,6 +110,29 @@ class WindowTokenizer:
             slow = SlowOffsets(self.tokenizer, text, content)
             located = [(slow.start(start), slow.end(end - 1)) for start, end in ranges]
         return TextWindows(ids, located, dropped)
+
+
+BATCH_CHARS = 1 << 20
+"""Characters tokenized in one call at most (a longer text alone): a text's tokens and
+offsets are Python objects, ~100 bytes a token, so a batch of 32 texts of 5 MB each in one
+call would hold gigabytes where this holds tens of megabytes."""
+
+
+def _char_groups(texts: Sequence[str], budget: int) -> list[list[str]]:
+    """``texts`` in order, in groups of at most ``budget`` characters (a longer text alone).
+
+    >>> [len(g) for g in _char_groups(["ab", "cd", "efghij", "k"], 5)]
+    [2, 1, 1]
+    """
+    groups: list[list[str]] = []
+    size = budget + 1  # the first text starts a group
+    for text in texts:
+        if size + len(text) > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(text)
+        size += len(text)
+    return groups
 
 
 class SlowOffsets:

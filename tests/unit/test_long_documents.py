@@ -81,10 +81,17 @@ def test_windows_cover_the_text_with_exact_overlap_and_never_split_a_token(encod
         assert words[0].lstrip("#") in piece and words[-1].lstrip("#") in piece
 
 
-def test_texts_tokenized_together_cut_into_the_windows_each_gets_alone(encoder):
-    """``windows_of`` tokenizes a batch's long texts in one call (the fast tokenizer's batch
-    encoding); each text's windows, spans and drop flag are those of ``windows`` alone."""
-    texts = [LONG, SHORT, LONG[: len(LONG) // 3] + " é ü 東京 " + LONG, LONG[7:]]
+@pytest.mark.parametrize("budget", [1 << 20, 1_000])
+def test_texts_tokenized_together_cut_into_the_windows_each_gets_alone(
+    encoder, budget, monkeypatch
+):
+    """``windows_of`` tokenizes a batch's texts in calls of up to ``BATCH_CHARS`` characters
+    (the fast tokenizer's batch encoding; a longer text alone, so memory stays bounded); each
+    text's windows, spans and drop flag are those of ``windows`` alone."""
+    from splade_es.encoding import window_tokens
+
+    monkeypatch.setattr(window_tokens, "BATCH_CHARS", budget)
+    texts = [LONG, SHORT, LONG[: len(LONG) // 3] + " é ü 東京 " + LONG, LONG[7:], SHORT]
     for policy in (
         encoder.window_policy("passages", window=16, overlap=4, max_windows=500),
         encoder.window_policy("maxpool", window=24, overlap=0, max_windows=3),
