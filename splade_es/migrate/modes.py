@@ -22,6 +22,7 @@ from ..ingest.sources import Record, prepare
 from .config import MigrationConfig
 
 MEASURE = "ndcg@10"  # the measure the note ranks modes by (the gate's own)
+READ_FACTOR = 10  # records read at most, in samples, while looking for judged documents
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ModeComparison:
     documents: int  # the sample's size
     source_documents: int  # documents read from the source to draw it (all, when it fits)
     migrating_with: str  # the mode this migration indexes with
+    judged_missing: int = 0  # judged documents not in the sample (gone, or past the reading)
 
     @property
     def best(self) -> ModeResult:
@@ -46,14 +48,16 @@ class ModeComparison:
             if best == self.migrating_with
             else f"this migration indexes with {self.migrating_with}: consider {best}"
         )
+        missing = f", {self.judged_missing:,} judged ones not found" if self.judged_missing else ""
         return (
             f"long documents on the gate's judgments ({MEASURE}, in memory, "
-            f"{self.documents:,} documents): {scores}; {verdict}"
+            f"{self.documents:,} documents{missing}): {scores}; {verdict}"
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "documents": self.documents,
+            "judged_missing": self.judged_missing,
             "migrating_with": self.migrating_with,
             "best": self.best.mode,
             "modes": [r.to_json() for r in self.results],
@@ -81,12 +85,13 @@ def compare_modes(
     judged = {doc_id for judgments in gate.qrels.values() for doc_id in judgments}
     records = read_index(client, config.source, dialect=dialect, slices=config.slices)
     corpus, read = sample_corpus(records, config, judged)
+    missing = len(judged - set(corpus))
     policy = config.long_documents or WindowPolicy()
     windowed: WindowedEncoder = encoder
     results = compare_long_documents(
         windowed, corpus, gate.queries, gate.qrels, modes, policy, batch_size=config.batch_size
     )
-    return ModeComparison(tuple(results), len(corpus), read, policy.mode)
+    return ModeComparison(tuple(results), len(corpus), read, policy.mode, missing)
 
 
 def sample_corpus(
@@ -95,13 +100,15 @@ def sample_corpus(
     """``{id: text}`` of every judged document and of the first others up to
     ``config.compare_sample`` in all, the text as the copy reads it (``sources.prepare`` with
     the migration's fields); and how many records were read (reading stops once the sample is
-    full and every judged document was seen). A document with no text is left out, as the
-    copy would dead-letter it."""
+    full and every judged document was seen, or ``READ_FACTOR`` times the sample was read: a
+    judged id the source no longer holds must not make it read the whole source). A document
+    with no text is left out, as the copy would dead-letter it."""
     corpus: dict[str, str] = {}
     room = max(0, config.compare_sample - len(judged))  # for documents nobody judged
+    most = READ_FACTOR * config.compare_sample  # judged ids the source lacks end it here
     others = read = seen_judged = 0
     for record in records:
-        if others >= room and seen_judged == len(judged):
+        if others >= room and (seen_judged == len(judged) or read >= most):
             break
         read += 1
         doc_id = str((record.doc or {}).get("_id"))

@@ -68,3 +68,18 @@ def test_comparing_needs_judgments_and_known_modes():
         MigrationConfig(source="s", target="t", alias="a", compare_long_documents=("maxpool",))
     with pytest.raises(ConfigurationError, match="compare_long_documents must be"):
         config(compare_long_documents=("sum",))
+
+
+def test_a_judged_id_the_source_lacks_does_not_make_it_read_everything():
+    read = []
+
+    def counted(n):
+        for record in records(n):
+            read.append(record.position)
+            yield record
+
+    corpus, seen = sample_corpus(counted(10_000), config(compare_sample=5), {"d2", "gone"})
+    assert list(corpus) == ["d1", "d2", "d3", "d4"]
+    assert seen == len(read) - 1 == 50  # READ_FACTOR (10) samples, then it stopped
+    note = ModeComparison((Result("truncate", 0.5),), 4, seen, "truncate", 1).note()  # type: ignore[arg-type]
+    assert "4 documents, 1 judged ones not found" in note
