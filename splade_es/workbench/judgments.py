@@ -5,8 +5,10 @@
 
 Both paths are fixed when the store is made (``serve``'s settings, ``compare --ui``): a
 request names a query and a document, never a file. Every change rewrites the file whole
-(a temporary file in the same folder, then a rename), so a reader sees the old or the new
-file, never half of one. Judgments of queries the page never showed are kept as they were.
+(a temporary file in the same folder, synced to disk, then a rename; the file's permission
+bits kept), so a reader sees the old or the new file, never half of one; the store's memory
+takes the change only once it is written. Judgments of queries the page never showed are
+kept as they were.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -25,7 +28,8 @@ from ..exceptions import InputError
 HEADER = ("query-id", "corpus-id", "score")
 MAX_ID_CHARS = 512
 RELEVANCE = range(0, 4)  # 0 = judged not relevant; 1-3 graded relevance
-FORBIDDEN = ("\t", "\n", "\r")  # would break a TSV row
+# Would break a TSV row; a '"' would be read as csv quoting (``read_qrels``: csv's default).
+FORBIDDEN = ("\t", "\n", "\r", '"')
 
 
 class Judgments:
@@ -58,17 +62,22 @@ class Judgments:
             raise InputError(f"relevance must be 0 to {RELEVANCE[-1]} or null, got {relevance}")
         with self._lock:
             query_id = self.query_id(text)
-            judged = self.qrels.setdefault(query_id, {})
+            check_id(query_id, "query id")
+            # The new qrels are a copy, written first: a failed write changes nothing here.
+            qrels = {qid: dict(docs) for qid, docs in self.qrels.items()}
+            judged = qrels.setdefault(query_id, {})
             if relevance is None:
                 judged.pop(doc_id, None)
             else:
                 judged[doc_id] = relevance
             if not judged:
-                del self.qrels[query_id]
+                del qrels[query_id]
             if query_id not in self.queries:
-                self.queries[query_id] = text.strip()
-                write_atomically(self.queries_path, queries_text(self.queries))
-            write_atomically(self.path, qrels_text(self.qrels))
+                queries = {**self.queries, query_id: text.strip()}
+                write_atomically(self.queries_path, queries_text(queries))
+                self.queries = queries
+            write_atomically(self.path, qrels_text(qrels))
+            self.qrels = qrels
             return query_id, self.of(query_id)
 
 
@@ -89,7 +98,8 @@ def new_query_id(text: str) -> str:
 def check_id(value: str, what: str) -> None:
     if not value or len(value) > MAX_ID_CHARS or any(c in value for c in FORBIDDEN):
         raise InputError(
-            f"{what} must be 1 to {MAX_ID_CHARS} characters without tabs or line breaks"
+            f"{what} must be 1 to {MAX_ID_CHARS} characters without tabs, line breaks or "
+            'double quotes (")'
         )
 
 
@@ -112,11 +122,21 @@ def queries_text(queries: Mapping[str, str]) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename (the folder must exist)."""
+    """Replace ``path`` with ``text`` in one rename (the folder must exist), the text synced
+    to disk first; an existing file's permission bits are kept (a new file is 0600, as
+    ``mkstemp`` makes it)."""
+    try:
+        mode: int | None = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
             out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

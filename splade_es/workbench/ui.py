@@ -14,8 +14,12 @@ so with API keys (``serve --api-key-file``; required on a non-loopback listen) t
 ``Authorization: Bearer <key>`` like ``/_splade/embed/*``. The searches carry the caller's
 cluster credentials as the proxy forwards them, never serve's own (``compare --ui`` excepted:
 ``WorkbenchSettings.own_credentials``). They take only JSON bodies (a form
-post from another site cannot reach them without a CORS preflight serve does not answer).
-Judgments go to the one qrels file of the settings (``Judgments``); no request names a file.
+post from another site cannot reach them without a CORS preflight serve does not answer),
+and refuse (403) a request another site's page sent (an ``Origin`` whose host and port are not
+the ``Host`` header's, or ``Sec-Fetch-Site: cross-site``); with ``own_credentials`` also one
+whose ``Host`` is not a loopback name (a DNS name rebound to 127.0.0.1: ``cross_site``).
+Judgments go to the one qrels file of the settings (``Judgments``); no request names a file,
+and the answers name the file only (not its folder).
 
 Settings: ``app.state.workbench`` (``compare --ui`` sets it), else the environment:
 ``SPLADE_ES_UI_INDEX``, ``SPLADE_ES_UI_CONFIGS`` (specs separated by spaces, default
@@ -26,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -57,6 +63,8 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 NDCG = "ndcg@10"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class WorkbenchSettings:
         return {
             "index": self.index,
             "configs": [c.spec for c in self.configurations],
-            "qrels": str(self.judgments.path) if self.judgments else None,
+            "qrels": self.judgments.path.name if self.judgments else None,
             "k": self.shown,
         }
 
@@ -135,13 +143,29 @@ class Workbench:
             await self.body(request)
             return self.settings(request).to_json()
 
-        return await self.api.answer("ui_settings", request, work)
+        return await self.answer("ui_settings", request, work)
 
     async def search(self, request: Request) -> Response:
-        return await self.api.answer("ui_search", request, self.searched)
+        return await self.answer("ui_search", request, self.searched)
 
     async def judge(self, request: Request) -> Response:
-        return await self.api.answer("ui_judge", request, self.judged)
+        return await self.answer("ui_judge", request, self.judged)
+
+    async def answer(
+        self, route: str, request: Request, work: Callable[[Request], Awaitable[Any]]
+    ) -> Response:
+        """``ApiRoutes.answer``, after refusing (403) what another site's page sent."""
+        given = getattr(request.app.state, "workbench", None)
+        own = isinstance(given, WorkbenchSettings) and given.own_credentials
+        reason = cross_site(request.headers, own_credentials=own)
+        if reason is None:
+            return await self.api.answer(route, request, work)
+        from ..serve.errors import error_body
+        from ..serve.exchange import recorded
+
+        body = error_body(403, "security_exception", reason)
+        refused = Response(body, 403, media_type="application/json")
+        return recorded(self.api.service.metrics, route, time.perf_counter(), request, refused)
 
     async def body(self, request: Request) -> dict[str, Any]:
         """The JSON object of a request that says it is JSON (no cross-site form posts)."""
@@ -204,7 +228,7 @@ class Workbench:
         return {
             "query_id": query_id,
             "judgments": judgments,
-            "qrels": str(settings.judgments.path),
+            "qrels": settings.judgments.path.name,
             "ndcg": ndcg_of(runs, judgments),
         }
 
@@ -213,7 +237,76 @@ class Workbench:
         if store is None:
             return {"query_id": None, "judgments": {}, "qrels": None}
         query_id = store.query_id(text)
-        return {"query_id": query_id, "judgments": store.of(query_id), "qrels": str(store.path)}
+        return {"query_id": query_id, "judgments": store.of(query_id), "qrels": store.path.name}
+
+
+def cross_site(headers: Mapping[str, str], *, own_credentials: bool) -> str | None:
+    """Why a request to the JSON endpoints is refused as another site's (None: it is not).
+
+    A page of another origin (or a DNS name rebound to serve's address) that posts here sends
+    its own ``Origin``, or the browser says ``Sec-Fetch-Site: cross-site``. With serve's own
+    cluster credentials (``compare --ui``) the ``Host`` must also be a loopback name, so that
+    a rebound name cannot reach them even without those headers.
+
+    >>> cross_site({"host": "127.0.0.1:8080", "origin": "http://127.0.0.1:8080"},
+    ...            own_credentials=True) is None
+    True
+    >>> cross_site({"host": "127.0.0.1:8080", "origin": "http://evil.example:8080"},
+    ...            own_credentials=False).startswith("a request from another site")
+    True
+    >>> cross_site({"host": "evil.example:8080"}, own_credentials=True).startswith("the work")
+    True
+    """
+    host = headers.get("host", "")
+    origin = headers.get("origin")
+    if origin is not None:
+        parts = origin_parts(origin)
+        scheme = parts[0] if parts else "http"
+        if parts is None or parts[1:] != authority_parts(host, scheme):
+            return (
+                f"a request from another site (Origin {origin[:100]} is not this server's "
+                f"address, {host[:100]}): refused"
+            )
+    if headers.get("sec-fetch-site", "").strip().lower() == "cross-site":
+        return "a request from another site (Sec-Fetch-Site: cross-site): refused"
+    if own_credentials:
+        found = authority_parts(host, "http")
+        if found is None or found[0] not in LOOPBACK_HOSTS:
+            return (
+                "the workbench of compare --ui answers only at 127.0.0.1, localhost or [::1] "
+                f"(this request's Host is {host[:100]!r}): refused"
+            )
+    return None
+
+
+def origin_parts(origin: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an ``Origin`` header; None when it is no http(s) origin
+    (``null`` among them)."""
+    scheme, _, rest = origin.strip().partition("://")
+    scheme = scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        return None
+    found = authority_parts(rest.rstrip("/"), scheme)
+    return (scheme, *found) if found else None
+
+
+def authority_parts(authority: str, scheme: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host[:port]`` (lower case; the scheme's port when none is
+    given); None when it is not one.
+
+    >>> authority_parts("[::1]:8080", "http"), authority_parts("LocalHost", "https")
+    (('::1', 8080), ('localhost', 443))
+    """
+    if not authority or any(c in authority for c in "@/?#\\ "):
+        return None
+    try:
+        parts = urlsplit(f"{scheme}://{authority}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.hostname, port if port is not None else DEFAULT_PORTS[scheme]
 
 
 def ndcg_of(

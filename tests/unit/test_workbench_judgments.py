@@ -5,6 +5,8 @@ ids that would break the TSV refused, and the page's nDCG@10."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -55,6 +57,8 @@ def test_existing_judgments_and_query_ids_are_kept(tmp_path):
         ("d\n1", 1, "without tabs"),
         ("", 1, "1 to 512 characters"),
         ("x" * 513, 1, "1 to 512 characters"),
+        ('"d1"', 1, "double quotes"),  # read_qrels (csv quoting) would read d1
+        ('d"1', 1, "double quotes"),
         ("d1", 7, "relevance must be 0 to 3"),
         ("d1", -1, "relevance must be 0 to 3"),
     ],
@@ -64,6 +68,61 @@ def test_what_would_break_the_file_is_refused(tmp_path, doc_id, relevance, messa
     with pytest.raises(InputError, match=message):
         store.judge("tax", doc_id, relevance)
     assert not (tmp_path / "q.tsv").exists()
+
+
+def test_a_query_id_with_a_quote_is_refused(tmp_path):
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"_id": '"q7"', "text": "tax law"}) + "\n")
+    store = Judgments(tmp_path / "q.tsv", queries)
+    with pytest.raises(InputError, match="query id must be"):
+        store.judge("tax law", "d1", 1)
+    assert not (tmp_path / "q.tsv").exists()
+
+
+def test_a_failed_write_changes_nothing(tmp_path, monkeypatch):
+    from splade_es.workbench import judgments
+
+    path = tmp_path / "q.tsv"
+    store = Judgments(path)
+    qid, _ = store.judge("tax law", "d1", 1)
+    written = judgments.write_atomically
+
+    def failing(target, text):
+        if target == path:
+            raise OSError("disk full")
+        written(target, text)
+
+    monkeypatch.setattr(judgments, "write_atomically", failing)
+    with pytest.raises(OSError, match="disk full"):
+        store.judge("tax law", "d2", 2)
+    with pytest.raises(OSError, match="disk full"):
+        store.judge("tax law", "d1", None)
+    with pytest.raises(OSError, match="disk full"):
+        store.judge("car", "d9", 1)  # a new query: its queries file row is written
+    assert store.of(qid) == {"d1": 1} and store.of(new_query_id("car")) == {}
+    monkeypatch.setattr(judgments, "write_atomically", written)
+    # The next write has only what was written before and the new judgment.
+    store.judge("tax law", "d3", 0)
+    assert read_qrels(path) == {qid: {"d1": 1, "d3": 0}}
+    assert Judgments(path).qrels == store.qrels
+
+
+def test_writes_are_synced_and_keep_the_files_mode(tmp_path, monkeypatch):
+    path = tmp_path / "q.tsv"
+    path.write_text("query-id\tcorpus-id\tscore\nq8\td2\t1\n")
+    path.chmod(0o644)
+    synced: list[int] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd))[1])
+    store = Judgments(path)
+    qid, _ = store.judge("tax law", "d1", 1)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert len(synced) == 2  # the new queries file and the qrels
+    path.chmod(0o640)
+    store.judge("tax law", "d1", 2)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert read_qrels(path) == {"q8": {"d2": 1}, qid: {"d1": 2}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.queries.jsonl", "q.tsv"]
 
 
 def test_qrels_text_is_what_read_qrels_reads(tmp_path):
@@ -100,6 +159,6 @@ def test_settings_from_the_environment(tmp_path):
     assert settings.to_json() == {
         "index": "docs",
         "configs": ["splade", "hybrid:rrf", "splade,index=new"],
-        "qrels": str(tmp_path / "j.tsv"),
+        "qrels": "j.tsv",  # the file's name only: the page need not know where it is
         "k": 10,
     }

@@ -4,6 +4,7 @@ judgments to the configured file only."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,6 +110,7 @@ def test_judgments_go_to_the_configured_file_only(open_client, tmp_path):
     out = answer.json()
     assert out["judgments"] == {"d1": 1} and 0 < out["ndcg"]["bm25"] < 1
     assert read_qrels(tmp_path / "judgments.tsv") == {new_query_id("tax code"): {"d1": 1}}
+    assert out["qrels"] == "judgments.tsv"  # the file's name, not where it is
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "judgments.queries.jsonl",
         "judgments.tsv",
@@ -156,7 +158,7 @@ def test_searches_never_borrow_serves_cluster_credentials(tmp_path, own):
     app.state.workbench = WorkbenchSettings(
         configurations=parse_configurations(["bm25", "splade"]), index="docs", own_credentials=own
     )
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8765") as client:  # as compare --ui
         answer = client.post("/_splade/ui/search", json={"q": "tax code"})
         assert answer.status_code == 200, answer.text
         caller = {"Authorization": "Basic Y2FsbGVyOnNlY3JldA=="}
@@ -168,3 +170,68 @@ def test_searches_never_borrow_serves_cluster_credentials(tmp_path, own):
         assert sent == [serve_auth] * 4
     else:  # the page's caller's credentials, as the proxy forwards them, or none
         assert sent == [None, None, caller["Authorization"], caller["Authorization"]]
+
+
+SAME = {"Host": "127.0.0.1:8765", "Origin": "http://127.0.0.1:8765"}
+CROSS_SITE = [
+    {"Origin": "http://evil.example"},  # another site's page
+    {"Origin": "http://testserver.evil.example"},
+    {"Origin": "http://testserver:8080"},  # another port
+    {"Origin": "http://testserver:443"},  # not the Host's port (none: 80)
+    {"Origin": "null"},  # a sandboxed or file: page
+    {"Sec-Fetch-Site": "cross-site"},
+]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+@pytest.mark.parametrize(("path", "body"), JSON_ROUTES)
+def test_requests_from_another_site_are_refused(open_client, tmp_path, path, body, headers):
+    client, upstream = open_client
+    answer = client.post(path, json=body, headers=headers)
+    assert answer.status_code == 403, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "security_exception" and "another site" in error["reason"]
+    assert not upstream.forwarded and not (tmp_path / "judgments.tsv").exists()
+    # The page's own requests (same origin, or no Origin at all) go through.
+    for same in ({"Origin": "http://testserver"}, {"Sec-Fetch-Site": "same-origin"}, {}):
+        assert client.post(path, json=body, headers=same).status_code == 200
+
+
+REBOUND = ("evil.example:8765", "evil.example", "127.0.0.1.evil.example:8765", "")
+
+
+def test_a_rebound_name_never_reaches_compare_uis_credentials(tmp_path):
+    app = create_app(config(), encoder=FakeEncoder())
+    upstream = FakeUpstream()
+    app.state.service.upstream.request = upstream.request
+    app.state.service.upstream.get_json = upstream.get_json
+    app.state.workbench = WorkbenchSettings(
+        configurations=parse_configurations(["bm25", "splade"]),
+        index="docs",
+        judgments=Judgments(tmp_path / "judgments.tsv"),
+        own_credentials=True,
+    )
+    with TestClient(app, base_url="http://127.0.0.1:8765") as client:
+        for (path, body), host in itertools.product(JSON_ROUTES, REBOUND):
+            # With or without an Origin (the rebound page is "same-origin" to the browser):
+            # the Host is not a loopback name.
+            for headers in ({"Host": host}, {"Host": host, "Origin": f"http://{host}"}):
+                answer = client.post(path, json=body, headers=headers)
+                assert answer.status_code == 403, answer.text
+                reason = answer.json()["error"]["reason"]
+                assert "127.0.0.1, localhost or [::1]" in reason or "Origin" in headers
+        assert not upstream.forwarded and not (tmp_path / "judgments.tsv").exists()
+        for path, body in JSON_ROUTES:
+            for host in ("127.0.0.1:8765", "localhost:9000", "[::1]:80", "LOCALHOST:1"):
+                headers = {"Host": host, "Origin": f"http://{host}"}
+                assert client.post(path, json=body, headers=headers).status_code == 200
+            assert client.post(path, json=body, headers=SAME).status_code == 200
+    # Without own credentials (serve), any name serve is reached by is fine when same-origin.
+    settings = app.state.workbench
+    app.state.workbench = WorkbenchSettings(
+        configurations=settings.configurations, index="docs", judgments=settings.judgments
+    )
+    with TestClient(app, base_url="http://search.example") as client:
+        assert client.post("/_splade/ui/settings", json={}).status_code == 200
+        headers = {"Origin": "http://search.example"}
+        assert client.post("/_splade/ui/settings", json={}, headers=headers).status_code == 200
