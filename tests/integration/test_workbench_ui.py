@@ -266,6 +266,36 @@ def test_the_query_comes_from_the_url(browser, served, index_name, corpus):
         assert not page.errors, page.errors
 
 
+def test_one_search_one_request_after_a_key(browser, cluster, index_name, corpus, encoder):
+    """With serve's API keys the page asks for one; once it is given, a search is one
+    request (the key button reloads the settings, it wires no second listener)."""
+    from splade_es.api_keys import ApiKeys
+    from tests.unit.test_api_keys import FIRST, KEYS
+
+    with (
+        running_proxy(cluster.url, encoder, api_keys=ApiKeys.parse(KEYS)) as app,
+        page_of(browser, "workbench-key") as page,
+    ):
+        app.state.workbench = WorkbenchSettings(
+            configurations=parse_configurations(["bm25", "splade"]), index=index_name
+        )
+        searches: list[str] = []
+        page.on("request", lambda r: searches.append(r.url) if "/ui/search" in r.url else None)
+        page.goto(f"{app.state.url}/_splade/ui")
+        page.locator("#key-box").wait_for()  # the settings answered 401
+        page.locator("#key-input").fill(FIRST)
+        with page.expect_response(lambda r: "/ui/settings" in r.url and r.status == 200):
+            page.locator("#key-button").click()
+        for n in (1, 2):
+            page.get_by_test_id("query-input").fill(corpus["doc-0"]["text"])
+            with page.expect_response(lambda r: "/ui/search" in r.url and r.status == 200):
+                page.get_by_test_id("query-input").press("Enter")
+            page.wait_for_load_state("networkidle")
+            assert len(searches) == n, searches  # before the fix: 2, then 4
+        assert page.locator("[data-testid=column] [data-testid=hit]").count() > 0
+        assert not page.errors, page.errors
+
+
 README_QUERY = "which code section covers the deduction of equipment"
 README_CONFIGS = ["bm25", "splade", "splade,top_k=8,name=splade-top8", "hybrid:rrf"]
 

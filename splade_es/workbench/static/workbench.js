@@ -259,8 +259,10 @@ function showNdcg(ndcg) {
 }
 
 // ---------------------------------------------------------------- start
-async function start() {
-  const params = new URLSearchParams(location.search);
+// The listeners are wired once (init); the key button only reloads the settings.
+let started = false; // the first settings that load fill the inputs and run the URL's query
+
+function init() {
   document.getElementById("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     runSearch();
@@ -268,8 +270,12 @@ async function start() {
   document.getElementById("key-button").addEventListener("click", () => {
     sessionStorage.setItem(KEY, document.getElementById("key-input").value);
     document.getElementById("key-box").hidden = true;
-    start();
+    loadSettings();
   });
+  loadSettings();
+}
+
+async function loadSettings() {
   let settings = { index: null, configs: [] };
   try {
     settings = await api("/_splade/ui/settings", {});
@@ -277,6 +283,13 @@ async function start() {
     say("could not read the settings: " + error.message);
     return;
   }
+  if (started) {
+    say("key accepted");
+    return;
+  }
+  started = true;
+  say("");
+  const params = new URLSearchParams(location.search);
   document.getElementById("index-input").value = params.get("index") || settings.index || "";
   const configs = params.getAll("config");
   document.getElementById("configs-input").value = (configs.length ? configs : settings.configs).join(" ");
@@ -287,4 +300,4 @@ async function start() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", start);
+document.addEventListener("DOMContentLoaded", init);
