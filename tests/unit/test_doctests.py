@@ -28,6 +28,14 @@ MODULES = [
     "splade_es.api_keys",
     "splade_es.register.plan",
     "splade_es.doctor",
+    "splade_es.fusion",
+    "splade_es.search",
+    "splade_es.encoding.window_tokens",
+    "splade_es.ingest.vector_json",
+    "splade_es.workbench.ui",
+    "splade_es.workbench.judgments",
+    "splade_es.workbench.configurations",
+    "splade_es.workbench.compare",
 ]
 
 
