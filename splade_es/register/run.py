@@ -62,6 +62,7 @@ class Planner(Protocol):
 
 
 _PLANNERS: dict[Engine, Planner] = {"opensearch": os_plan, "elasticsearch": es_plan}
+UNDEPLOY_AGAIN_EVERY = 4  # polls of a model that stays deployed before undeploying it again
 POLLING = RetryPolicy(
     max_retries=defaults.TASK_POLLS,
     initial_backoff=defaults.INITIAL_BACKOFF,
@@ -383,6 +384,10 @@ class Session:
             state = self.read(how.state.bind(id=ident), f"reading the state of model {ident}")
             if not how.is_loaded(state):
                 return
+            if poll % UNDEPLOY_AGAIN_EVERY == 0:
+                # ml-commons can drop an undeploy that meets a deploy in flight (the models a
+                # restarted node redeploys); undeploying again is harmless.
+                self.write(how.undeploy.bind(id=ident), f"undeploying {planned.name} again")
             pause = POLLING.backoff(poll)
             self.sleep(pause)
             waited += pause

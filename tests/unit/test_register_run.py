@@ -30,7 +30,7 @@ from splade_es.connect import Cluster
 from splade_es.exceptions import ClusterError, ConfigurationError, UnsupportedFeatureError
 from splade_es.register import RegisterConfig, register, unregister
 from splade_es.register.opensearch import PRIVATE_IP, REMOTE_INFERENCE, TRUSTED
-from splade_es.register.run import POLLING
+from splade_es.register.run import POLLING, UNDEPLOY_AGAIN_EVERY
 from splade_es.retry import RetryPolicy
 
 KEY = "k-3f9a-very-secret"
@@ -721,3 +721,29 @@ def test_the_command_unregisters(monkeypatch, ml, key_file):
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["deleted"]) == 6
     assert ml.store["models"] == {}
+
+
+class DropsTheFirstUndeploy(FakeMlCommons):
+    """ml-commons dropping an undeploy that met a deploy in flight: the model stays
+    deployed until it is asked again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.undeploys: dict[str, int] = {}
+
+    def deployment(self, ident: str, action: str) -> tuple[int, Any]:
+        if action == "_undeploy":
+            self.undeploys[ident] = self.undeploys.get(ident, 0) + 1
+            if self.undeploys[ident] == 1:
+                return 200, {}  # acknowledged, and nothing happens
+        return super().deployment(ident, action)
+
+
+def test_unregister_undeploys_again_a_model_that_stays_deployed():
+    ml = DropsTheFirstUndeploy()
+    run(ml, two_phase=True)
+    waits: list[float] = []
+    unregister(opensearch_client(ml), RegisterConfig(two_phase=True), sleep=waits.append)
+    assert ml.store["models"] == {}
+    assert ml.undeploys and all(n == 2 for n in ml.undeploys.values())
+    assert len(waits) == UNDEPLOY_AGAIN_EVERY * len(ml.undeploys)  # polls until the second one
