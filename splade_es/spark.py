@@ -60,7 +60,7 @@ from .encoding.windows import LongDocuments, WindowPolicy
 from .engines import FieldType
 from .exceptions import ConfigurationError, InputError
 from .ingest import IngestConfig, IngestReport, Record, RetryPolicy
-from .ingest.stages import LongDocumentTally
+from .ingest.stages import LongDocumentTally, passages_value
 from .scaleout import (
     COUNTED,
     ScaleOutSummary,
@@ -317,14 +317,7 @@ def _encode_rows(
         if tally is not None:
             tally.add(passages.truncated, passages.windows)
         for i, slot in enumerate(texts):
-            vectors[slot] = [
-                {
-                    defaults.PASSAGE_VECTOR: codec.encode(passages.passages, p),
-                    defaults.PASSAGE_START: int(passages.spans[p, 0]),
-                    defaults.PASSAGE_END: int(passages.spans[p, 1]),
-                }
-                for p in passages.passage_range(i)
-            ]
+            vectors[slot] = passages_value(codec, passages, passages.passage_range(i))
         return vectors, errors
     options: dict[str, Any] = {"batch_size": batch_size}
     if policy is not None:  # test doubles and remote encoders may not take it

@@ -356,7 +356,7 @@ def passage_actions(
             rows = batch.passage_range(d)
             value = (
                 _passages_json([texts[p] for p in rows], batch.spans[rows.start : rows.stop]),
-                partial(_passages_value, codec, batch, rows),
+                partial(passages_value, codec, batch, rows),
             )
             yield vector_action(record.position, record.doc_id, record.source, sparse_field, value)
         if tally is not None:
@@ -380,7 +380,8 @@ def _passages_json(vectors: list[bytes], spans: np.ndarray) -> bytes:
     return b"[" + b",".join(items) + b"]"
 
 
-def _passages_value(codec: TokenCodec, batch: PassageBatch, rows: range) -> list[dict[str, Any]]:
+def passages_value(codec: TokenCodec, batch: PassageBatch, rows: range) -> list[dict[str, Any]]:
+    """Passages ``rows`` of ``batch`` as the index stores them (``defaults.PASSAGE_*``)."""
     return [
         {
             defaults.PASSAGE_VECTOR: codec.encode(batch.passages, p),
